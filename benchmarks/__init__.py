@@ -1,0 +1,1 @@
+"""Benchmarks for latentserve: in-process onnxruntime vs gRPC, batching, encodings, memory."""

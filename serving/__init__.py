@@ -1,0 +1,1 @@
+"""gRPC inference service for autoencoder model folders (onnxruntime, no torch)."""
