@@ -1,0 +1,84 @@
+"""onnxruntime sessions and execution-provider choice; the only module importing onnxruntime.
+
+One :class:`GraphSession` per ONNX graph. :func:`choose_providers` turns the configured
+device (auto | cpu | cuda) into a provider list: CUDA with CPU fallback when onnxruntime
+reports the CUDA provider available, otherwise CPU (with a warning when CUDA was asked
+for). The providers a session actually uses are read back from the session, because
+onnxruntime may silently drop one it cannot initialise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+Float32Array = npt.NDArray[np.float32]
+# A static dimension is an int; a dynamic one is a name (str) or None.
+Dim = int | str | None
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def choose_providers(device: str, available: Sequence[str] | None = None) -> list[str]:
+    """Providers in priority order for `device`; CPU is always the last resort."""
+    available = available_providers() if available is None else list(available)
+    if device == "cpu":
+        return [CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if device == "cuda":
+        log.warning(
+            "CUDA requested but not available (onnxruntime providers: %s); "
+            "falling back to CPU. Install the gpu extra (onnxruntime-gpu) and CUDA to use a GPU.",
+            ", ".join(available),
+        )
+    return [CPU]
+
+
+class GraphSession:
+    """One loaded ONNX graph: named single input, named outputs, thread-safe `run`."""
+
+    def __init__(self, path: Path, providers: Sequence[str], intra_op_threads: int = 0) -> None:
+        options = ort.SessionOptions()
+        if intra_op_threads > 0:
+            options.intra_op_num_threads = intra_op_threads
+        # Log only real problems; onnxruntime's default prints warnings about unused
+        # initializers from exporters that are harmless here.
+        options.log_severity_level = 3
+        self.path = path
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=list(providers)
+        )
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ValueError(f"{path.name}: expected one input, found {len(inputs)}")
+        self.input_name: str = inputs[0].name
+        self.input_shape: list[Dim] = list(inputs[0].shape)
+        self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
+        self.output_shapes: dict[str, list[Dim]] = {
+            o.name: list(o.shape) for o in self._session.get_outputs()
+        }
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, batch: Float32Array) -> tuple[Float32Array, ...]:
+        """Run on one input batch (N x ...), returning the outputs in `output_names` order.
+
+        onnxruntime's `run` releases the GIL and may be called from several threads.
+        """
+        outputs = self._session.run(self.output_names, {self.input_name: batch})
+        return tuple(np.asarray(o, dtype=np.float32) for o in outputs)

@@ -1,0 +1,93 @@
+"""Random latents: the three priors a model folder describes, drawn reproducibly.
+
+Every draw uses a numpy ``Generator(PCG64(seed))`` and fills arrays in C order, so drawing
+n rows at once or the same rows in consecutive chunks from one generator gives identical
+values; that is what makes SampleRandomStream equal SampleRandom for the same request.
+Draws are vectorised (no Python loop per sample) and computed in float64, then cast.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from latentserve.manifest import ModelManifest, PriorName
+
+Float32Array = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+
+PRIOR_NAMES: tuple[PriorName, ...] = ("standard_normal", "fitted_gaussian", "bounding_box_uniform")
+MAX_TEMPERATURE = 10.0
+
+
+def new_seed() -> int:
+    """A fresh seed for a request that gave none (63 bits: fits signed and unsigned 64-bit)."""
+    return secrets.randbits(63)
+
+
+def generator(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+@dataclass(frozen=True)
+class LatentPrior:
+    """One distribution over D-dimensional latents, parameters taken from model.json."""
+
+    name: PriorName
+    mean: Float64Array  # D
+    # Gaussian priors: a D x D factor A with A @ A.T = covariance, so z = mean + eps @ A.T.
+    factor: Float64Array | None = None
+    low: Float64Array | None = None  # D, uniform prior only
+    high: Float64Array | None = None
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def draw(self, rng: np.random.Generator, n: int, temperature: float = 1.0) -> Float32Array:
+        """n x D float32 latents. `temperature` scales the spread of Gaussian priors only."""
+        d = self.latent_dim
+        if self.name == "bounding_box_uniform":
+            assert self.low is not None and self.high is not None
+            z = rng.uniform(self.low, self.high, size=(n, d))
+        elif self.name == "standard_normal":
+            z = temperature * rng.standard_normal((n, d))
+        else:
+            assert self.factor is not None
+            z = self.mean + temperature * (rng.standard_normal((n, d)) @ self.factor.T)
+        return z.astype(np.float32)
+
+
+def gaussian_factor(covariance: Float64Array) -> Float64Array:
+    """A with A @ A.T = covariance, via the eigendecomposition, which (unlike Cholesky)
+    also accepts the singular or slightly indefinite covariances that fitting produces."""
+    sym = (covariance + covariance.T) / 2.0
+    values, vectors = np.linalg.eigh(sym)
+    factor: Float64Array = vectors * np.sqrt(np.clip(values, 0.0, None))
+    return factor
+
+
+def prior_from_manifest(manifest: ModelManifest, name: PriorName) -> LatentPrior:
+    d = manifest.latent_dim
+    if name == "standard_normal":
+        return LatentPrior(name, mean=np.zeros(d))
+    if name == "fitted_gaussian":
+        g = manifest.prior.fitted_gaussian
+        cov = np.asarray(g.covariance, dtype=np.float64)
+        return LatentPrior(
+            name, mean=np.asarray(g.mean, dtype=np.float64), factor=gaussian_factor(cov)
+        )
+    box = manifest.prior.bounding_box
+    low = np.asarray(box.low, dtype=np.float64)
+    high = np.asarray(box.high, dtype=np.float64)
+    return LatentPrior(name, mean=(low + high) / 2.0, low=low, high=high)
+
+
+def sample_posterior(mean: Float32Array, log_var: Float32Array, seed: int) -> Float32Array:
+    """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) from PCG64(seed); all N x D."""
+    eps = generator(seed).standard_normal(mean.shape)
+    z = mean.astype(np.float64) + np.exp(0.5 * log_var.astype(np.float64)) * eps
+    return z.astype(np.float32)

@@ -1,0 +1,143 @@
+"""Wiring: the grpc.aio server with the Autoencoder servicer, grpc.health.v1 health, server
+reflection, Prometheus metrics and signal handling.
+
+Start-up order: bind and start listening (health NOT_SERVING, so probes get an answer),
+load and warm up every model, then mark the server and each READY model SERVING.
+Health service names: "" (the whole server: SERVING once loading is done and at least one
+model is ready), "latentserve.v1.Autoencoder" (same), and each model's name (e.g.
+"mnist-vae": SERVING when that model is READY).
+On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls get UNAVAILABLE,
+in-flight calls get `grace_period_s` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# The asyncio health servicer is public API (grpc examples use it) but absent from the stubs.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from ._proto.latentserve.v1 import autoencoder_pb2 as pb
+from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from .metrics import Metrics
+from .registry import ModelRegistry, ModelState
+from .service import AutoencoderServicer
+from .settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Autoencoder"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class LatentServer:
+    """One server instance: `await start()`, `await load_models()`, ..., `await stop()`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.inference_workers, thread_name_prefix="inference"
+        )
+        self.registry = ModelRegistry(settings, self._executor, self.metrics.batch_observer)
+        self.servicer = AutoencoderServicer(self.registry, settings, self.metrics)
+        self.health = health_aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start answering (health NOT_SERVING until `load_models` finishes)."""
+        s = self.settings
+        self.registry.scan()
+        options = [
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_AutoencoderServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        for service in ("", SERVICE_NAME, *(e.name for e in self.registry.entries)):
+            await self.health.set(service, NOT_SERVING)
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC server to {s.host}:{s.port}")
+        await server.start()
+        self._server = server
+        log.info("listening on %s", self.address)
+        if s.metrics_port:
+            self.metrics.serve_http(s.host, s.metrics_port)
+
+    async def load_models(self) -> None:
+        """Load and warm up every model, then report SERVING for what is ready."""
+        await self.registry.load_all()
+        for entry in self.registry.entries:
+            ready = entry.state is ModelState.READY
+            self.metrics.model_ready.labels(entry.name).set(1 if ready else 0)
+            await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
+        ready_names = self.registry.ready_names
+        overall = SERVING if ready_names else NOT_SERVING
+        await self.health.set("", overall)
+        await self.health.set(SERVICE_NAME, overall)
+        failed = [e.name for e in self.registry.entries if e.state is ModelState.FAILED]
+        log.info(
+            "ready: serving %s (default %s)%s",
+            ", ".join(ready_names) or "no models",
+            self.registry.default_model or "none",
+            f"; refused {', '.join(failed)}" if failed else "",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING everywhere, refuse new calls, let in-flight ones finish."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.grace_period_s if grace is None else grace
+        log.info("shutting down: draining in-flight calls (grace %.1fs)", grace)
+        await self.health.enter_graceful_shutdown()
+        self.servicer.draining = True
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.registry.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.metrics.shutdown()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(settings: ServerSettings) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return the exit code (0)."""
+    server = LatentServer(settings)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await server.start()
+    loading = asyncio.create_task(server.load_models())
+    await stop_requested.wait()
+    if not loading.done():
+        loading.cancel()
+    await server.stop()
+    return 0

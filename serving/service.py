@@ -1,0 +1,362 @@
+"""The gRPC servicer: validates requests, converts protobuf <-> numpy, calls the model API.
+
+Every RPC runs inside `_rpc`, which turns a ServingError into the matching gRPC status,
+records the request metrics, and refuses new calls while the server drains. Nothing here
+loads models, batches or runs onnxruntime; see registry.py, model.py and batching.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from latentserve.manifest import PriorName
+
+from ._proto.latentserve.v1 import autoencoder_pb2 as pb
+from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from .errors import ServingError, invalid_argument, resource_exhausted, unavailable
+from .images import decode_image, encode_pngs
+from .metrics import Metrics
+from .model import IMAGE_SHAPE, ServedModel, monotonic_deadline
+from .registry import ModelEntry, ModelRegistry, ModelState
+from .sampling import MAX_TEMPERATURE, new_seed
+from .settings import ServerSettings
+from .tensors import array_to_tensor, tensor_to_array
+
+log = logging.getLogger(__name__)
+
+Float32Array = npt.NDArray[np.float32]
+Context = grpc.aio.ServicerContext[Any, Any]
+
+PRIOR_TO_NAME: dict[pb.Prior.ValueType, PriorName] = {
+    pb.PRIOR_STANDARD_NORMAL: "standard_normal",
+    pb.PRIOR_FITTED_GAUSSIAN: "fitted_gaussian",
+    pb.PRIOR_BOUNDING_BOX_UNIFORM: "bounding_box_uniform",
+}
+NAME_TO_PRIOR: dict[str, pb.Prior.ValueType] = {v: k for k, v in PRIOR_TO_NAME.items()}
+STATE_TO_PROTO = {
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+    ModelState.LOADING: pb.MODEL_STATE_UNSPECIFIED,
+}
+UNKNOWN_MODEL_LABEL = "<unknown>"
+
+
+@dataclass
+class _CallRecord:
+    """What an RPC reports to the metrics once it ends."""
+
+    model: str
+    samples: int = 0
+
+
+class AutoencoderServicer(pb_grpc.AutoencoderServicer):
+    def __init__(self, registry: ModelRegistry, settings: ServerSettings, metrics: Metrics) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._metrics = metrics
+        self.draining = False
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _rpc(self, method: str, model: str, context: Context) -> AsyncIterator[_CallRecord]:
+        record = _CallRecord(model=model or self._registry.default_model or UNKNOWN_MODEL_LABEL)
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            if self.draining:
+                raise unavailable("server is shutting down; retry on another instance")
+            yield record
+        except ServingError as e:
+            code = e.code.name
+            if e.code is grpc.StatusCode.NOT_FOUND:
+                record.model = UNKNOWN_MODEL_LABEL  # keep label cardinality bounded
+            await context.abort(e.code, e.message)
+        except (asyncio.CancelledError, GeneratorExit):
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            code = "ABORTED"
+            raise
+        except Exception as e:
+            code = "INTERNAL"
+            log.exception("%s failed", method)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+            )
+        finally:
+            self._metrics.observe_request(
+                record.model, method, code, time.perf_counter() - start, record.samples
+            )
+
+    def _model(self, name: str, record: _CallRecord) -> ServedModel:
+        model = self._registry.resolve(name)
+        record.model = model.name
+        return model
+
+    def _check_batch(self, n: int, what: str) -> None:
+        if n == 0:
+            raise invalid_argument(f"{what}: empty batch (N = 0); send at least one")
+        limit = self._settings.max_samples_per_request
+        if n > limit:
+            raise resource_exhausted(
+                f"{what}: {n} items, more than the server's max_samples_per_request ({limit}); "
+                "split the request"
+            )
+
+    @staticmethod
+    def _check_finite(array: Float32Array, what: str) -> None:
+        if not np.isfinite(array).all():
+            bad = int(np.count_nonzero(~np.isfinite(array)))
+            raise invalid_argument(f"{what}: {bad} values are NaN or infinite; all must be finite")
+
+    # -- Encode -----------------------------------------------------------------------------
+
+    async def Encode(self, request: pb.EncodeRequest, context: Context) -> pb.EncodeResponse:
+        async with self._rpc("Encode", request.model, context) as record:
+            model = self._model(request.model, record)
+            images = await self._encode_inputs(request)
+            record.samples = int(images.shape[0])
+            if request.sample_z and not model.is_vae:
+                raise invalid_argument(
+                    f"sample_z: model {model.name!r} is a plain autoencoder (kind ae) with no "
+                    "posterior to sample; sample_z is allowed for VAE models only"
+                )
+            seed = (
+                (request.seed if request.HasField("seed") else new_seed())
+                if request.sample_z
+                else 0
+            )
+            result = await model.encode(
+                images,
+                monotonic_deadline(context.time_remaining()),
+                z_seed=seed if request.sample_z else None,
+            )
+            response = pb.EncodeResponse(
+                model=model.name,
+                model_version=model.manifest.version,
+                latents=array_to_tensor(result.latents),
+                seed=seed,
+            )
+            if result.log_var is not None:
+                response.log_var.CopyFrom(array_to_tensor(result.log_var))
+            if result.z is not None:
+                response.z.CopyFrom(array_to_tensor(result.z))
+            return response
+        raise AssertionError("unreachable: _rpc aborts on error")
+
+    async def _encode_inputs(self, request: pb.EncodeRequest) -> Float32Array:
+        """The request's images as N x 1 x 28 x 28 float32, validated."""
+        which = request.WhichOneof("input")
+        if which == "images":
+            images = tensor_to_array(request.images, "images")
+            shape = tuple(images.shape)
+            if not (
+                (len(shape) == 3 and shape[1:] == IMAGE_SHAPE[1:])
+                or (len(shape) == 4 and shape[1:] == IMAGE_SHAPE)
+            ):
+                raise invalid_argument(
+                    f"images: shape {list(shape)} is not allowed; send N x 28 x 28 or "
+                    "N x 1 x 28 x 28 float32"
+                )
+            self._check_batch(shape[0], "images")
+            self._check_finite(images, "images")
+            return images.reshape(shape[0], *IMAGE_SHAPE)
+        if which == "encoded_images":
+            files = list(request.encoded_images.data)
+            self._check_batch(len(files), "encoded_images")
+            s = self._settings
+            resize = request.encoded_images.resize
+
+            def decode_all() -> Float32Array:
+                decoded = [
+                    decode_image(
+                        data,
+                        index=i,
+                        resize=resize,
+                        max_bytes=s.max_image_bytes,
+                        max_pixels=s.max_image_pixels,
+                    )
+                    for i, data in enumerate(files)
+                ]
+                return np.stack(decoded).reshape(len(files), *IMAGE_SHAPE)
+
+            # Pillow decoding (and resizing) would stall every other call on the event loop.
+            return await asyncio.to_thread(decode_all)
+        raise invalid_argument("no input: set either images (a float32 tensor) or encoded_images")
+
+    # -- Decode -----------------------------------------------------------------------------
+
+    async def Decode(self, request: pb.DecodeRequest, context: Context) -> pb.DecodeResponse:
+        async with self._rpc("Decode", request.model, context) as record:
+            model = self._model(request.model, record)
+            if not request.HasField("latents"):
+                raise invalid_argument(f"latents: missing; send N x {model.latent_dim} float32")
+            latents = tensor_to_array(request.latents, "latents")
+            if latents.ndim != 2 or latents.shape[1] != model.latent_dim:
+                raise invalid_argument(
+                    f"latents: shape {list(latents.shape)} is not allowed; model {model.name!r} "
+                    f"takes N x {model.latent_dim} float32 (latent_dim {model.latent_dim})"
+                )
+            self._check_batch(latents.shape[0], "latents")
+            self._check_finite(latents, "latents")
+            record.samples = int(latents.shape[0])
+            images = await model.decode(latents, monotonic_deadline(context.time_remaining()))
+            response = pb.DecodeResponse(
+                model=model.name,
+                model_version=model.manifest.version,
+                images=array_to_tensor(images),
+            )
+            if request.return_png:
+                response.png.extend(await asyncio.to_thread(encode_pngs, images))
+            return response
+        raise AssertionError("unreachable: _rpc aborts on error")
+
+    # -- SampleRandom -----------------------------------------------------------------------
+
+    def _sampling_args(
+        self, request: pb.SampleRequest, model: ServedModel, limit: int, rpc: str
+    ) -> tuple[PriorName, float, int]:
+        if request.count < 1:
+            raise invalid_argument("count: must be at least 1")
+        if request.count > limit:
+            hint = (
+                "; use SampleRandomStream for more"
+                if rpc == "SampleRandom" and limit < self._settings.max_stream_samples
+                else ""
+            )
+            raise invalid_argument(
+                f"count: {request.count} is more than {rpc} allows ({limit}){hint}"
+            )
+        if request.prior == pb.PRIOR_UNSPECIFIED:
+            prior = model.default_prior
+        elif request.prior in PRIOR_TO_NAME:
+            prior = PRIOR_TO_NAME[request.prior]
+        else:
+            raise invalid_argument(
+                f"prior: unknown value {request.prior}; use one of "
+                + ", ".join(pb.Prior.Name(v) for v in pb.Prior.values())
+            )
+        temperature = 1.0
+        if request.HasField("temperature"):
+            temperature = float(request.temperature)
+            if not (np.isfinite(temperature) and 0.0 < temperature <= MAX_TEMPERATURE):
+                raise invalid_argument(
+                    f"temperature: {temperature} is out of range; allowed 0 < t <= {MAX_TEMPERATURE:g}"
+                )
+        seed = request.seed if request.HasField("seed") else new_seed()
+        return prior, temperature, seed
+
+    async def _sample_response(
+        self,
+        request: pb.SampleRequest,
+        model: ServedModel,
+        seed: int,
+        prior: PriorName,
+        offset: int,
+        latents: Float32Array,
+        images: Float32Array,
+    ) -> pb.SampleResponse:
+        response = pb.SampleResponse(
+            model=model.name,
+            model_version=model.manifest.version,
+            images=array_to_tensor(images),
+            seed=seed,
+            offset=offset,
+            prior=NAME_TO_PRIOR[prior],
+        )
+        if request.return_latents:
+            response.latents.CopyFrom(array_to_tensor(latents))
+        if request.return_png:
+            response.png.extend(await asyncio.to_thread(encode_pngs, images))
+        return response
+
+    async def SampleRandom(self, request: pb.SampleRequest, context: Context) -> pb.SampleResponse:
+        async with self._rpc("SampleRandom", request.model, context) as record:
+            model = self._model(request.model, record)
+            limit = self._settings.max_samples_per_request
+            prior, temperature, seed = self._sampling_args(request, model, limit, "SampleRandom")
+            deadline = monotonic_deadline(context.time_remaining())
+            chunks = [
+                chunk
+                async for chunk in model.sample_chunks(
+                    request.count, request.count, prior, temperature, seed, deadline
+                )
+            ]
+            (chunk,) = chunks
+            record.samples = request.count
+            return await self._sample_response(
+                request, model, seed, prior, 0, chunk.latents, chunk.images
+            )
+        raise AssertionError("unreachable: _rpc aborts on error")
+
+    async def SampleRandomStream(
+        self, request: pb.SampleRequest, context: Context
+    ) -> AsyncIterator[pb.SampleResponse]:
+        async with self._rpc("SampleRandomStream", request.model, context) as record:
+            model = self._model(request.model, record)
+            limit = self._settings.max_stream_samples
+            prior, temperature, seed = self._sampling_args(
+                request, model, limit, "SampleRandomStream"
+            )
+            largest = self._settings.stream_chunk_size
+            # Larger chunk requests are clamped (documented): the server bounds message size.
+            chunk_size = min(request.chunk_size or largest, largest)
+            deadline = monotonic_deadline(context.time_remaining())
+            async for chunk in model.sample_chunks(
+                request.count, chunk_size, prior, temperature, seed, deadline
+            ):
+                yield await self._sample_response(
+                    request, model, seed, prior, chunk.offset, chunk.latents, chunk.images
+                )
+                record.samples += int(chunk.images.shape[0])
+
+    # -- ListModels / GetModel --------------------------------------------------------------
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        async with self._rpc("ListModels", "", context):
+            return pb.ListModelsResponse(
+                models=[model_info(e) for e in self._registry.entries],
+                default_model=self._registry.default_model,
+            )
+        raise AssertionError("unreachable: _rpc aborts on error")
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.ModelInfo:
+        async with self._rpc("GetModel", request.model, context) as record:
+            entry = self._registry.get_entry(request.model)
+            record.model = entry.name
+            return model_info(entry)
+        raise AssertionError("unreachable: _rpc aborts on error")
+
+
+def model_info(entry: ModelEntry) -> pb.ModelInfo:
+    info = pb.ModelInfo(name=entry.name, state=STATE_TO_PROTO[entry.state], error=entry.error)
+    m = entry.manifest
+    if m is not None:
+        info.version = m.version
+        info.kind = m.kind
+        info.latent_dim = m.latent_dim
+        info.image_shape.extend(m.image.shape)
+        info.description = m.description
+        info.default_prior = NAME_TO_PRIOR[m.prior.default]
+        info.metrics.update(m.metrics)
+        info.encoder_sha256 = m.encoder.sha256
+        info.decoder_sha256 = m.decoder.sha256
+        info.provenance_json = json.dumps(m.provenance, sort_keys=True)
+    if entry.model is not None:
+        info.providers.extend(entry.model.providers)
+    return info

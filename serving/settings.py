@@ -1,0 +1,118 @@
+"""Server configuration: one pydantic-settings object, built once at start-up.
+
+Every field can be set by an environment variable ``LATENTSERVE_<FIELD>`` (e.g.
+``LATENTSERVE_PORT``) and overridden by the matching command-line flag (``--port``);
+:func:`settings_from_args` does that merge. The object is then passed down explicitly;
+no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LATENTSERVE_"
+
+Device = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+
+MiB = 1 << 20
+
+
+class ServerSettings(BaseSettings):
+    """Everything `latent-serve` can be told; defaults work for the shipped models."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    host: str = Field("0.0.0.0", description="address to bind the gRPC server to")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port")
+    models_dir: Path = Field(Path("models"), description="folder holding one folder per model")
+    default_model: str = Field(
+        "mnist-vae",
+        description="model used when a request names none; if absent, the first ready "
+        "model in alphabetical order",
+    )
+    device: Device = Field("auto", description="auto (CUDA if available, else CPU), cpu or cuda")
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads per session; 0 = onnxruntime's choice"
+    )
+    inference_workers: int = Field(
+        2, ge=1, description="threads running onnxruntime batches concurrently (all models)"
+    )
+    batch_concurrency: int = Field(
+        1, ge=1, description="batches of one graph allowed to run at the same time"
+    )
+    batching: bool = Field(True, description="gather concurrent requests into one run (on/off)")
+    max_batch_size: int = Field(256, ge=1, description="most images/latents in one batched run")
+    max_batch_delay_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="longest wait for a batch to fill, in milliseconds"
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="requests waiting per graph before RESOURCE_EXHAUSTED"
+    )
+    max_samples_per_request: int = Field(
+        4096, ge=1, description="most images per Encode/Decode/SampleRandom request"
+    )
+    max_stream_samples: int = Field(
+        1_000_000, ge=1, description="most images one SampleRandomStream call may ask for"
+    )
+    stream_chunk_size: int = Field(
+        1024, ge=1, description="default and largest number of images per stream message"
+    )
+    max_message_bytes: int = Field(
+        64 * MiB, ge=4 * MiB, description="largest gRPC message received or sent"
+    )
+    max_image_bytes: int = Field(
+        1 * MiB, ge=1024, description="largest encoded (PNG/JPEG) image accepted"
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=28 * 28, description="largest width x height decoded (resize mode)"
+    )
+    warmup_runs: int = Field(1, ge=0, description="warm-up inference runs per graph before ready")
+    grace_period_s: float = Field(
+        10.0, ge=0.0, description="on SIGTERM/SIGINT, time allowed for in-flight calls to finish"
+    )
+    metrics_port: int = Field(
+        9090, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables"
+    )
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: LogFormat = Field("text", description="text or json (one object per line)")
+
+    @property
+    def max_batch_delay_s(self) -> float:
+        return self.max_batch_delay_ms / 1000.0
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field; unset flags fall back to the environment, then defaults."""
+    for name, info in ServerSettings.model_fields.items():
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{info.description} [env {ENV_PREFIX}{name.upper()}, default {info.default}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace | dict[str, Any]) -> ServerSettings:
+    """Merge: explicit flags > LATENTSERVE_* environment > defaults (pydantic validates all)."""
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    fields = {k: v for k, v in given.items() if k in ServerSettings.model_fields}
+    return ServerSettings(**fields)
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> ServerSettings:
+    parser = argparse.ArgumentParser(prog="latent-serve")
+    add_settings_flags(parser)
+    return settings_from_args(parser.parse_args(argv))
