@@ -51,6 +51,11 @@ def decode_image(
             if gray.size != (SIDE, SIDE):
                 gray = gray.resize((SIDE, SIDE), Image.Resampling.BILINEAR)
             pixels = np.asarray(gray, dtype=np.float32)
+    except Image.DecompressionBombError as e:
+        # Pillow's own guard (far above ours) fires inside Image.open for absurd headers.
+        raise resource_exhausted(
+            f"{where}: {e}; the server's max_image_pixels is {max_pixels}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise invalid_argument(
             f"{where}: not a decodable PNG or JPEG image ({type(e).__name__}: {e})"

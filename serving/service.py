@@ -50,6 +50,9 @@ STATE_TO_PROTO = {
     ModelState.LOADING: pb.MODEL_STATE_UNSPECIFIED,
 }
 UNKNOWN_MODEL_LABEL = "<unknown>"
+IMAGE_BYTES = 4 * 28 * 28
+# An 8-bit 28 x 28 grayscale PNG is at most ~850 bytes (incompressible pixels plus headers).
+PNG_BYTES_BOUND = 1024
 
 
 @dataclass
@@ -116,6 +119,16 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
                 "split the request"
             )
 
+    def _check_response_size(self, n: int, bytes_per_item: int, what: str) -> None:
+        """Refuse up front what could not be sent back within max_message_bytes."""
+        limit = self._settings.max_message_bytes
+        # 1 KiB covers the fields around the tensors.
+        if n * bytes_per_item + 1024 > limit:
+            raise resource_exhausted(
+                f"{what}: the response for {n} items would be about {n * bytes_per_item} bytes, "
+                f"more than the server's max_message_bytes ({limit}); split the request"
+            )
+
     @staticmethod
     def _check_finite(array: Float32Array, what: str) -> None:
         if not np.isfinite(array).all():
@@ -129,6 +142,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             model = self._model(request.model, record)
             images = await self._encode_inputs(request)
             record.samples = int(images.shape[0])
+            self._check_response_size(record.samples, 3 * 4 * model.latent_dim, "Encode")
             if request.sample_z and not model.is_vae:
                 raise invalid_argument(
                     f"sample_z: model {model.name!r} is a plain autoencoder (kind ae) with no "
@@ -213,6 +227,11 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             self._check_batch(latents.shape[0], "latents")
             self._check_finite(latents, "latents")
             record.samples = int(latents.shape[0])
+            self._check_response_size(
+                record.samples,
+                IMAGE_BYTES + (PNG_BYTES_BOUND if request.return_png else 0),
+                "Decode",
+            )
             images = await model.decode(latents, monotonic_deadline(context.time_remaining()))
             response = pb.DecodeResponse(
                 model=model.name,
@@ -288,6 +307,9 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             model = self._model(request.model, record)
             limit = self._settings.max_samples_per_request
             prior, temperature, seed = self._sampling_args(request, model, limit, "SampleRandom")
+            self._check_response_size(
+                request.count, sample_item_bytes(request, model), "SampleRandom"
+            )
             deadline = monotonic_deadline(context.time_remaining())
             chunks = [
                 chunk
@@ -314,6 +336,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             largest = self._settings.stream_chunk_size
             # Larger chunk requests are clamped (documented): the server bounds message size.
             chunk_size = min(request.chunk_size or largest, largest)
+            self._check_response_size(chunk_size, sample_item_bytes(request, model), "chunk_size")
             deadline = monotonic_deadline(context.time_remaining())
             async for chunk in model.sample_chunks(
                 request.count, chunk_size, prior, temperature, seed, deadline
@@ -341,6 +364,15 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             record.model = entry.name
             return model_info(entry)
         raise AssertionError("unreachable: _rpc aborts on error")
+
+
+def sample_item_bytes(request: pb.SampleRequest, model: ServedModel) -> int:
+    """Upper bound on the response bytes one sampled image adds."""
+    return (
+        IMAGE_BYTES
+        + (4 * model.latent_dim if request.return_latents else 0)
+        + (PNG_BYTES_BOUND if request.return_png else 0)
+    )
 
 
 def model_info(entry: ModelEntry) -> pb.ModelInfo:

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fixtures.models import build_model_folder
 from fixtures.servers import InProcessServer
 

@@ -23,7 +23,9 @@ def client(server: InProcessServer):
 
 @pytest.fixture(scope="module")
 def reference(tiny_models_dir):
-    return {name: Reference(tiny_models_dir / name) for name in ("tiny-ae", "tiny-vae", "tiny-vae-8")}
+    return {
+        name: Reference(tiny_models_dir / name) for name in ("tiny-ae", "tiny-vae", "tiny-vae-8")
+    }
 
 
 def digits(n: int, seed: int = 0) -> np.ndarray:
@@ -216,7 +218,10 @@ def test_concurrent_clients_get_their_own_rows(server, reference):
     """Many small concurrent requests are batched together yet each gets its own answer."""
     import concurrent.futures
 
-    inputs = [np.random.default_rng(i).standard_normal((1 + i % 3, 8)).astype(np.float32) for i in range(40)]
+    inputs = [
+        np.random.default_rng(i).standard_normal((1 + i % 3, 8)).astype(np.float32)
+        for i in range(40)
+    ]
     with LatentClient(server.target) as c, concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda z: c.decode(z, model="tiny-vae-8").images, inputs))
     for z, images in zip(inputs, results, strict=True):
