@@ -1,0 +1,168 @@
+"""The docker-compose deployment, end to end in a real Docker daemon.
+
+Builds the service image through docker-compose.yml, starts the stack with the host-network
+override on fresh ports, waits for Docker's HEALTHCHECK (gRPC health) to say healthy, calls
+Encode, Decode and SampleRandom from the host with the real client and compares them with
+in-process onnxruntime on the same model folders, reads the Prometheus endpoint, stops the
+service with `compose stop` (SIGTERM) and checks its clean exit. Stacks are always torn down.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from docker_stack import REPO, SERVICE, ComposeStack, StackFactory, run, scrape
+from fixtures.reference import Reference
+from prometheus_client.parser import text_string_to_metric_families
+
+from latentserve.manifest import MANIFEST_FILE
+from serving.client import LatentClient
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+# Same onnxruntime build on both sides; the margin covers thread-count dependent summation.
+ATOL = 1e-5
+STOP_GRACE_S = 30  # stop_grace_period in docker-compose.yml: Docker kills after this
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.parent.name for p in (REPO / "models").glob(f"*/{MANIFEST_FILE}"))
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+
+
+def check_rpcs_match_onnxruntime(client: LatentClient, name: str, reference: Reference) -> None:
+    """Encode, Decode and SampleRandom once each for one model, against onnxruntime."""
+    batch = images(5, seed=len(name))
+    encoded = client.encode(batch, model=name)
+    expected = reference.encode(batch)
+    assert encoded.model == name
+    if reference.manifest.kind == "vae":
+        assert encoded.log_var is not None
+        np.testing.assert_allclose(encoded.latents, expected["mean"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(encoded.log_var, expected["log_var"], atol=ATOL, rtol=0)
+    else:
+        np.testing.assert_allclose(encoded.latents, expected["latents"], atol=ATOL, rtol=0)
+
+    decoded = client.decode(encoded.latents, model=name)
+    assert decoded.images.shape == (5, 1, 28, 28)
+    np.testing.assert_allclose(
+        decoded.images, reference.decode(encoded.latents), atol=ATOL, rtol=0
+    )
+
+    sampled = client.sample(6, model=name, seed=1234, return_latents=True)
+    assert sampled.seed == 1234 and sampled.latents is not None
+    assert sampled.latents.shape == (6, reference.manifest.latent_dim)
+    np.testing.assert_allclose(sampled.images, reference.decode(sampled.latents), atol=ATOL, rtol=0)
+
+
+def metric_values(text: str, family: str) -> dict[tuple[str, str], float]:
+    """{(model, method): value} of one labelled counter in a Prometheus text exposition."""
+    values: dict[tuple[str, str], float] = {}
+    for metrics in text_string_to_metric_families(text):
+        for sample in metrics.samples:
+            if sample.name == family:
+                values[(sample.labels["model"], sample.labels["method"])] = sample.value
+    return values
+
+
+def stop_and_check_clean_exit(stack: ComposeStack) -> None:
+    container = stack.container_id()
+    started = time.monotonic()
+    stack("stop", SERVICE, timeout=STOP_GRACE_S + 60)
+    took = time.monotonic() - started
+    state = json.loads(
+        run(["docker", "inspect", "--format", "{{json .State}}", container]).stdout
+    )
+    logs = stack.logs()
+    assert state["Status"] == "exited", state
+    assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}\n{logs[-3000:]}"
+    assert not state["OOMKilled"]
+    # Exit code 0 well inside the grace period: the server drained on SIGTERM, not SIGKILL.
+    assert took < STOP_GRACE_S, f"`compose stop` took {took:.1f}s"
+    assert "shutting down" in logs and "stopped" in logs, logs[-3000:]
+
+
+def test_service_image_has_no_torch_and_runs_as_non_root(service_image: str) -> None:
+    def in_image(*cmd: str) -> tuple[int, str]:
+        proc = run(
+            ["docker", "run", "--rm", "--network", "host", "--entrypoint", cmd[0],
+             service_image, *cmd[1:]],
+            check=False,
+        )
+        return proc.returncode, proc.stdout + proc.stderr
+
+    code, out = in_image("python", "-c", "import torch")
+    assert code != 0 and "No module named 'torch'" in out, out
+    # The failure above is torch's absence, not a broken interpreter: serving imports fine.
+    code, out = in_image("python", "-c", "import onnxruntime, grpc, serving.server")
+    assert code == 0, out
+    code, out = in_image("id", "-u")
+    assert code == 0 and out.strip() not in ("", "0"), f"runs as uid {out.strip()!r}"
+
+
+@pytest.mark.skipif(not shipped_models(), reason="no shipped model folders in models/ yet")
+def test_compose_stack_serves_the_shipped_models(stack_factory: StackFactory) -> None:
+    stack = stack_factory()
+    stack.up()
+    stack.wait_healthy()
+    container = stack.container_id()
+    policy = run(
+        ["docker", "inspect", "--format", "{{.HostConfig.RestartPolicy.Name}}", container]
+    ).stdout.strip()
+    assert policy == "unless-stopped"
+
+    names = shipped_models()
+    with LatentClient(stack.target, timeout=60) as client:
+        assert client.health() == "SERVING"
+        served = {m.name: m.state for m in client.list_models()}
+        assert served == dict.fromkeys(names, "READY")
+        if "mnist-vae" in names:
+            assert client.default_model() == "mnist-vae"
+        for name in names:
+            check_rpcs_match_onnxruntime(client, name, Reference(REPO / "models" / name))
+
+    text = scrape(f"http://127.0.0.1:{stack.metrics_port}/metrics")
+    requests = metric_values(text, "latentserve_requests_total")
+    for name in names:
+        for method in ("Encode", "Decode", "SampleRandom"):
+            assert requests.get((name, method)) == 1.0, (name, method, requests)
+
+    stop_and_check_clean_exit(stack)
+
+
+def test_mounted_models_folder_replaces_the_baked_in_ones(
+    stack_factory: StackFactory, tiny_models_dir: Path, tmp_path: Path
+) -> None:
+    mounted = tmp_path / "my-models"
+    shutil.copytree(tiny_models_dir, mounted)
+    # The container runs as a non-root uid: the folder must be world-readable.
+    for path in [mounted, *mounted.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    stack = stack_factory(LATENTSERVE_MODELS=str(mounted), LATENTSERVE_DEFAULT_MODEL="tiny-vae")
+    stack.up()
+    stack.wait_healthy()
+    with LatentClient(stack.target, timeout=60) as client:
+        assert sorted(m.name for m in client.list_models()) == sorted(
+            p.name for p in tiny_models_dir.iterdir()
+        )
+        assert client.default_model() == "tiny-vae"
+        for name in ("tiny-ae", "tiny-vae"):
+            check_rpcs_match_onnxruntime(client, name, Reference(mounted / name))
+
+    # The models volume is mounted read-only.
+    probe = run(
+        ["docker", "exec", stack.container_id(), "touch", "/models/probe"], check=False
+    )
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe.stderr
+    assert not (mounted / "probe").exists()
+
+    stop_and_check_clean_exit(stack)
