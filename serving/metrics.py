@@ -6,7 +6,7 @@ Exported series (labels in braces):
   latentserve_requests_total{model,method}               RPCs received
   latentserve_request_errors_total{model,method,code}    RPCs that ended with a non-OK status
   latentserve_request_latency_seconds{model,method}      RPC wall time (histogram)
-  latentserve_samples_total{model,method}                images/latents processed
+  latentserve_samples_total{model,method}                images/latents answered (OK calls)
   latentserve_batch_rows{model,graph}                    rows per onnxruntime run (histogram)
   latentserve_batch_requests{model,graph}                requests merged per run (histogram)
   latentserve_inference_seconds{model,graph}             onnxruntime run time (histogram)
@@ -128,7 +128,7 @@ class Metrics:
         self.latency.labels(model, method).observe(seconds)
         if code != "OK":
             self.errors.labels(model, method, code).inc()
-        if samples:
+        elif samples:
             self.samples.labels(model, method).inc(samples)
 
     def serve_http(self, host: str, port: int) -> None:
