@@ -129,11 +129,20 @@ def test_compose_stack_serves_the_shipped_models(stack_factory: StackFactory) ->
         for name in names:
             check_rpcs_match_onnxruntime(client, name, Reference(REPO / "models" / name))
 
+    sampled = stack(
+        "exec", "-T", SERVICE, "latent-client", "sample", "--count", "16", "--seed", "0",
+        "--out", "/tmp/samples.png",
+    ).stdout
+    assert "sampled 16 images" in sampled and "wrote a grid of 16 images" in sampled, sampled
+
     text = scrape(f"http://127.0.0.1:{stack.metrics_port}/metrics")
     requests = metric_values(text, "latentserve_requests_total")
+    default = names[0] if "mnist-vae" not in names else "mnist-vae"
     for name in names:
         for method in ("Encode", "Decode", "SampleRandom"):
-            assert requests.get((name, method)) == 1.0, (name, method, requests)
+            # The in-container `latent-client sample` above used the default model.
+            calls = 2.0 if (name, method) == (default, "SampleRandom") else 1.0
+            assert requests.get((name, method)) == calls, (name, method, requests)
 
     stop_and_check_clean_exit(stack)
 
@@ -157,6 +166,10 @@ def test_mounted_models_folder_replaces_the_baked_in_ones(
         assert client.default_model() == "tiny-vae"
         for name in ("tiny-ae", "tiny-vae"):
             check_rpcs_match_onnxruntime(client, name, Reference(mounted / name))
+
+    # The documented in-container client call (docs/deployment.md) reaches the server.
+    listed = stack("exec", "-T", SERVICE, "latent-client", "models").stdout
+    assert "tiny-vae" in listed and "READY" in listed, listed
 
     # The models volume is mounted read-only.
     probe = run(
