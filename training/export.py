@@ -1,0 +1,276 @@
+"""ONNX export: a trained checkpoint becomes a servable model folder, or export fails.
+
+The only module that calls ``torch.onnx``. :func:`export_graph` exports one module with the
+dynamo exporter and a dynamic batch axis into a single self-contained .onnx file (weights
+inside, no external-data sidecar: the manifest's sha256 must cover everything the server
+loads). :func:`export_model` writes encoder.onnx and decoder.onnx, refuses them unless
+onnxruntime matches PyTorch within 1e-4 on held-out test images at several batch sizes,
+then measures the graphs on the test set and writes model.json (validated by
+``latentserve.manifest``) with the sampling priors fitted to the training latents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import onnxscript
+import torch
+from torch import nn
+
+from latentserve.manifest import (
+    AE_ENCODER_OUTPUTS,
+    DECODER_INPUT,
+    DECODER_OUTPUT,
+    ENCODER_INPUT,
+    VAE_ENCODER_OUTPUTS,
+    BoundingBox,
+    FittedGaussian,
+    GraphSpec,
+    Kind,
+    ModelManifest,
+    PriorSpec,
+    sha256_of,
+    write_manifest,
+)
+from training.data import Mnist, to_float
+from training.graphs import ModelGraphs, open_session, run_batched
+from training.models import AnyAutoencoder, VariationalAutoencoder
+from training.train import library_versions, load_checkpoint
+
+PARITY_ATOL = 1e-4
+PARITY_BATCH_SIZES = (1, 7, 64)
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+
+
+class ExportError(RuntimeError):
+    """An export that must not be shipped (parity failure, external data, invalid graph)."""
+
+
+class _EncoderGraph(nn.Module):
+    def __init__(self, model: AnyAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model.encode(images)
+
+
+class _DecoderGraph(nn.Module):
+    def __init__(self, model: AnyAutoencoder) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(latents)
+
+
+def export_graph(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    output_names: list[str],
+) -> int:
+    """Export module(example) to one self-contained ONNX file with a dynamic batch axis; returns the opset."""
+    module.eval()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    # The example batch must be > 1, or torch.export specialises the batch size to 1.
+    assert example.shape[0] > 1, "use an example batch of at least 2"
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
+    sidecars = [p for p in path.parent.glob(path.name + "*") if p != path]
+    if sidecars:
+        raise ExportError(f"{path}: exporter wrote external data {[p.name for p in sidecars]}")
+    proto = onnx.load(str(path), load_external_data=False)
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise ExportError(f"{path}: weights stored outside the file: {external[:5]}")
+    onnx.checker.check_model(proto, full_check=True)
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def check_parity(
+    module: nn.Module, path: Path, inputs: np.ndarray, *, atol: float = PARITY_ATOL
+) -> float:
+    """Largest |onnxruntime - torch| over the given batch sizes; raises ExportError above atol."""
+    session = open_session(path)
+    worst = 0.0
+    start = 0
+    for size in PARITY_BATCH_SIZES:
+        batch = inputs[start : start + size]
+        start += size
+        with torch.no_grad():
+            expected = module(torch.from_numpy(batch))
+        expected_list = list(expected) if isinstance(expected, tuple) else [expected]
+        got = run_batched(session, batch, batch_size=size)
+        for name, want in zip((o.name for o in session.get_outputs()), expected_list, strict=True):
+            if got[name].shape != tuple(want.shape):
+                raise ExportError(f"{path}: output {name} shape {got[name].shape} != torch {tuple(want.shape)}")
+            diff = float(np.abs(got[name] - want.numpy()).max())
+            worst = max(worst, diff)
+            if diff > atol:
+                raise ExportError(
+                    f"{path}: onnxruntime differs from torch by {diff:.2e} on {name!r} "
+                    f"(batch {size}); allowed {atol:.0e}"
+                )
+    return worst
+
+
+@torch.no_grad()
+def _latent_points(model: AnyAutoencoder, images: np.ndarray) -> np.ndarray:
+    """Deterministic latent per image (AE latent / VAE mean), N x D float64."""
+    points = []
+    for start in range(0, len(images), 1000):
+        out = model.encode(torch.from_numpy(images[start : start + 1000]))
+        points.append((out[0] if isinstance(out, tuple) else out).numpy())
+    return np.concatenate(points).astype(np.float64)
+
+
+def fit_priors(points: np.ndarray, default: str) -> PriorSpec:
+    """The Gaussian fitted to the training latents and their per-axis bounding box."""
+    covariance = np.atleast_2d(np.cov(points, rowvar=False))
+    return PriorSpec(
+        default=default,  # type: ignore[arg-type]
+        fitted_gaussian=FittedGaussian(
+            mean=points.mean(axis=0).tolist(), covariance=covariance.tolist()
+        ),
+        bounding_box=BoundingBox(low=points.min(axis=0).tolist(), high=points.max(axis=0).tolist()),
+    )
+
+
+def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """Reconstruction quality of the exported graphs on the test images (N x 1 x 28 x 28).
+
+    Reconstruction decodes the deterministic latent (the VAE mean), as an Encode -> Decode
+    round trip through the server does. The VAE's ELBO uses one reparameterised sample per image.
+    """
+    encoded = graphs.encode(images)
+    points = encoded["latents"] if graphs.kind == "ae" else encoded["mean"]
+    recon = graphs.decode(points.astype(np.float32)).astype(np.float64)
+    x = images.astype(np.float64)
+    eps = 1e-7
+    clipped = np.clip(recon, eps, 1 - eps)
+    bce = -(x * np.log(clipped) + (1 - x) * np.log(1 - clipped)).reshape(len(x), -1).sum(1)
+    metrics = {
+        "test_images": float(len(images)),
+        "test_mse_per_pixel": float(((recon - x) ** 2).mean()),
+        "test_bce_per_image": float(bce.mean()),
+    }
+    if graphs.kind == "vae":
+        mean, log_var = encoded["mean"].astype(np.float64), encoded["log_var"].astype(np.float64)
+        kl = -0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(1)
+        rng = np.random.default_rng(seed)
+        z = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)
+        sampled = np.clip(graphs.decode(z.astype(np.float32)).astype(np.float64), eps, 1 - eps)
+        bce_z = -(x * np.log(sampled) + (1 - x) * np.log(1 - sampled)).reshape(len(x), -1).sum(1)
+        metrics["test_kl_per_image"] = float(kl.mean())
+        metrics["test_elbo_per_image"] = float(-(bce_z + kl).mean())
+    return metrics
+
+
+def export_model(
+    checkpoint: Path,
+    folder: Path,
+    data: Mnist,
+    *,
+    name: str,
+    description: str = "",
+    prior: str | None = None,
+) -> Path:
+    """Write folder/{encoder.onnx, decoder.onnx, model.json} from a training checkpoint."""
+    model, state = load_checkpoint(checkpoint)
+    kind: Kind = "vae" if isinstance(model, VariationalAutoencoder) else "ae"
+    latent_dim = model.config.latent_dim
+    folder.mkdir(parents=True, exist_ok=True)
+    test_images = to_float(data.test_images)
+    train_images = to_float(data.train_images)
+
+    encoder, decoder = _EncoderGraph(model), _DecoderGraph(model)
+    encoder_outputs = list(VAE_ENCODER_OUTPUTS if kind == "vae" else AE_ENCODER_OUTPUTS)
+    encoder_opset = export_graph(
+        encoder, torch.from_numpy(test_images[:4]), folder / ENCODER_FILE, ENCODER_INPUT, encoder_outputs
+    )
+    decoder_opset = export_graph(
+        decoder, torch.zeros(4, latent_dim), folder / DECODER_FILE, DECODER_INPUT, [DECODER_OUTPUT]
+    )
+
+    # Held-out parity inputs: test images for the encoder; for the decoder both the latents
+    # of those images and wider random points, since serving decodes arbitrary prior samples.
+    parity_images = test_images[: sum(PARITY_BATCH_SIZES)]
+    encoder_diff = check_parity(encoder, folder / ENCODER_FILE, parity_images)
+    points = _latent_points(model, parity_images).astype(np.float32)
+    rng = np.random.default_rng(0)
+    wide = (3 * rng.standard_normal(points.shape)).astype(np.float32)
+    decoder_diff = max(
+        check_parity(decoder, folder / DECODER_FILE, points),
+        check_parity(decoder, folder / DECODER_FILE, wide),
+    )
+
+    train_points = _latent_points(model, train_images)
+    priors = fit_priors(train_points, prior or ("standard_normal" if kind == "vae" else "fitted_gaussian"))
+
+    def graph_spec(file: str, inputs: list[str], outputs: list[str], opset: int) -> GraphSpec:
+        return GraphSpec(file=file, sha256=sha256_of(folder / file), inputs=inputs, outputs=outputs, opset=opset)
+
+    fit_config = state["fit_config"]
+    provenance: dict[str, Any] = {
+        "data": state["data"],
+        "training": {
+            "epochs": state["epoch"],
+            "seed": fit_config["seed"],
+            "config": fit_config,
+            "final_epoch": state["history"][-1] if state["history"] else {},
+            "loss": "BCE summed over pixels" + (" + beta * KL(q(z|x) || N(0, I))" if kind == "vae" else ""),
+            "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+        },
+        "export": {
+            "parity_atol": PARITY_ATOL,
+            "parity_batch_sizes": list(PARITY_BATCH_SIZES),
+            "encoder_max_abs_diff": encoder_diff,
+            "decoder_max_abs_diff": decoder_diff,
+        },
+        "versions": {
+            **state["versions"],
+            "export_torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "prior_note": "fitted_gaussian and bounding_box describe the training-set latents"
+        + (" (the encoder means)" if kind == "vae" else ""),
+    }
+    manifest = ModelManifest(
+        name=name,
+        kind=kind,
+        description=description,
+        latent_dim=latent_dim,
+        encoder=graph_spec(ENCODER_FILE, [ENCODER_INPUT], encoder_outputs, encoder_opset),
+        decoder=graph_spec(DECODER_FILE, [DECODER_INPUT], [DECODER_OUTPUT], decoder_opset),
+        prior=priors,
+        provenance=provenance,
+        metrics={},
+    )
+    write_manifest(folder, manifest)
+    # Metrics come from the written graphs through onnxruntime: what the server will compute.
+    metrics = test_metrics(ModelGraphs(folder), test_images)
+    write_manifest(folder, manifest.model_copy(update={"metrics": metrics}))
+    return folder
+
+
+__all__ = ["ExportError", "check_parity", "export_graph", "export_model", "fit_priors", "library_versions"]

@@ -1,0 +1,69 @@
+"""Running exported ONNX graphs on the training side: the parity check, test metrics, analysis.
+
+Analysis and metrics run the shipped graphs through onnxruntime (not the PyTorch model),
+so the numbers describe exactly what the server will serve. :class:`ModelGraphs` opens a
+model folder (manifest validated and hashes checked by ``latentserve.manifest``) and
+offers ``encode`` / ``decode`` on numpy arrays in batches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from latentserve.manifest import ModelManifest, load_model_folder
+
+
+def open_session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the CPU provider is what we want here
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_batched(
+    session: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 1000
+) -> dict[str, np.ndarray]:
+    """Run a one-input graph over inputs in batches; returns every output, concatenated."""
+    input_name = session.get_inputs()[0].name
+    names = [o.name for o in session.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for start in range(0, len(inputs), batch_size):
+        chunk = np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)
+        for name, value in zip(names, session.run(names, {input_name: chunk}), strict=True):
+            parts[name].append(value)
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+class ModelGraphs:
+    """A validated model folder with its two graphs open in onnxruntime."""
+
+    def __init__(self, folder: Path, threads: int = 2) -> None:
+        self.folder = folder
+        self.manifest: ModelManifest = load_model_folder(folder)
+        self.encoder = open_session(folder / self.manifest.encoder.file, threads)
+        self.decoder = open_session(folder / self.manifest.decoder.file, threads)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """images N x 1 x 28 x 28 float32 -> {"latents"} (AE) or {"mean", "log_var"} (VAE)."""
+        return run_batched(self.encoder, images)
+
+    def encode_points(self, images: np.ndarray) -> np.ndarray:
+        """The deterministic latent point per image: the AE latent or the VAE mean, N x D."""
+        out = self.encode(images)
+        return out["latents"] if self.kind == "ae" else out["mean"]
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """latents N x D float32 -> images N x 1 x 28 x 28 float32."""
+        return run_batched(self.decoder, latents)["images"]
