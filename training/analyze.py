@@ -316,10 +316,10 @@ def draw_mix(ax: Axes, m: Measurement) -> None:
     ax.bar(np.arange(10), m.area_share, 0.9, fill=False, edgecolor="k", lw=0.8, label="share of latent area")
     ax.axhline(0.1, color="gray", ls=":", lw=1, label="uniform mix (10%)")
     ax.set_xticks(range(10))
-    ax.set_xlabel("digit (classifier)")
-    ax.set_ylabel("share of random samples")
+    ax.set_xlabel("digit (samples: classifier's call; area: true label)")
+    ax.set_ylabel("share")
     ax.set_title(f"{m.manifest.name}: digit mix of {m.samples[PRIORS[0]]['numbers']['count']} random samples per prior", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
 
 
 def draw_grid(ax: Axes, m: Measurement, steps: int = 20) -> None:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Rebuild everything the training stage ships: the evaluation classifier
+# (training/assets/), the three model folders (models/mnist-ae, mnist-vae, mnist-vae-16),
+# their analysis figures and numbers, and the AE-vs-VAE comparison figure.
+#
+#   scripts/build_models.sh [--data-dir DIR] [--offline]
+#
+# Data: the official MNIST download when reachable, else --data-dir / $LATENTSERVE_DATA_DIR.
+# Environment: PYTHON (default .venv/bin/python), RUNS (checkpoints, default runs/),
+# MODELS_OUT (default models/), ASSETS_OUT (default training/assets/), FIGURES_OUT (docs/figures/),
+# THREADS (torch threads per training, default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+RUNS=${RUNS:-runs}
+MODELS_OUT=${MODELS_OUT:-models}
+ASSETS_OUT=${ASSETS_OUT:-training/assets}
+FIGURES_OUT=${FIGURES_OUT:-docs/figures}
+THREADS=${THREADS:-2}
+DATA=("$@")
+train() { "$PY" -m training "$@"; }
+started=$(date +%s)
+step() { echo; echo "== $* ($(( $(date +%s) - started ))s elapsed)"; }
+
+step "data"
+train data "${DATA[@]}"
+
+step "evaluation classifier"
+train classifier "${DATA[@]}" --epochs 6 --threads "$THREADS" --out "$ASSETS_OUT/mnist-classifier.onnx"
+
+# name  kind  latent  beta  epochs
+MODELS=(
+  "mnist-ae     ae  2  1.0 14"
+  "mnist-vae    vae 2  1.0 14"
+  "mnist-vae-16 vae 16 0.5 14"
+)
+for spec in "${MODELS[@]}"; do
+  read -r name kind dim beta epochs <<<"$spec"
+  step "fit $name ($kind, latent $dim, beta $beta, $epochs epochs)"
+  train fit "${DATA[@]}" --kind "$kind" --latent-dim "$dim" --beta "$beta" --epochs "$epochs" \
+    --seed 0 --threads "$THREADS" --out "$RUNS/$name" --resume --no-progress
+  step "export $name"
+  train export "${DATA[@]}" "$RUNS/$name" --out "$MODELS_OUT/$name"
+done
+
+step "analysis"
+train analyze "${DATA[@]}" --classifier "$ASSETS_OUT/mnist-classifier.onnx" \
+  "$MODELS_OUT/mnist-ae" "$MODELS_OUT/mnist-vae" "$MODELS_OUT/mnist-vae-16" \
+  --compare "$FIGURES_OUT/ae-vs-vae.png"
+
+step "done in $(( $(date +%s) - started ))s"
