@@ -155,12 +155,9 @@ def _run_client(args: argparse.Namespace) -> int:
                 return 2
             inputs: npt.NDArray[np.float32] | list[bytes]
             if arrays:
-                inputs = np.concatenate([np.load(p).reshape(-1, 28, 28) for p in arrays])
-                labels = [
-                    f"{p}[{i}]"
-                    for p in arrays
-                    for i in range(np.load(p).reshape(-1, 28, 28).shape[0])
-                ]
+                loaded = {p: np.load(p).reshape(-1, 28, 28) for p in arrays}
+                inputs = np.concatenate(list(loaded.values()))
+                labels = [f"{p}[{i}]" for p, a in loaded.items() for i in range(len(a))]
             else:
                 inputs = [p.read_bytes() for p in args.images]
                 labels = [str(p) for p in args.images]

@@ -140,3 +140,11 @@ def test_console_scripts_are_installed():
         [sys.executable, "-m", "serving", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--max-batch-delay-ms" in help_text and "LATENTSERVE_PORT" in help_text
+
+
+def test_encode_npy_arrays(run, tmp_path):
+    path = tmp_path / "digits.npy"
+    np.save(path, np.zeros((3, 1, 28, 28), np.float32))
+    code, out, _ = run("encode", "--model", "tiny-ae", str(path))
+    assert code == 0
+    assert [line.split(":")[0] for line in out.splitlines()] == [f"{path}[{i}]" for i in range(3)]
