@@ -12,6 +12,11 @@
 requests are split for you: `sample` switches to the server-streaming RPC above
 `max_unary_samples`, and `encode`/`decode` send at most `batch_size` rows per call, so
 message-size limits never show.
+
+A server with TLS and/or token auth (see docs/reliability.md):
+
+    tls = TlsConfig.from_files(ca="ca.pem")                    # mTLS: cert=..., key=...
+    with LatentClient("host:50051", tls=tls, token="s3cret") as client: ...
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
@@ -35,6 +41,7 @@ PriorArg = Literal["standard_normal", "fitted_gaussian", "bounding_box_uniform"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+UINT32_MAX = 2**32 - 1
 IMAGE_SHAPE = (1, 28, 28)
 
 _PRIORS: dict[str, pb.Prior.ValueType] = {
@@ -194,6 +201,8 @@ def _sample_request(
         raise ValueError(f"prior must be one of {sorted(_PRIORS)} or None, got {prior!r}")
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
+    if count > UINT32_MAX:
+        raise ValueError(f"count must fit the wire's uint32 (<= {UINT32_MAX}), got {count}")
     request = pb.SampleRequest(
         model=model,
         count=count,
@@ -274,11 +283,54 @@ def _error(e: grpc.RpcError) -> LatentServeError:
     return LatentServeError(code, details or code.name)
 
 
-def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS towards the server. All PEM bytes; None means: trust the system's CAs, and
+    present no client certificate (mutual TLS needs `certificate_chain` and `private_key`)."""
+
+    root_certificates: bytes | None = None  # CA(s) that signed the server certificate
+    certificate_chain: bytes | None = None  # client certificate (mutual TLS)
+    private_key: bytes | None = None  # its key
+    server_name: str | None = None  # name to check the certificate against, if not the host
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        server_name: str | None = None,
+    ) -> TlsConfig:
+        if (cert is None) != (key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+        def read(path: str | Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return cls(read(ca), read(cert), read(key), server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            self.root_certificates, self.private_key, self.certificate_chain
+        )
+
+
+def _channel_options(
+    max_message_bytes: int, tls: TlsConfig | None = None
+) -> list[tuple[str, int | str]]:
+    options: list[tuple[str, int | str]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+    if tls is not None and tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return options
+
+
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    # Sent as plain metadata rather than call credentials, which grpc withholds on
+    # plaintext channels (a TLS-terminating proxy in front of the server is common).
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 T = TypeVar("T")
@@ -293,6 +345,7 @@ class _Settings:
         batch_size: int,
         chunk_size: int,
         max_message_bytes: int,
+        token: str | None = None,
     ) -> None:
         if max_unary_samples < 1 or batch_size < 1:
             raise ValueError("max_unary_samples and batch_size must be >= 1")
@@ -302,6 +355,7 @@ class _Settings:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.max_message_bytes = max_message_bytes
+        self.metadata = _auth_metadata(token)
 
     def stream_timeout(self, count: int) -> float | None:
         # A deadline for the whole stream: the unary timeout plus 1 ms per sample, so a
@@ -321,11 +375,18 @@ class LatentClient(_Settings):
         batch_size: int = 1024,
         chunk_size: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(
-            target, timeout, max_unary_samples, batch_size, chunk_size, max_message_bytes
+            target, timeout, max_unary_samples, batch_size, chunk_size, max_message_bytes, token
         )
-        self._channel = grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        options = _channel_options(max_message_bytes, tls)
+        self._channel = (
+            grpc.insecure_channel(target, options=options)
+            if tls is None
+            else grpc.secure_channel(target, tls.credentials(), options=options)
+        )
         self._stub = pb_grpc.AutoencoderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
@@ -345,7 +406,11 @@ class LatentClient(_Settings):
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self.metadata,
+            )
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -387,7 +452,7 @@ class LatentClient(_Settings):
         request.chunk_size = self.chunk_size
         try:
             for response in self._stub.SampleRandomStream(
-                request, timeout=self.stream_timeout(count)
+                request, timeout=self.stream_timeout(count), metadata=self.metadata
             ):
                 assembler.add(response)
         except grpc.RpcError as e:
@@ -410,7 +475,9 @@ class LatentClient(_Settings):
         SERVICE_UNKNOWN. Raises LatentServeError when the server cannot be reached."""
         try:
             response = self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self.timeout,
+                metadata=self.metadata,
             )
         except grpc.RpcError as e:
             error = _error(e)
@@ -432,12 +499,17 @@ class AsyncLatentClient(_Settings):
         batch_size: int = 1024,
         chunk_size: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: TlsConfig | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__(
-            target, timeout, max_unary_samples, batch_size, chunk_size, max_message_bytes
+            target, timeout, max_unary_samples, batch_size, chunk_size, max_message_bytes, token
         )
-        self._channel = grpc.aio.insecure_channel(
-            target, options=_channel_options(max_message_bytes)
+        options = _channel_options(max_message_bytes, tls)
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if tls is None
+            else grpc.aio.secure_channel(target, tls.credentials(), options=options)
         )
         self._stub = pb_grpc.AutoencoderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -458,7 +530,11 @@ class AsyncLatentClient(_Settings):
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout)
+            return await method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self.metadata,
+            )
         except grpc.RpcError as e:
             raise _error(e) from None
 
@@ -499,7 +575,7 @@ class AsyncLatentClient(_Settings):
         request.chunk_size = self.chunk_size
         try:
             stream = self._stub.SampleRandomStream(
-                request, timeout=self.stream_timeout(count)
+                request, timeout=self.stream_timeout(count), metadata=self.metadata
             )
             async for response in stream:
                 assembler.add(response)
@@ -521,7 +597,9 @@ class AsyncLatentClient(_Settings):
     async def health(self, service: str = "") -> str:
         try:
             response = await self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self.timeout
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=self.timeout,
+                metadata=self.metadata,
             )
         except grpc.RpcError as e:
             error = _error(e)

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,8 +27,10 @@ from grpc_reflection.v1alpha import reflection
 
 from ._proto.latentserve.v1 import autoencoder_pb2 as pb
 from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from .auth import BearerTokenInterceptor, tokens_from_settings
 from .metrics import Metrics
 from .registry import ModelRegistry, ModelState
+from .request_guard import MalformedRequestInterceptor
 from .service import AutoencoderServicer
 from .settings import ServerSettings
 
@@ -66,7 +69,17 @@ class LatentServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
         ]
-        server = grpc.aio.server(options=options)
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+        tokens = tokens_from_settings(s)
+        if tokens:
+            interceptors.append(BearerTokenInterceptor(tokens))
+        # Last: it caches the handlers it wraps, so interceptors after it would be skipped.
+        interceptors.append(MalformedRequestInterceptor())
+        server = grpc.aio.server(
+            options=options,
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
+        )
         pb_grpc.add_AutoencoderServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -79,12 +92,20 @@ class LatentServer:
         )
         for service in ("", SERVICE_NAME, *(e.name for e in self.registry.entries)):
             await self.health.set(service, NOT_SERVING)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        credentials = server_credentials(s)
+        if credentials is None:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        else:
+            self.port = server.add_secure_port(f"{s.host}:{s.port}", credentials)
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {s.host}:{s.port}")
         await server.start()
         self._server = server
-        log.info("listening on %s", self.address)
+        transport = (
+            "mutual TLS" if s.tls_client_ca_file else "TLS" if s.tls else "plaintext, no TLS"
+        )
+        auth = f"bearer token auth on ({len(tokens)} tokens)" if tokens else "no auth"
+        log.info("listening on %s (%s, %s)", self.address, transport, auth)
         if s.metrics_port:
             self.metrics.serve_http(s.host, s.metrics_port)
 
@@ -125,6 +146,17 @@ class LatentServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files, or None for plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def serve(settings: ServerSettings) -> int:

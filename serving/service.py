@@ -53,6 +53,8 @@ UNKNOWN_MODEL_LABEL = "<unknown>"
 IMAGE_BYTES = 4 * 28 * 28
 # An 8-bit 28 x 28 grayscale PNG is at most ~850 bytes (incompressible pixels plus headers).
 PNG_BYTES_BOUND = 1024
+# Error messages stay well inside gRPC's default 8 KiB metadata limit, even percent-encoded.
+MAX_ERROR_MESSAGE_BYTES = 2000
 
 
 @dataclass
@@ -69,6 +71,8 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         self._settings = settings
         self._metrics = metrics
         self.draining = False
+        # SampleRandomStream calls in progress (bounded by max_concurrent_streams).
+        self.active_streams = 0
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -85,7 +89,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             code = e.code.name
             if e.code is grpc.StatusCode.NOT_FOUND:
                 record.model = UNKNOWN_MODEL_LABEL  # keep label cardinality bounded
-            await context.abort(e.code, e.message)
+            await context.abort(e.code, bounded(e.message))
         except (asyncio.CancelledError, GeneratorExit):
             remaining = context.time_remaining()
             code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -337,14 +341,24 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             # Larger chunk requests are clamped (documented): the server bounds message size.
             chunk_size = min(request.chunk_size or largest, largest)
             self._check_response_size(chunk_size, sample_item_bytes(request, model), "chunk_size")
-            deadline = monotonic_deadline(context.time_remaining())
-            async for chunk in model.sample_chunks(
-                request.count, chunk_size, prior, temperature, seed, deadline
-            ):
-                yield await self._sample_response(
-                    request, model, seed, prior, chunk.offset, chunk.latents, chunk.images
+            most = self._settings.max_concurrent_streams
+            if self.active_streams >= most:
+                raise resource_exhausted(
+                    f"SampleRandomStream: {self.active_streams} streams already running "
+                    f"(max_concurrent_streams {most}); retry with backoff"
                 )
-                record.samples += int(chunk.images.shape[0])
+            self.active_streams += 1
+            try:
+                deadline = monotonic_deadline(context.time_remaining())
+                async for chunk in model.sample_chunks(
+                    request.count, chunk_size, prior, temperature, seed, deadline
+                ):
+                    yield await self._sample_response(
+                        request, model, seed, prior, chunk.offset, chunk.latents, chunk.images
+                    )
+                    record.samples += int(chunk.images.shape[0])
+            finally:
+                self.active_streams -= 1
 
     # -- ListModels / GetModel --------------------------------------------------------------
 
@@ -364,6 +378,20 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             record.model = entry.name
             return model_info(entry)
         raise AssertionError("unreachable: _rpc aborts on error")
+
+
+def bounded(message: str, limit: int = MAX_ERROR_MESSAGE_BYTES) -> str:
+    """`message` cut to `limit` UTF-8 bytes. gRPC sends it percent-encoded in a trailer
+    (up to 3 bytes per byte) and a client drops trailers over 16 KiB, turning a helpful
+    NOT_FOUND that echoes a 100 kB model name into an opaque RESOURCE_EXHAUSTED."""
+    data = message.encode("utf-8")
+    if len(data) <= limit:
+        return message
+    # Keep both ends: the start says what was wrong, the end often says what is allowed.
+    half = limit // 2
+    head = data[:half].decode("utf-8", "ignore")
+    tail = data[-half:].decode("utf-8", "ignore")
+    return f"{head} ...[{len(data) - 2 * half} bytes cut]... {tail}"
 
 
 def sample_item_bytes(request: pb.SampleRequest, model: ServedModel) -> int:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LATENTSERVE_"
@@ -81,12 +81,62 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables"
     )
+    max_concurrent_streams: int = Field(
+        64,
+        ge=1,
+        description="SampleRandomStream calls running at once; more get RESOURCE_EXHAUSTED",
+    )
+    max_concurrent_rpcs: int = Field(
+        0,
+        ge=0,
+        description="RPCs in progress at once (all methods, health too); more get "
+        "RESOURCE_EXHAUSTED at once; 0 = no limit",
+    )
+    tls_cert_file: FilePath | None = Field(
+        None, description="PEM server certificate (chain); with tls_key_file, serve TLS only"
+    )
+    tls_key_file: FilePath | None = Field(None, description="PEM private key of tls_cert_file")
+    tls_client_ca_file: FilePath | None = Field(
+        None,
+        description="PEM CA bundle; when set, clients must present a certificate it signed "
+        "(mutual TLS)",
+    )
+    auth_token: SecretStr | None = Field(
+        None,
+        description="bearer token every call except health must carry "
+        "('authorization: Bearer <token>'); prefer the environment variable or a file",
+    )
+    auth_token_file: FilePath | None = Field(
+        None, description="file with accepted bearer tokens, one per line ('#' comments)"
+    )
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: LogFormat = Field("text", description="text or json (one object per line)")
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> ServerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file must be given together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file too"
+            )
+        if self.auth_token_file is not None and not read_token_file(self.auth_token_file):
+            raise ValueError(f"auth_token_file {self.auth_token_file} holds no token")
+        return self
 
     @property
     def max_batch_delay_s(self) -> float:
         return self.max_batch_delay_ms / 1000.0
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+def read_token_file(path: Path) -> list[str]:
+    """Tokens in a token file: one per line, blank lines and '#' comments skipped."""
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def flag_name(field: str) -> str:
