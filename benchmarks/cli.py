@@ -1,0 +1,101 @@
+"""`latent-bench`: run the benchmark suite against servers it starts on 127.0.0.1.
+
+    latent-bench --quick                  # ~1 minute; writes benchmarks/quick.json
+    latent-bench                          # full run; writes RESULTS.md, results.json, plots
+    latent-bench --smoke --models-dir D   # seconds; what the test suite runs
+
+Nothing here talks to anything but loopback servers it started itself, and every
+measurement is bounded in time and in request count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .suite import QUICK, SMOKE, Suite, SuiteConfig
+
+HERE = Path(__file__).resolve().parent
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latent-bench", description=__doc__.split("\n\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short run (< 60 s), JSON only")
+    mode.add_argument("--smoke", action="store_true", help="seconds-long run for tests")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--model", default="mnist-vae", help="model to benchmark [%(default)s]")
+    p.add_argument("--json", type=Path, help="where to write the JSON results")
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=HERE,
+        help="full runs: folder for RESULTS.md and the plots [%(default)s]",
+    )
+    p.add_argument("--duration", type=float, help="seconds measured per configuration")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up per configuration")
+    p.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
+    p.add_argument(
+        "--server-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="extra latent-serve flag for both servers, e.g. --server-flag=--max-batch-delay-ms=1",
+    )
+    p.add_argument("--intra-op-threads", type=int, default=0, help="for the in-process ceiling")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = SuiteConfig(
+        models_dir=args.models_dir,
+        model=args.model,
+        client_processes=args.client_processes,
+        server_flags=tuple(f for flag in args.server_flag for f in flag.split("=", 1)),
+        intra_op_threads=args.intra_op_threads,
+    )
+    if args.quick:
+        config = replace(config, **QUICK)
+    elif args.smoke:
+        config = replace(config, **SMOKE)
+    if args.duration is not None:
+        config = replace(config, duration_s=args.duration)
+    if args.warmup is not None:
+        config = replace(config, warmup_s=args.warmup)
+    if not (config.models_dir / config.model / "model.json").is_file():
+        print(
+            f"latent-bench: no model {config.model!r} under {config.models_dir} "
+            "(give --models-dir and --model)",
+            file=sys.stderr,
+        )
+        return 2
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    result = Suite(config, log).run()
+    result.config["command"] = "latent-bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    data = result.to_dict()
+    out = args.json or (
+        HERE / "results.json" if config.mode == "full" else HERE / f"{config.mode}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {out}")
+    if config.mode == "full":
+        from .report import write_report
+
+        for path in write_report(result, args.results_dir):
+            print(f"wrote {path}")
+    print(json.dumps(result.summary, indent=2))
+    return 0 if result.summary["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The benchmark suite: which scenarios run, in what order, and the summary ratios.
+
+`run_suite(config)` starts two servers (batching on and off) as subprocesses on 127.0.0.1,
+a pool of load-generator processes, and then measures, each measurement bounded in time
+and count:
+
+1. batch sweep: Encode, Decode and SampleRandom at each batch size, in-process
+   onnxruntime and over gRPC (one caller), measured back to back so both see the same
+   machine load;
+2. concurrency: single-image Encode with 1, 8, 64 callers, batching on vs off;
+3. onnxruntime vs PyTorch eager on the same weights (skipped with a note without torch);
+4. raw-bytes tensors vs repeated floats (serialise + parse, no network);
+5. server RSS: idle before any load, the peak under load, and idle after.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+
+from .inprocess import OrtModel, time_calls, torch_available, torch_call, torch_model_from_onnx
+from .loadgen import LoadGenerator
+from .serverproc import RssSampler, ServerProcess
+from .stats import Measurement, summarise
+from .wire import ENCODINGS, wire_bytes
+
+RPCS = ("Encode", "Decode", "SampleRandom")
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    models_dir: Path
+    model: str = "mnist-vae"
+    batch_sizes: tuple[int, ...] = (1, 16, 256, 4096)
+    concurrencies: tuple[int, ...] = (1, 8, 64)
+    torch_batch_sizes: tuple[int, ...] = (1, 16, 256)
+    wire_batch_sizes: tuple[int, ...] = (1, 256, 4096)
+    warmup_s: float = 1.0
+    duration_s: float = 4.0
+    min_requests: int = 5
+    max_requests: int = 200_000
+    client_processes: int = 2
+    # Extra latent-serve flags for both servers (e.g. "--intra-op-threads", "1").
+    server_flags: tuple[str, ...] = ()
+    # Must mirror --intra-op-threads in server_flags for a like-for-like ceiling.
+    intra_op_threads: int = 0
+    mode: str = "full"
+
+
+QUICK: dict[str, Any] = {
+    "batch_sizes": (1, 16, 256),
+    "torch_batch_sizes": (1, 256),
+    "wire_batch_sizes": (1, 256),
+    "warmup_s": 0.2,
+    "duration_s": 0.8,
+    "min_requests": 3,
+    "mode": "quick",
+}
+SMOKE: dict[str, Any] = {
+    "batch_sizes": (1, 256),
+    "torch_batch_sizes": (1, 16),
+    "wire_batch_sizes": (1, 16),
+    "warmup_s": 0.05,
+    "duration_s": 0.25,
+    "min_requests": 2,
+    "mode": "smoke",
+}
+
+
+@dataclass
+class SuiteResult:
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    measurements: list[Measurement] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def find(self, **match: Any) -> Measurement | None:
+        for m in self.measurements:
+            if all(getattr(m, k) == v for k, v in match.items()):
+                return m
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "machine": self.machine,
+            "seconds": round(self.seconds, 1),
+            "summary": self.summary,
+            "memory": self.memory,
+            "notes": self.notes,
+            "measurements": [m.to_dict() for m in self.measurements],
+            **{k: v for k, v in self.summary.items() if k in TOP_LEVEL},
+        }
+
+
+# Summary keys repeated at the top level of the JSON, where tools and the issue look for them.
+TOP_LEVEL = ("grpc_vs_inprocess_batch256", "batching_gain_c64")
+
+
+def machine_info() -> dict[str, Any]:
+    import grpc
+    import onnxruntime
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "onnxruntime": onnxruntime.__version__,
+        "grpcio": grpc.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def request_bytes(rpc: str, model: str, batch: int, latent_dim: int) -> bytes:
+    rng = np.random.default_rng(batch)
+    if rpc == "Encode":
+        images = rng.random((batch, 1, 28, 28), dtype=np.float32)
+        tensor = pb.Tensor(shape=images.shape, raw_data=images.tobytes())
+        return pb.EncodeRequest(model=model, images=tensor).SerializeToString()
+    if rpc == "Decode":
+        latents = rng.standard_normal((batch, latent_dim)).astype(np.float32)
+        tensor = pb.Tensor(shape=latents.shape, raw_data=latents.tobytes())
+        return pb.DecodeRequest(model=model, latents=tensor).SerializeToString()
+    return pb.SampleRequest(model=model, count=batch, seed=batch).SerializeToString()
+
+
+class Suite:
+    def __init__(self, config: SuiteConfig, log: Log = print) -> None:
+        self.c = config
+        self.log = log
+        self.result = SuiteResult(config=_config_dict(config), machine=machine_info())
+
+    # -- measurement helpers --------------------------------------------------------------------
+
+    def _inprocess(self, base: Measurement, fn: Callable[[], object]) -> Measurement:
+        timing = time_calls(
+            fn,
+            warmup_s=self.c.warmup_s,
+            duration_s=self.c.duration_s,
+            min_calls=self.c.min_requests,
+            max_calls=self.c.max_requests,
+        )
+        return self._add(summarise(base, timing.latencies_s, timing.window_s))
+
+    def _grpc(
+        self, base: Measurement, load: LoadGenerator, server: ServerProcess, request: bytes
+    ) -> Measurement:
+        agg = load.run(
+            server.target,
+            base.rpc,
+            request,
+            base.batch,
+            base.concurrency,
+            warmup_s=self.c.warmup_s,
+            duration_s=self.c.duration_s,
+            max_requests=self.c.max_requests,
+            min_requests=self.c.min_requests,
+        )
+        m = summarise(base, agg.latencies_s, agg.window_s, agg.errors)
+        if agg.problems:
+            m.errors += len(agg.problems)
+            m.note = "; ".join(agg.problems)
+        return self._add(m)
+
+    def _add(self, m: Measurement) -> Measurement:
+        self.result.measurements.append(m)
+        self.log(
+            f"  {m.scenario:<13} {m.path:<9} {m.rpc:<12} batch {m.batch:>4} c{m.concurrency:<3}"
+            + ("" if m.batching is None else f" batching {'on ' if m.batching else 'off'}")
+            + f" {m.images_per_s:>9.0f} img/s  p50 {m.p50_ms:7.2f} ms  p99 {m.p99_ms:7.2f} ms"
+            + (f"  ERRORS {m.errors} {m.error_codes}" if m.errors else "")
+        )
+        return m
+
+    # -- scenarios ------------------------------------------------------------------------------
+
+    def batch_sweep(self, ort: OrtModel, load: LoadGenerator, server: ServerProcess) -> None:
+        self.log("batch sweep: in-process onnxruntime vs gRPC, one caller")
+        d = ort.manifest.latent_dim
+        for rpc in RPCS:
+            for b in self.c.batch_sizes:
+                self._inprocess(Measurement("batch_sweep", "inprocess", rpc, b), ort.call(rpc, b))
+                request = request_bytes(rpc, self.c.model, b, d)
+                self._grpc(
+                    Measurement("batch_sweep", "grpc", rpc, b, 1, True), load, server, request
+                )
+
+    def concurrency(
+        self, load: LoadGenerator, servers: dict[bool, ServerProcess], latent_dim: int
+    ) -> None:
+        self.log("concurrency: single-image Encode, batching on vs off")
+        request = request_bytes("Encode", self.c.model, 1, latent_dim)
+        for c in self.c.concurrencies:
+            for batching in (True, False):
+                base = Measurement("concurrency", "grpc", "Encode", 1, c, batching)
+                self._grpc(base, load, servers[batching], request)
+
+    def torch_vs_ort(self, ort: OrtModel) -> None:
+        self.log("onnxruntime vs PyTorch eager (in-process, same weights)")
+        missing = torch_available()
+        if missing:
+            self.result.notes.append(f"torch_vs_ort skipped: {missing}")
+            self.log(f"  skipped: {missing}")
+            return
+        import torch
+
+        threads = self.c.intra_op_threads or os.cpu_count() or 1
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            net, diff = torch_model_from_onnx(ort)
+            self.result.notes.append(
+                f"torch_vs_ort: torch {torch.__version__}, {threads} threads; weights copied from "
+                f"the ONNX graphs, max |torch - onnxruntime| on the encoder = {diff:.2e}"
+            )
+            d = ort.manifest.latent_dim
+            for rpc in ("Encode", "Decode"):
+                for b in self.c.torch_batch_sizes:
+                    self._inprocess(
+                        Measurement("torch_vs_ort", "onnxruntime", rpc, b), ort.call(rpc, b)
+                    )
+                    self._inprocess(
+                        Measurement("torch_vs_ort", "torch", rpc, b), torch_call(net, rpc, b, d)
+                    )
+        finally:
+            torch.set_num_threads(previous)
+
+    def wire(self) -> None:
+        self.log("tensor encoding: raw bytes vs repeated float (serialise + parse)")
+        rng = np.random.default_rng(0)
+        for b in self.c.wire_batch_sizes:
+            images = rng.random((b, 1, 28, 28), dtype=np.float32)
+            raw_size, repeated_size = wire_bytes(images)
+            for name, fn in ENCODINGS.items():
+                assert np.array_equal(fn(images), images), f"{name} round trip changed values"
+                m = self._inprocess(Measurement("wire", name, "Encode", b), partial(fn, images))
+                m.note = f"{raw_size if name == 'raw_bytes' else repeated_size} bytes on the wire"
+
+    # -- the whole run --------------------------------------------------------------------------
+
+    def run(self) -> SuiteResult:
+        started = time.perf_counter()
+        c = self.c
+        flags = [*c.server_flags, "--default-model", c.model]
+        servers = {
+            True: ServerProcess(
+                c.models_dir, [*flags, "--batching", "true"], "server[batching on]"
+            ),
+            False: ServerProcess(
+                c.models_dir, [*flags, "--batching", "false"], "server[batching off]"
+            ),
+        }
+        ort = OrtModel(c.models_dir / c.model, c.intra_op_threads)
+        self.log(f"starting two servers and {c.client_processes} load-generator processes")
+        try:
+            for s in servers.values():
+                s.start()
+            with LoadGenerator(c.client_processes) as load:
+                for s in servers.values():
+                    s.wait_ready()
+                main = servers[True]
+                time.sleep(0.5)  # let start-up allocations settle
+                memory = {"idle_before_mib": main.rss() / 2**20}
+                with RssSampler(main.pid) as sampler:
+                    self.batch_sweep(ort, load, main)
+                    self.concurrency(load, servers, ort.manifest.latent_dim)
+                memory["peak_under_load_mib"] = sampler.peak / 2**20
+                time.sleep(1.0)
+                memory["idle_after_mib"] = main.rss() / 2**20
+                memory["growth_ratio"] = memory["idle_after_mib"] / memory["idle_before_mib"]
+                self.result.memory = {k: round(v, 3) for k, v in memory.items()}
+                self.log(
+                    "server RSS: idle {idle_before_mib:.1f} MiB, peak under load "
+                    "{peak_under_load_mib:.1f} MiB, idle after {idle_after_mib:.1f} MiB".format(
+                        **memory
+                    )
+                )
+        finally:
+            for s in servers.values():
+                s.stop()
+        self.torch_vs_ort(ort)
+        self.wire()
+        self.result.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        self.result.seconds = time.perf_counter() - started
+        self.result.summary = summarise_suite(self.result, c)
+        return self.result
+
+
+def summarise_suite(result: SuiteResult, c: SuiteConfig) -> dict[str, Any]:
+    s: dict[str, Any] = {}
+    ratios = {}
+    for rpc in RPCS:
+        grpc = result.find(scenario="batch_sweep", path="grpc", rpc=rpc, batch=256)
+        inproc = result.find(scenario="batch_sweep", path="inprocess", rpc=rpc, batch=256)
+        if grpc and inproc and inproc.images_per_s:
+            ratios[rpc] = round(grpc.images_per_s / inproc.images_per_s, 3)
+    s["grpc_vs_inprocess_batch256_by_rpc"] = ratios
+    s["grpc_vs_inprocess_batch256"] = min(ratios.values()) if ratios else None
+    top = max(c.concurrencies)
+    on = result.find(scenario="concurrency", concurrency=top, batching=True)
+    off = result.find(scenario="concurrency", concurrency=top, batching=False)
+    if on and off and off.images_per_s:
+        s[f"batching_gain_c{top}"] = round(on.images_per_s / off.images_per_s, 3)
+        s[f"p99_ms_c{top}_batching_on"] = round(on.p99_ms, 3)
+        s[f"p99_ms_c{top}_batching_off"] = round(off.p99_ms, 3)
+    c1 = result.find(scenario="concurrency", concurrency=1, batching=True)
+    c1_off = result.find(scenario="concurrency", concurrency=1, batching=False)
+    if c1:
+        s["encode_c1_p50_ms"] = round(c1.p50_ms, 3)
+    if c1_off:
+        s["encode_c1_p50_ms_batching_off"] = round(c1_off.p50_ms, 3)
+    s["rss_growth_ratio"] = result.memory.get("growth_ratio")
+    s["errors"] = sum(m.errors for m in result.measurements)
+    targets = {
+        "grpc_vs_inprocess_batch256 >= 0.8": (s["grpc_vs_inprocess_batch256"] or 0) >= 0.8,
+        f"batching_gain_c{top} >= 4": s.get(f"batching_gain_c{top}", 0) >= 4,
+        "encode_c1_p50_ms < 1": s.get("encode_c1_p50_ms", 1e9) < 1.0,
+        "rss_growth_ratio <= 1.1": (s["rss_growth_ratio"] or 1e9) <= 1.1,
+        "no errors": s["errors"] == 0,
+    }
+    s["targets_met"] = targets
+    return s
+
+
+def _config_dict(c: SuiteConfig) -> dict[str, Any]:
+    d = asdict(c)
+    d["models_dir"] = str(c.models_dir)
+    d["argv"] = sys.argv
+    return d
