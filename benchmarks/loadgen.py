@@ -15,8 +15,8 @@ import multiprocessing
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 from multiprocessing.pool import Pool
+from typing import Any
 
 import grpc
 
