@@ -81,7 +81,9 @@ def bomb_png(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     rows = zlib.compress(b"\0" * ((width + 1) * 64), 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
 
 
 def encode(**fields) -> pb.EncodeRequest:
@@ -133,6 +135,8 @@ class Case:
         return request if isinstance(request, bytes) else request.SerializeToString()
 
 
+# One row per line reads as the table it is.
+# fmt: off
 MATRIX = [
     # -- Encode: float tensors
     Case("Encode", "wrong shape 2x27x28", encode(images=tensor((2, 27, 28))), INVALID, "N x 28 x 28"),
@@ -212,6 +216,7 @@ MATRIX = [
     Case("GetModel", "model name not UTF-8", BAD_UTF8, INVALID, "UTF-8"),
     Case("/grpc.health.v1.Health/Check", "garbage bytes", GARBAGE, INVALID, "not a valid protobuf message"),
 ]
+# fmt: on
 
 
 # -- fixtures ------------------------------------------------------------------------------
