@@ -159,6 +159,11 @@ def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | Non
     )
 
 
+def _log_loading_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading models failed; serving nothing", exc_info=task.exception())
+
+
 async def serve(settings: ServerSettings) -> int:
     """Run until SIGTERM/SIGINT, then drain and return the exit code (0)."""
     server = LatentServer(settings)
@@ -168,6 +173,8 @@ async def serve(settings: ServerSettings) -> int:
         loop.add_signal_handler(sig, stop_requested.set)
     await server.start()
     loading = asyncio.create_task(server.load_models())
+    # A crash while loading must be visible, not a forever NOT_SERVING server with no clue.
+    loading.add_done_callback(_log_loading_failure)
     await stop_requested.wait()
     if not loading.done():
         loading.cancel()

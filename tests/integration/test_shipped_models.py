@@ -46,3 +46,12 @@ def test_shipped_model_over_grpc_equals_onnxruntime(shipped_client, name):
     np.testing.assert_allclose(sampled.images, reference.decode(sampled.latents), atol=ATOL, rtol=0)
     again = shipped_client.sample(64, model=name, seed=7)
     np.testing.assert_array_equal(again.images, sampled.images)
+
+
+@pytest.mark.parametrize("name", SHIPPED or ["none"])
+def test_shipped_model_stream_equals_unary_exactly(shipped_client, name):
+    """Batch composition must not change a sample: chunks of 100 == one call of 1000."""
+    unary = shipped_client.sample(1000, model=name, seed=11)
+    with LatentClient(shipped_client.target, max_unary_samples=1, chunk_size=100) as streaming:
+        streamed = streaming.sample(1000, model=name, seed=11)
+    np.testing.assert_array_equal(streamed.images, unary.images)
