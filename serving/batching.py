@@ -3,7 +3,9 @@
 A :class:`DynamicBatcher` sits in front of one graph. `submit(inputs)` queues a request
 (N_i x ... float32) and awaits its slice of the outputs. A background task takes the
 oldest request, then keeps gathering whole requests until the batch holds
-`max_batch_size` rows or `max_delay_s` has passed since the first one, concatenates them,
+`max_batch_size` rows, or `max_delay_s` has passed since the first one, or (with the queue
+empty) it holds as many requests as the previous batch did, so that a lone caller is not
+delayed at all while many concurrent callers still share runs; it concatenates them,
 runs the graph once in a thread executor, and hands each request back its rows. At most
 `concurrency` batches of one graph run at a time; while they run, new requests queue up,
 which is what makes batches grow under load. The queue is bounded (RESOURCE_EXHAUSTED
@@ -95,6 +97,8 @@ class DynamicBatcher:
         self._running: set[asyncio.Task[None]] = set()
         # Requests taken off the queue for the batch being gathered (failed on close).
         self._gathering: list[_Pending] = []
+        # Requests gathered into the previous batch: the batcher's estimate of concurrency.
+        self._last_batch_requests = 1
         self._closed = False
 
     @property
@@ -183,6 +187,11 @@ class DynamicBatcher:
         self._gathering = batch
         loop = asyncio.get_running_loop()
         close_at = loop.time() + self.max_delay_s
+        # How many callers to wait for: as many as shared the previous batch. Under load
+        # (many concurrent callers) that fills batches; a lone caller on an idle graph runs
+        # at once instead of paying max_delay on every request. When load drops, one batch
+        # waits out the delay and the expectation falls back to what actually came.
+        expected = self._last_batch_requests
         while rows < self.max_batch_size:
             if self._queue:
                 if rows + self._queue[0].rows > self.max_batch_size:
@@ -191,6 +200,8 @@ class DynamicBatcher:
                 batch.append(nxt)
                 rows += nxt.rows
                 continue
+            if len(batch) >= expected:
+                break
             remaining = close_at - loop.time()
             if remaining <= 0:
                 break
@@ -198,6 +209,7 @@ class DynamicBatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), remaining)
         self._gathering = []
+        self._last_batch_requests = len(batch)
         return batch
 
     @staticmethod

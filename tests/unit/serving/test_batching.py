@@ -97,14 +97,48 @@ async def test_batches_never_exceed_max_batch_size_except_single_large_request(e
         np.testing.assert_array_equal(doubled, x * 2)
 
 
-async def test_lone_request_waits_at_most_about_max_delay(executor):
-    batcher = DynamicBatcher(Recorder(), executor, max_batch_size=64, max_delay_s=0.05)
+async def test_lone_caller_on_an_idle_graph_is_not_delayed(executor):
+    batcher = DynamicBatcher(Recorder(), executor, max_batch_size=64, max_delay_s=1.0)
     batcher.start()
-    start = time.perf_counter()
-    await batcher.submit(rows(0, 1))
-    elapsed = time.perf_counter() - start
+    for i in range(5):
+        start = time.perf_counter()
+        await batcher.submit(rows(i, 1))
+        assert time.perf_counter() - start < 0.5  # far below max_delay (1 s)
     await batcher.close()
-    assert 0.04 <= elapsed < 1.0
+
+
+async def test_after_a_shared_batch_a_request_waits_at_most_about_max_delay(executor):
+    run = Recorder()
+    batcher = DynamicBatcher(run, executor, max_batch_size=64, max_delay_s=0.1)
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(rows(i, 1)) for i in range(3)))  # 3 callers seen
+    start = time.perf_counter()
+    await batcher.submit(rows(10, 1))  # waits for the two others, which never come
+    elapsed = time.perf_counter() - start
+    await batcher.submit(rows(11, 1))  # the expectation has dropped back to one caller
+    second = time.perf_counter() - start - elapsed
+    await batcher.close()
+    assert 0.08 <= elapsed < 1.0
+    assert second < 0.08
+    assert [len(b) for b in run.batches] == [3, 1, 1]
+
+
+async def test_requests_arriving_within_max_delay_join_the_batch_in_order(executor):
+    run = Recorder()
+    batcher = DynamicBatcher(run, executor, max_batch_size=64, max_delay_s=0.5)
+    batcher.start()
+    await asyncio.gather(batcher.submit(rows(0, 1)), batcher.submit(rows(1, 1)))
+    late = []
+    for i in range(2):
+        late.append(asyncio.ensure_future(batcher.submit(rows(10 + 5 * i, 2 + i))))
+        await asyncio.sleep(0.02)  # well within max_delay
+    results = await asyncio.gather(*late)
+    await batcher.close()
+    assert [len(b) for b in run.batches] == [2, 5]
+    # Rows are concatenated in arrival order and each caller gets back exactly its own.
+    np.testing.assert_array_equal(run.batches[1], np.concatenate([rows(10, 2), rows(15, 3)]))
+    np.testing.assert_array_equal(results[0][0], rows(10, 2) * 2)
+    np.testing.assert_array_equal(results[1][0], rows(15, 3) * 2)
 
 
 async def test_full_batch_runs_without_waiting_for_the_delay(executor):
