@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 import urllib.request
 
@@ -21,6 +20,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+from serving._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.client import LatentClient, LatentServeError
 
 
@@ -222,43 +223,42 @@ def test_metrics_endpoint_counts_requests_errors_batches(tiny_models_dir):
 
 
 def test_sigterm_drains_in_flight_calls_and_exits_zero(tiny_models_dir):
-    """In-flight calls (held in the batcher for 1.5 s) finish after SIGTERM; new calls are
-    refused; the process exits 0."""
+    """A stream that is mid-way when SIGTERM arrives is delivered in full; new calls are
+    refused with UNAVAILABLE; the process exits 0.
+
+    The stream is held in flight by reading it slowly: gRPC flow control keeps the server
+    from running ahead of the reader, so the call is still open when the signal lands.
+    """
     proc = SubprocessServer(
-        tiny_models_dir,
-        ["--max-batch-delay-ms", "1000", "--grace-period-s", "10", "--log-format", "json"],
+        tiny_models_dir, ["--grace-period-s", "10", "--log-format", "json"]
     ).start()
     try:
         proc.wait_for_log(r'"message": "ready: serving')
-        results: list[object] = []
-
-        def call(i):
-            with LatentClient(proc.target, timeout=30) as c:
-                try:
-                    results.append(
-                        c.decode(np.full((1, 2), i, np.float32), model="tiny-vae").images
-                    )
-                except LatentServeError as e:
-                    results.append(e)
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(0.4)  # the calls are now waiting for their batch to fill
-        started = time.monotonic()
-        proc.terminate()
-        proc.wait_for_log("shutting down")
-        with LatentClient(proc.target, timeout=5) as late, pytest.raises(LatentServeError) as info:
-            late.list_models()
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
-        for t in threads:
-            t.join(30)
+        with grpc.insecure_channel(proc.target) as channel:
+            stub = pb_grpc.AutoencoderStub(channel)
+            request = pb.SampleRequest(model="tiny-vae", count=8000, seed=5, chunk_size=100)
+            expected = np.concatenate(
+                [np.frombuffer(r.images.raw_data, "<f4") for r in stub.SampleRandomStream(request)]
+            )
+            stream = stub.SampleRandomStream(request, timeout=60)
+            chunks = [next(stream)]
+            started = time.monotonic()
+            proc.terminate()
+            proc.wait_for_log("shutting down")
+            with (
+                LatentClient(proc.target, timeout=5) as late,
+                pytest.raises(LatentServeError) as info,
+            ):
+                late.list_models()
+            assert info.value.code == grpc.StatusCode.UNAVAILABLE
+            time.sleep(0.3)  # the server is draining; the stream is still open
+            assert proc.proc.poll() is None
+            chunks += list(stream)
         assert proc.wait(30) == 0
-        assert len(results) == 4
-        assert all(isinstance(r, np.ndarray) and r.shape == (1, 1, 28, 28) for r in results), (
-            results
-        )
         assert time.monotonic() - started < 10
+        received = np.concatenate([np.frombuffer(r.images.raw_data, "<f4") for r in chunks])
+        assert [r.offset for r in chunks] == list(range(0, 8000, 100))
+        np.testing.assert_array_equal(received, expected)
         records = [json.loads(line) for line in proc.lines if line.startswith("{")]
         messages = [r["message"] for r in records]
         assert messages.index(
