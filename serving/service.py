@@ -81,6 +81,16 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         record = _CallRecord(model=model or self._registry.default_model or UNKNOWN_MODEL_LABEL)
         start = time.perf_counter()
         code = "OK"
+        recorded = False
+
+        def observe(code: str) -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self._metrics.observe_request(
+                    record.model, method, code, time.perf_counter() - start, record.samples
+                )
+
         try:
             if self.draining:
                 raise unavailable("server is shutting down; retry on another instance")
@@ -89,6 +99,9 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             code = e.code.name
             if e.code is grpc.StatusCode.NOT_FOUND:
                 record.model = UNKNOWN_MODEL_LABEL  # keep label cardinality bounded
+            # abort() sends the status at once: count the call first, so a client that
+            # reads the metrics right after its error sees it.
+            observe(code)
             await context.abort(e.code, bounded(e.message))
         except (asyncio.CancelledError, GeneratorExit):
             remaining = context.time_remaining()
@@ -100,13 +113,12 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         except Exception as e:
             code = "INTERNAL"
             log.exception("%s failed", method)
+            observe(code)
             await context.abort(
                 grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
             )
         finally:
-            self._metrics.observe_request(
-                record.model, method, code, time.perf_counter() - start, record.samples
-            )
+            observe(code)
 
     def _model(self, name: str, record: _CallRecord) -> ServedModel:
         model = self._registry.resolve(name)
