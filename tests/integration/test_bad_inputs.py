@@ -321,3 +321,14 @@ def test_queue_full_is_resource_exhausted(tiny_models_dir):
         assert codes and set(codes) == {EXHAUSTED}
         assert any("max_queue 1" in r.message for r in results if isinstance(r, LatentServeError))
         assert any(not isinstance(r, Exception) for r in results)
+
+
+async def test_async_client_raises_the_same_errors(limited):
+    async with AsyncLatentClient(limited.target, max_unary_samples=10_000) as c:
+        with pytest.raises(LatentServeError) as info:
+            await c.decode(np.zeros((1, 5), np.float32), model="tiny-vae")
+        assert info.value.code == INVALID and "N x 2" in info.value.message
+        with pytest.raises(LatentServeError) as info:
+            await c.sample(9)
+        assert info.value.code == INVALID
+        assert await c.health("nope") == "SERVICE_UNKNOWN"
