@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -133,11 +134,23 @@ class LatentServer:
         if self._stopped.is_set():
             return
         grace = self.settings.grace_period_s if grace is None else grace
-        log.info("shutting down: draining in-flight calls (grace %.1fs)", grace)
+        started = time.monotonic()
+        log.info(
+            "shutting down: draining %d in-flight calls (grace %.1fs)",
+            self.servicer.in_flight,
+            grace,
+        )
+        # Health says NOT_SERVING first and keeps answering while accepted calls finish
+        # (new ones get UNAVAILABLE), so probes and load balancers see the drain; only
+        # then does the server stop taking connections.
         await self.health.enter_graceful_shutdown()
-        self.servicer.draining = True
+        if not await self.servicer.drain(grace):
+            log.warning(
+                "grace period over with %d calls still running; cancelling them",
+                self.servicer.in_flight,
+            )
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
         await self.registry.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.metrics.shutdown()

@@ -75,6 +75,20 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         self.draining = False
         # SampleRandomStream calls in progress (bounded by max_concurrent_streams).
         self.active_streams = 0
+        # Calls accepted and not yet finished; shutdown waits for them (see `drain`).
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new calls (UNAVAILABLE) and wait up to `timeout` seconds for the accepted
+        ones to finish; True when none is left."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -96,7 +110,14 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         try:
             if self.draining:
                 raise unavailable("server is shutting down; retry on another instance")
-            yield record
+            self.in_flight += 1
+            self._idle.clear()
+            try:
+                yield record
+            finally:
+                self.in_flight -= 1
+                if self.in_flight == 0:
+                    self._idle.set()
         except ServingError as e:
             code = e.code.name
             if e.code is grpc.StatusCode.NOT_FOUND:
