@@ -231,7 +231,16 @@ class Suite:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            net, diff = torch_model_from_onnx(ort)
+            built = torch_model_from_onnx(ort)
+            if built is None:
+                why = (
+                    f"torch_vs_ort skipped: the graphs of {self.c.model!r} are not the "
+                    "training package's network (no matching weights)"
+                )
+                self.result.notes.append(why)
+                self.log(f"  {why}")
+                return
+            net, diff = built
             self.result.notes.append(
                 f"torch_vs_ort: torch {torch.__version__}, {threads} threads; weights copied from "
                 f"the ONNX graphs, max |torch - onnxruntime| on the encoder = {diff:.2e}"

@@ -5,6 +5,13 @@ device (auto | cpu | cuda) into a provider list: CUDA with CPU fallback when onn
 reports the CUDA provider available, otherwise CPU (with a warning when CUDA was asked
 for). The providers a session actually uses are read back from the session, because
 onnxruntime may silently drop one it cannot initialise.
+
+Session options were chosen by measurement (benchmarks/session_options.py; numbers in
+docs/performance.md): intra-op worker threads do not spin while waiting (on a small,
+shared CPU a spinning worker steals the core the event loop and the other session need),
+full graph optimisation, and the CPU memory arena on (it saves page faults on every run)
+but shrunk after any run larger than `arena_keep_rows`, so that one 4096-image request
+does not pin its gigabyte of activations for the life of the process.
 """
 
 from __future__ import annotations
@@ -47,19 +54,47 @@ def choose_providers(device: str, available: Sequence[str] | None = None) -> lis
     return [CPU]
 
 
+# Runs up to this many rows keep their memory in the arena for the next run; larger ones
+# (single big requests beyond the batcher's max_batch_size) give it back afterwards.
+ARENA_KEEP_ROWS = 256
+
+
+def session_options(intra_op_threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = True
+    # Log only real problems; onnxruntime's default prints warnings about unused
+    # initializers from exporters that are harmless here.
+    options.log_severity_level = 3
+    return options
+
+
 class GraphSession:
     """One loaded ONNX graph: named single input, named outputs, thread-safe `run`."""
 
-    def __init__(self, path: Path, providers: Sequence[str], intra_op_threads: int = 0) -> None:
-        options = ort.SessionOptions()
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
-        # Log only real problems; onnxruntime's default prints warnings about unused
-        # initializers from exporters that are harmless here.
-        options.log_severity_level = 3
+    def __init__(
+        self,
+        path: Path,
+        providers: Sequence[str],
+        intra_op_threads: int = 0,
+        *,
+        spinning: bool = False,
+        arena_keep_rows: int = ARENA_KEEP_ROWS,
+    ) -> None:
         self.path = path
         self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=list(providers)
+            str(path),
+            sess_options=session_options(intra_op_threads, spinning),
+            providers=list(providers),
+        )
+        self.arena_keep_rows = arena_keep_rows
+        self._release = ort.RunOptions()
+        devices = ["cpu:0"] + (["gpu:0"] if CUDA in self.providers else [])
+        self._release.add_run_config_entry(
+            "memory.enable_memory_arena_shrinkage", ";".join(devices)
         )
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
@@ -80,5 +115,6 @@ class GraphSession:
 
         onnxruntime's `run` releases the GIL and may be called from several threads.
         """
-        outputs = self._session.run(self.output_names, {self.input_name: batch})
+        release = self._release if batch.shape[0] > self.arena_keep_rows else None
+        outputs = self._session.run(self.output_names, {self.input_name: batch}, release)
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
