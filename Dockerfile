@@ -8,8 +8,10 @@
 #   BASE_IMAGE      a Python 3.11 image (default python:3.11-slim)
 #   USE_WHEELHOUSE  1 = install only from ./wheelhouse/serve/ with pip --no-index (fill it on
 #                   the host with scripts/docker-wheelhouse.sh serve); 0 (default) = from PyPI
-#   RUNTIME         cpu (default) | gpu: onnxruntime-gpu with CUDA 12 / cuDNN 9 from pip
-#                   wheels (run on an NVIDIA host with LATENTSERVE_DEVICE=cuda or auto)
+#   RUNTIME         cpu (default) | gpu: onnxruntime-gpu with the CUDA and cuDNN libraries as
+#                   pip wheels (run on an NVIDIA host with LATENTSERVE_DEVICE=cuda or auto)
+#   ONNXRUNTIME_GPU the pip requirement used for RUNTIME=gpu; pin an older onnxruntime-gpu
+#                   (CUDA 12) where the host's NVIDIA driver does not support the newest CUDA
 #
 # Stages are kept to what this image needs: Docker's classic builder (no BuildKit) builds
 # every stage before the target, so the torch-heavy training image lives in its own file.
@@ -18,6 +20,7 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE} AS build
 ARG USE_WHEELHOUSE=0
 ARG RUNTIME=cpu
+ARG ONNXRUNTIME_GPU="onnxruntime-gpu[cuda,cudnn]>=1.21"
 ENV USE_WHEELHOUSE=${USE_WHEELHOUSE} PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 COPY scripts/docker-install.sh /usr/local/bin/docker-install.sh
@@ -30,8 +33,10 @@ RUN docker-install.sh deps serve serve
 # CUDA one, and record where pip put the CUDA libraries for the dynamic loader.
 RUN if [ "$RUNTIME" = gpu ]; then \
       /opt/venv/bin/python -m pip uninstall -y onnxruntime \
-      && docker-install.sh pkgs serve "onnxruntime-gpu[cuda,cudnn]>=1.21" \
-      && ls -d /opt/venv/lib/python3.11/site-packages/nvidia/*/lib > /opt/venv/ld-nvidia.conf; \
+      && docker-install.sh pkgs serve "$ONNXRUNTIME_GPU" \
+      && find /opt/venv/lib/python3.11/site-packages/nvidia -name 'lib*.so*' -printf '%h\n' \
+         | sort -u > /opt/venv/ld-nvidia.conf \
+      && test -s /opt/venv/ld-nvidia.conf; \
     elif [ "$RUNTIME" != cpu ]; then echo "RUNTIME must be cpu or gpu, got '$RUNTIME'" >&2; exit 1; \
     fi
 COPY latentserve/ /src/latentserve/
