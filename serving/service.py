@@ -53,6 +53,10 @@ UNKNOWN_MODEL_LABEL = "<unknown>"
 IMAGE_BYTES = 4 * 28 * 28
 # An 8-bit 28 x 28 grayscale PNG is at most ~850 bytes (incompressible pixels plus headers).
 PNG_BYTES_BOUND = 1024
+INPUT_RANGES = {
+    "images": "pixels in [0, 1]",
+    "latents": "latents of the size its prior produces (see GetModel)",
+}
 # A call cancelled this close to its deadline was cancelled by it (see `_rpc`).
 DEADLINE_SLACK_S = 0.1
 # Error messages stay well inside gRPC's default 8 KiB metadata limit, even percent-encoded.
@@ -177,6 +181,18 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             bad = int(np.count_nonzero(~np.isfinite(array)))
             raise invalid_argument(f"{what}: {bad} values are NaN or infinite; all must be finite")
 
+    @staticmethod
+    def _check_output(arrays: dict[str, Float32Array | None], inputs: str) -> None:
+        """Finite inputs far outside the training range (e.g. pixels of 1e38) overflow in
+        the graph; answer that as the input problem it is, never with NaN/Inf results."""
+        for name, array in arrays.items():
+            if array is not None and not np.isfinite(array).all():
+                bad = int(np.count_nonzero(~np.isfinite(array)))
+                raise invalid_argument(
+                    f"{name}: {bad} output values came out NaN or infinite for these {inputs}; "
+                    f"the model expects {INPUT_RANGES[inputs]}"
+                )
+
     # -- Encode -----------------------------------------------------------------------------
 
     async def Encode(self, request: pb.EncodeRequest, context: Context) -> pb.EncodeResponse:
@@ -199,6 +215,9 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
                 images,
                 monotonic_deadline(context.time_remaining()),
                 z_seed=seed if request.sample_z else None,
+            )
+            self._check_output(
+                {"latents": result.latents, "log_var": result.log_var, "z": result.z}, "images"
             )
             response = pb.EncodeResponse(
                 model=model.name,
@@ -275,6 +294,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
                 "Decode",
             )
             images = await model.decode(latents, monotonic_deadline(context.time_remaining()))
+            self._check_output({"images": images}, "latents")
             response = pb.DecodeResponse(
                 model=model.name,
                 model_version=model.manifest.version,

@@ -149,6 +149,8 @@ MATRIX = [
     Case("Encode", "NaN pixel", encode(images=tensor((2, 28, 28), at=900, bad=np.nan)), INVALID, "NaN or infinite"),
     Case("Encode", "+Inf pixel", encode(images=tensor((2, 28, 28), at=0, bad=np.inf)), INVALID, "NaN or infinite"),
     Case("Encode", "-Inf pixel", encode(images=tensor((1, 1, 28, 28), at=5, bad=-np.inf)), INVALID, "NaN or infinite"),
+    Case("Encode", "pixels of 3e38 (overflow in the graph)", encode(images=tensor((1, 28, 28), fill=3e38)), INVALID, "came out NaN or infinite"),
+    Case("Encode", "pixels of -1e30 with sample_z", encode(images=tensor((1, 28, 28), fill=-1e30), sample_z=True), INVALID, "pixels in [0, 1]"),
     Case("Encode", "empty batch", encode(images=tensor((0, 28, 28))), INVALID, "empty batch"),
     Case("Encode", "no input at all", encode(model="tiny-vae"), INVALID, "encoded_images"),
     Case("Encode", "batch over the limit", encode(images=tensor((9, 28, 28))), EXHAUSTED, "max_samples_per_request (8)"),
