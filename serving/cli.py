@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from .client import DEFAULT_TARGET, LatentClient, LatentServeError, ModelInfo
+from .client import DEFAULT_TARGET, LatentClient, LatentServeError, ModelInfo, TlsConfig
 from .images import grid_png
 
 # The largest grid `--out x.png` draws; beyond this the PNG would be unwieldy to open.
@@ -56,6 +56,19 @@ def _client_parser() -> argparse.ArgumentParser:
         help="server address host:port [env LATENTSERVE_TARGET, default %(default)s]",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    security = parser.add_argument_group(
+        "TLS and authentication", "for a server started with --tls-* or a token"
+    )
+    security.add_argument("--tls", action="store_true", help="use TLS, trusting the system CAs")
+    security.add_argument("--tls-ca", type=Path, help="PEM CA bundle to trust (implies --tls)")
+    security.add_argument("--tls-cert", type=Path, help="client certificate, for mutual TLS")
+    security.add_argument("--tls-key", type=Path, help="its private key")
+    security.add_argument("--tls-server-name", help="name to check the server certificate for")
+    security.add_argument(
+        "--token-file",
+        type=Path,
+        help="file whose first line is the bearer token [default: env LATENTSERVE_AUTH_TOKEN]",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("models", help="list the served models (and refused ones, with the reason)")
@@ -136,8 +149,24 @@ def _format_vector(v: npt.NDArray[np.float32]) -> str:
     return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
 
 
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return TlsConfig.from_files(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    # A file or the environment, never a flag: command lines are visible to other users.
+    if args.token_file:
+        lines = args.token_file.read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines else None
+    return os.environ.get("LATENTSERVE_AUTH_TOKEN") or None
+
+
 def _run_client(args: argparse.Namespace) -> int:
-    with LatentClient(args.target, timeout=args.timeout) as client:
+    with LatentClient(
+        args.target, timeout=args.timeout, tls=_tls(args), token=_token(args)
+    ) as client:
         if args.command == "models":
             _print_models(client.list_models(), client.default_model())
             return 0

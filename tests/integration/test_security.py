@@ -291,3 +291,43 @@ def test_latent_serve_with_tls_flags_and_token_from_environment(tiny_models_dir,
         assert not any(TOKEN in line for line in proc.lines), "the token must never be logged"
     finally:
         proc.stop()
+
+
+def test_latent_client_tls_and_token_options(tiny_models_dir, pki, tmp_path, monkeypatch, capsys):
+    from serving.cli import client_main
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    client = pki["client"]
+    cert, key = tmp_path / "client.pem", tmp_path / "client-key.pem"
+    cert.write_bytes(client.cert)
+    key.write_bytes(client.key)
+    with InProcessServer(
+        tiny_models_dir,
+        tls_cert_file=pki["server_cert"],
+        tls_key_file=pki["server_key"],
+        tls_client_ca_file=pki["folder"] / "ca.pem",
+        auth_token=TOKEN,
+    ) as running:
+        tls = [
+            "--target",
+            running.target,
+            "--tls-ca",
+            str(pki["folder"] / "ca.pem"),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ]
+        monkeypatch.delenv("LATENTSERVE_AUTH_TOKEN", raising=False)
+        assert client_main([*tls, "health"]) == 0  # health needs no token
+        assert client_main([*tls, "models"]) == 1
+        assert "UNAUTHENTICATED" in capsys.readouterr().err
+        assert client_main([*tls, "--token-file", str(token_file), "models"]) == 0
+        assert "tiny-vae" in capsys.readouterr().out
+        monkeypatch.setenv("LATENTSERVE_AUTH_TOKEN", TOKEN)
+        assert client_main([*tls, "sample", "--count", "2", "--seed", "1"]) == 0
+        assert "sampled 2 images" in capsys.readouterr().out
+        # Without the client certificate the TLS handshake fails: UNAVAILABLE, exit 1.
+        assert client_main([*tls[:4], "--timeout", "5", "models"]) == 1
+        assert "UNAVAILABLE" in capsys.readouterr().err
