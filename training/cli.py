@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classifier", help="train the evaluation digit classifier and export it to ONNX")
     _add_data_flags(p)
     p.add_argument("--out", type=Path, default=DEFAULT_CLASSIFIER)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(func=_cmd_classifier)

@@ -235,7 +235,8 @@ def export_model(
             "epochs": state["epoch"],
             "seed": fit_config["seed"],
             "config": fit_config,
-            "final_epoch": state["history"][-1] if state["history"] else {},
+            # Per-epoch learning rate and losses: shows any resume with a changed schedule.
+            "history": state["history"],
             "loss": "BCE summed over pixels" + (" + beta * KL(q(z|x) || N(0, I))" if kind == "vae" else ""),
             "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         },
