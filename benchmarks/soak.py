@@ -57,7 +57,7 @@ MIX: dict[str, float] = {
 class SoakConfig:
     duration_s: float = 60.0
     clients: int = 32
-    warmup_s: float = 5.0
+    warmup_s: float = 10.0
     goldens_per_rpc: int = 16
     seed: int = 0
     max_rss_growth: float = 0.10
@@ -84,6 +84,8 @@ class SoakReport:
     rss_baseline_mib: float = 0.0
     rss_end_mib: float = 0.0
     rss_peak_mib: float = 0.0
+    # (seconds since the load started, MiB), every few seconds: shows a plateau or a slope.
+    rss_timeline_mib: list[tuple[float, float]] = field(default_factory=list)
     goldens_checked_against_onnxruntime: int = 0
 
     @property
@@ -311,9 +313,14 @@ async def run_load(
 
 
 async def _watch_rss(pid: int, config: SoakConfig, report: SoakReport, done: asyncio.Event) -> None:
-    baseline_at = time.monotonic() + config.warmup_s
+    started = time.monotonic()
+    baseline_at = started + config.warmup_s
+    next_point = started
     while not done.is_set():
         mib = rss_bytes(pid) / (1 << 20)
+        if time.monotonic() >= next_point:
+            report.rss_timeline_mib.append((round(time.monotonic() - started, 1), round(mib, 1)))
+            next_point += 5.0
         report.rss_peak_mib = max(report.rss_peak_mib, mib)
         if not report.rss_baseline_mib and time.monotonic() >= baseline_at:
             report.rss_baseline_mib = mib
@@ -361,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load [%(default)s]")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds before RSS baseline")
+    p.add_argument("--warmup", type=float, default=10.0, help="seconds before RSS baseline")
     p.add_argument("--clients", type=int, default=32, help="concurrent clients [%(default)s]")
     p.add_argument(
         "--models-dir",
