@@ -9,19 +9,27 @@ service with `compose stop` (SIGTERM) and checks its clean exit. Stacks are alwa
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import secrets
 import shutil
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from docker_stack import REPO, SERVICE, ComposeStack, StackFactory, run, scrape
 from fixtures.reference import Reference
 from prometheus_client.parser import text_string_to_metric_families
 
 from latentserve.manifest import MANIFEST_FILE
-from serving.client import LatentClient
+from serving.client import LatentClient, LatentServeError, TlsConfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -32,6 +40,50 @@ STOP_GRACE_S = 30  # stop_grace_period in docker-compose.yml: Docker kills after
 
 def shipped_models() -> list[str]:
     return sorted(p.parent.name for p in (REPO / "models").glob(f"*/{MANIFEST_FILE}"))
+
+
+def readable_copy(source: Path, dest: Path) -> Path:
+    """Copy a folder for bind-mounting: the container runs as a non-root uid."""
+    shutil.copytree(source, dest)
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dest
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """cert.pem / key.pem for localhost and 127.0.0.1, valid for a day."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(mode=0o755)
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    for path in (cert_file, key_file):
+        path.chmod(0o644)  # read by the container's uid 10001; a throwaway test key
+    return cert_file, key_file
 
 
 def images(n: int, seed: int) -> np.ndarray:
@@ -150,11 +202,7 @@ def test_compose_stack_serves_the_shipped_models(stack_factory: StackFactory) ->
 def test_mounted_models_folder_replaces_the_baked_in_ones(
     stack_factory: StackFactory, tiny_models_dir: Path, tmp_path: Path
 ) -> None:
-    mounted = tmp_path / "my-models"
-    shutil.copytree(tiny_models_dir, mounted)
-    # The container runs as a non-root uid: the folder must be world-readable.
-    for path in [mounted, *mounted.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    mounted = readable_copy(tiny_models_dir, tmp_path / "my-models")
 
     stack = stack_factory(LATENTSERVE_MODELS=str(mounted), LATENTSERVE_DEFAULT_MODEL="tiny-vae")
     stack.up()
@@ -177,5 +225,55 @@ def test_mounted_models_folder_replaces_the_baked_in_ones(
     )
     assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe.stderr
     assert not (mounted / "probe").exists()
+
+    stop_and_check_clean_exit(stack)
+
+
+def test_tls_and_token_deployment(
+    stack_factory: StackFactory, tiny_models_dir: Path, tmp_path: Path
+) -> None:
+    """TLS and a bearer token switched on through a compose override: the HEALTHCHECK still
+    gets through (TLS-aware probe; health needs no token), clients need both."""
+    models = readable_copy(tiny_models_dir, tmp_path / "models")
+    cert, _ = self_signed_certificate(tmp_path / "certs")
+    token = secrets.token_hex(16)
+    override = tmp_path / "tls.yml"
+    override.write_text(
+        "services:\n"
+        "  latentserve:\n"
+        "    environment:\n"
+        "      LATENTSERVE_TLS_CERT_FILE: /certs/cert.pem\n"
+        "      LATENTSERVE_TLS_KEY_FILE: /certs/key.pem\n"
+        f"      LATENTSERVE_AUTH_TOKEN: {token}\n"
+        "    volumes:\n"
+        f"      - {tmp_path / 'certs'}:/certs:ro\n"
+    )
+    stack = stack_factory(LATENTSERVE_MODELS=str(models))
+    stack.files = (*stack.files, str(override))
+    stack.up()
+    stack.wait_healthy()
+
+    tls = TlsConfig.from_files(ca=cert)
+    reference = Reference(models / "tiny-vae")
+    with LatentClient(stack.target, timeout=60, tls=tls, token=token) as client:
+        sampled = client.sample(4, model="tiny-vae", seed=3, return_latents=True)
+        assert sampled.latents is not None
+        np.testing.assert_allclose(
+            sampled.images, reference.decode(sampled.latents), atol=ATOL, rtol=0
+        )
+    with LatentClient(stack.target, timeout=10, tls=tls) as no_token:
+        with pytest.raises(LatentServeError) as refused:
+            no_token.sample(1, model="tiny-vae")
+        assert refused.value.code is grpc.StatusCode.UNAUTHENTICATED
+    with LatentClient(stack.target, timeout=5) as plaintext:
+        with pytest.raises(LatentServeError) as refused:
+            plaintext.health()
+        assert refused.value.code is grpc.StatusCode.UNAVAILABLE
+
+    # Inside the container the client finds the token in LATENTSERVE_AUTH_TOKEN.
+    listed = stack(
+        "exec", "-T", SERVICE, "latent-client", "--tls-ca", "/certs/cert.pem", "models"
+    ).stdout
+    assert "tiny-vae" in listed and "READY" in listed, listed
 
     stop_and_check_clean_exit(stack)
