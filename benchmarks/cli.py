@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .suite import QUICK, SMOKE, Suite, SuiteConfig
+from .suite import QUICK, SMOKE, Suite, SuiteConfig, SuiteResult
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,11 +48,24 @@ def _parser() -> argparse.ArgumentParser:
         help="extra latent-serve flag for both servers, e.g. --server-flag=--max-batch-delay-ms=1",
     )
     p.add_argument("--intra-op-threads", type=int, default=0, help="for the in-process ceiling")
+    p.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="JSON",
+        help="only re-render RESULTS.md and the plots from a saved full-run JSON",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.report_from:
+        from .report import write_report
+
+        saved = SuiteResult.from_dict(json.loads(args.report_from.read_text()))
+        for path in write_report(saved, args.results_dir):
+            print(f"wrote {path}")
+        return 0
     config = SuiteConfig(
         models_dir=args.models_dir,
         model=args.model,

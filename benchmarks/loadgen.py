@@ -186,7 +186,9 @@ class LoadGenerator:
             )
             for share in shares
         ]
-        results = self._pool.map(run_load, specs, chunksize=1)
+        # Bounded even if a worker dies (the pool would replace it and wait forever).
+        limit = 10 + warmup_s + 3 * duration_s + 2 * timeout_s
+        results = self._pool.map_async(run_load, specs, chunksize=1).get(limit)
         latencies = [x for r in results for x in r.latencies_s]
         errors: Counter[str] = Counter()
         for r in results:

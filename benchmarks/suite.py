@@ -95,6 +95,19 @@ class SuiteResult:
                 return m
         return None
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SuiteResult:
+        """Back from the JSON that `to_dict` wrote (to re-render a report)."""
+        return cls(
+            config=data["config"],
+            machine=data["machine"],
+            measurements=[Measurement(**m) for m in data["measurements"]],
+            memory=data["memory"],
+            summary=data["summary"],
+            notes=data["notes"],
+            seconds=data["seconds"],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
