@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_FILE = "model.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 Kind = Literal["ae", "vae"]
 PriorName = Literal["standard_normal", "fitted_gaussian", "bounding_box_uniform"]
