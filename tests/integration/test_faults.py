@@ -151,11 +151,14 @@ def slow(tmp_path_factory):
 
 
 def rows_taking(seconds: float, client: LatentClient) -> int:
-    """How many rows one decoder run needs to take about `seconds` on this machine."""
-    started = time.perf_counter()
-    client.decode(np.zeros((200, 2), np.float32))
-    per_row = (time.perf_counter() - started) / 200
-    return max(200, int(seconds / per_row))
+    """How many rows one decoder run needs to take at least about `seconds` here. The
+    fastest of three timings: other work on the machine only makes the real run longer."""
+    per_row = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        client.decode(np.zeros((300, 2), np.float32))
+        per_row = min(per_row, (time.perf_counter() - started) / 300)
+    return max(300, int(seconds / per_row))
 
 
 def test_deadline_shorter_than_the_work_is_dropped_unrun(slow):
@@ -165,7 +168,7 @@ def test_deadline_shorter_than_the_work_is_dropped_unrun(slow):
         LatentClient(slow.target, timeout=30, batch_size=100_000) as patient,
         LatentClient(slow.target, timeout=0.1) as hurried,
     ):
-        n = rows_taking(0.8, patient)
+        n = rows_taking(1.5, patient)
         before = decoder_runs(slow, "slow")
         blocker = threading.Thread(target=patient.decode, args=(np.zeros((n, 2), np.float32),))
         blocker.start()

@@ -132,7 +132,7 @@ def test_sigterm_under_load(models):
         # ...and every worker that kept calling was refused: new calls are not accepted.
         refused = [o for o in outcomes if o.code == "UNAVAILABLE"]
         assert len(refused) == WORKERS
-        assert all(o.started >= sigterm_at for o in refused)
+        assert all(o.ended >= sigterm_at for o in refused), "refused only once draining"
 
         # Health: SERVING until SIGTERM, then NOT_SERVING, then unreachable; never back.
         after = [s for t, s in health if t >= sigterm_at]
