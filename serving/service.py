@@ -113,6 +113,8 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
 
         try:
             if self.draining:
+                # The model name is unchecked here: keep it out of the metric labels.
+                record.model = UNKNOWN_MODEL_LABEL
                 raise unavailable("server is shutting down; retry on another instance")
             self.in_flight += 1
             self._idle.clear()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fixtures.models import build_model_folder
 from fixtures.reference import Reference
-from fixtures.servers import SubprocessServer
+from fixtures.servers import InProcessServer, SubprocessServer
 from fixtures.slow_model import build_slow_model_folder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -148,3 +148,21 @@ def test_sigterm_under_load(models):
         assert "cancelling them" not in messages
     finally:
         proc.stop()
+
+
+def test_draining_refusals_do_not_grow_metric_labels(tiny_models_dir):
+    """While draining, calls are refused before their model name is checked; arbitrary
+    names must not become Prometheus label values (unbounded series)."""
+    with InProcessServer(tiny_models_dir) as running, LatentClient(running.target) as client:
+        running.server.servicer.draining = True
+        for i in range(20):
+            with pytest.raises(LatentServeError) as info:
+                client.sample(1, model=f"made-up-{i}")
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        labels = {
+            sample.labels.get("model")
+            for metric in running.server.metrics.registry.collect()
+            for sample in metric.samples
+        }
+        assert not any(str(label).startswith("made-up") for label in labels)
+        running.server.servicer.draining = False
