@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -169,13 +170,18 @@ class Suite:
     # -- measurement helpers --------------------------------------------------------------------
 
     def _inprocess(self, base: Measurement, fn: Callable[[], object]) -> Measurement:
-        timing = time_calls(
-            fn,
-            warmup_s=self.c.warmup_s,
-            duration_s=self.c.duration_s,
-            min_calls=self.c.min_requests,
-            max_calls=self.c.max_requests,
-        )
+        # Called from a worker thread, as the server calls onnxruntime: glibc gives the main
+        # thread a different malloc arena, which trims freed memory eagerly and made large
+        # runs measurably slower there than in any thread of the server.
+        with ThreadPoolExecutor(1, thread_name_prefix="inprocess") as thread:
+            timing = thread.submit(
+                time_calls,
+                fn,
+                warmup_s=self.c.warmup_s,
+                duration_s=self.c.duration_s,
+                min_calls=self.c.min_requests,
+                max_calls=self.c.max_requests,
+            ).result()
         return self._add(summarise(base, timing.latencies_s, timing.window_s))
 
     def _grpc(

@@ -86,10 +86,16 @@ class ServedModel:
         await self._decoder_batcher.close()
 
     def warm_up(self, runs: int) -> None:
-        """Run both graphs directly (blocking) so first requests do not pay for lazy init."""
+        """Run both graphs directly (blocking) so first requests do not pay for lazy init.
+
+        Each run uses the largest batch whose memory the runtime keeps (arena_keep_rows),
+        so the memory arena reaches its steady size here, before the server reports ready,
+        and resident memory then stays flat under load."""
         for _ in range(runs):
-            self.encoder.run(np.zeros((1, *IMAGE_SHAPE), dtype=np.float32))
-            self.decoder.run(np.zeros((1, self.latent_dim), dtype=np.float32))
+            rows = self.encoder.arena_keep_rows
+            self.encoder.run(np.zeros((rows, *IMAGE_SHAPE), dtype=np.float32))
+            rows = self.decoder.arena_keep_rows
+            self.decoder.run(np.zeros((rows, self.latent_dim), dtype=np.float32))
 
     async def encode(
         self, images: Float32Array, deadline: float | None = None, z_seed: int | None = None

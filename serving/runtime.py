@@ -11,7 +11,8 @@ docs/performance.md): intra-op worker threads do not spin while waiting (on a sm
 shared CPU a spinning worker steals the core the event loop and the other session need),
 full graph optimisation, and the CPU memory arena on (it saves page faults on every run)
 but shrunk after any run larger than `arena_keep_rows`, so that one 4096-image request
-does not pin its gigabyte of activations for the life of the process.
+does not pin its gigabyte of activations for the life of the process; warm-up (model.py)
+runs that many rows once, so resident memory is at its steady size before serving starts.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def choose_providers(device: str, available: Sequence[str] | None = None) -> lis
 
 
 # Runs up to this many rows keep their memory in the arena for the next run; larger ones
-# (single big requests beyond the batcher's max_batch_size) give it back afterwards.
-ARENA_KEEP_ROWS = 256
+# give it back afterwards. 64 rows hold every batch of up to 64 concurrent single-image
+# callers (~20 MB per graph for the shipped models), and warm-up sizes the arena to that.
+ARENA_KEEP_ROWS = 64
 
 
 def session_options(intra_op_threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
