@@ -246,7 +246,10 @@ class Suite:
             return
         import torch
 
-        threads = self.c.intra_op_threads or os.cpu_count() or 1
+        # One thread on both sides: a like-for-like comparison of the two runtimes that
+        # does not depend on how each one's thread pool copes with a shared, busy CPU.
+        threads = 1
+        ort = OrtModel(ort.folder, threads)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -261,7 +264,7 @@ class Suite:
                 return
             net, diff = built
             self.result.notes.append(
-                f"torch_vs_ort: torch {torch.__version__}, {threads} threads; weights copied from "
+                f"torch_vs_ort: torch {torch.__version__}, {threads} thread on both sides; weights copied from "
                 f"the ONNX graphs, max |torch - onnxruntime| on the encoder = {diff:.2e}"
             )
             d = ort.manifest.latent_dim
