@@ -19,10 +19,13 @@ from multiprocessing.pool import Pool
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
 
 SERVICE = "/latentserve.v1.Autoencoder/"
+# The cheapest call the server answers: the gRPC round-trip floor on this machine.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # What each RPC answers with, and the response field whose first dimension is the batch.
 RESPONSES: dict[str, tuple[Any, str]] = {
     "Encode": (pb.EncodeResponse, "latents"),
@@ -37,7 +40,7 @@ class LoadSpec:
     """One worker's share of a load run."""
 
     target: str
-    rpc: str  # a key of RESPONSES
+    rpc: str  # a key of RESPONSES, or "HealthCheck"
     request: bytes  # serialised request message
     items: int  # images (latents) per request, checked against the first response
     concurrency: int  # callers in this process
@@ -59,7 +62,14 @@ class LoadResult:
     problem: str = ""  # a malformed response, if any
 
 
+def _method(rpc: str) -> str:
+    return HEALTH_CHECK if rpc == "HealthCheck" else SERVICE + rpc
+
+
 def _check_response(rpc: str, data: bytes, items: int) -> str:
+    if rpc == "HealthCheck":
+        status = health_pb2.HealthCheckResponse.FromString(data).status
+        return "" if status == health_pb2.HealthCheckResponse.SERVING else f"health {status}"
     cls, tensor_field = RESPONSES[rpc]
     message = cls.FromString(data)
     tensor = getattr(message, tensor_field)
@@ -82,7 +92,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
     errors: Counter[str] = Counter()
     async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), spec.timeout_s)
-        call = channel.unary_unary(SERVICE + spec.rpc, None, None)  # bytes in, bytes out
+        call = channel.unary_unary(_method(spec.rpc), None, None)  # bytes in, bytes out
         first = await call(spec.request, timeout=spec.timeout_s)
         result.problem = _check_response(spec.rpc, first, spec.items)
         await asyncio.sleep(max(0.0, spec.start_at - time.time()))

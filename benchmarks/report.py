@@ -156,6 +156,11 @@ def render(result: SuiteResult, plots: bool) -> str:
             f"{s.get('encode_c1_p50_ms')} / {s.get('encode_c1_p50_ms_batching_off')}",
             "< 1",
         ],
+        [
+            "for reference: health check p50 at 1 caller, the gRPC round-trip floor (ms)",
+            f"{s.get('health_check_c1_p50_ms')}",
+            "",
+        ],
         ["server RSS idle after / before the run", f"{s.get('rss_growth_ratio')}", "<= 1.1"],
         ["failed calls", f"{s.get('errors')}", "0"],
     ]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from grpc_health.v1 import health_pb2
 
 from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
 
@@ -231,6 +232,13 @@ class Suite:
         self, load: LoadGenerator, servers: dict[bool, ServerProcess], latent_dim: int
     ) -> None:
         self.log("concurrency: single-image Encode, batching on vs off")
+        # The floor under every latency: a health check through the same client and server.
+        self._grpc(
+            Measurement("floor", "grpc", "HealthCheck", 1, 1, True),
+            load,
+            servers[True],
+            health_pb2.HealthCheckRequest(service="").SerializeToString(),
+        )
         request = request_bytes("Encode", self.c.model, 1, latent_dim)
         for c in self.c.concurrencies:
             for batching in (True, False):
@@ -357,6 +365,9 @@ def summarise_suite(result: SuiteResult, c: SuiteConfig) -> dict[str, Any]:
         s[f"batching_gain_c{top}"] = round(on.images_per_s / off.images_per_s, 3)
         s[f"p99_ms_c{top}_batching_on"] = round(on.p99_ms, 3)
         s[f"p99_ms_c{top}_batching_off"] = round(off.p99_ms, 3)
+    floor = result.find(scenario="floor")
+    if floor:
+        s["health_check_c1_p50_ms"] = round(floor.p50_ms, 3)
     c1 = result.find(scenario="concurrency", concurrency=1, batching=True)
     c1_off = result.find(scenario="concurrency", concurrency=1, batching=False)
     if c1:

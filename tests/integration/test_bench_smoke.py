@@ -37,6 +37,7 @@ def test_smoke_run_measures_every_scenario_without_errors(
             for rpc in ("Encode", "Decode", "SampleRandom")
             for b in (1, 256)
         ),
+        row(scenario="floor", rpc="HealthCheck"),
         *(
             row(scenario="concurrency", concurrency=c, batching=on)
             for c in (1, 8, 64)
