@@ -24,6 +24,8 @@ from .sampling import generator, prior_from_manifest, sample_posterior
 
 Float32Array = npt.NDArray[np.float32]
 IMAGE_SHAPE = (1, 28, 28)
+# Largest warm-up batch (a GPU session takes whole batches: no need to warm up 2^30 rows).
+WARM_UP_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,13 @@ class ServedModel:
     def warm_up(self, runs: int) -> None:
         """Run both graphs directly (blocking) so first requests do not pay for lazy init.
 
-        Each run uses the largest batch whose memory the runtime keeps (arena_keep_rows),
-        so the memory arena reaches its steady size here, before the server reports ready,
-        and resident memory then stays flat under load."""
+        Each run uses the largest slice the runtime hands onnxruntime at once (on CPU,
+        max_run_rows), so the memory arena reaches its steady size here, before the server
+        reports ready, and resident memory then stays flat under load."""
         for _ in range(runs):
-            rows = self.encoder.arena_keep_rows
+            rows = min(self.encoder.max_run_rows, WARM_UP_ROWS)
             self.encoder.run(np.zeros((rows, *IMAGE_SHAPE), dtype=np.float32))
-            rows = self.decoder.arena_keep_rows
+            rows = min(self.decoder.max_run_rows, WARM_UP_ROWS)
             self.decoder.run(np.zeros((rows, self.latent_dim), dtype=np.float32))
 
     async def encode(

@@ -9,10 +9,10 @@ onnxruntime may silently drop one it cannot initialise.
 Session options were chosen by measurement (benchmarks/session_options.py; numbers in
 docs/performance.md): intra-op worker threads do not spin while waiting (on a small,
 shared CPU a spinning worker steals the core the event loop and the other session need),
-full graph optimisation, and the CPU memory arena on (it saves page faults on every run)
-but shrunk after any run larger than `arena_keep_rows`, so that one 4096-image request
-does not pin its gigabyte of activations for the life of the process; warm-up (model.py)
-runs that many rows once, so resident memory is at its steady size before serving starts.
+full graph optimisation, and the CPU memory arena on (it saves page faults on every run).
+On CPU a batch runs in slices of at most `max_run_rows` rows, which costs nothing per image
+and bounds the arena: warm-up (model.py) runs one full slice, so resident memory is at its
+steady size before serving starts and stays there for requests of any size.
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ def choose_providers(device: str, available: Sequence[str] | None = None) -> lis
     return [CPU]
 
 
-# Runs up to this many rows keep their memory in the arena for the next run; larger ones
-# give it back afterwards. 64 rows hold every batch of up to 64 concurrent single-image
-# callers (~20 MB per graph for the shipped models), and warm-up sizes the arena to that.
-ARENA_KEEP_ROWS = 64
+# On CPU, onnxruntime is given at most this many rows per run; larger batches run in
+# slices of this size. The cost per image is flat from about 16 rows up (measured: see
+# docs/performance.md), while the memory a run needs grows with its rows: slicing keeps the
+# memory arena at the size of one slice (~20 MB per graph for the shipped models) for any
+# request size, so it never needs page faults for fresh memory or a shrink afterwards.
+CPU_RUN_ROWS = 64
 
 
 def session_options(intra_op_threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
@@ -84,7 +86,7 @@ class GraphSession:
         intra_op_threads: int = 0,
         *,
         spinning: bool = False,
-        arena_keep_rows: int = ARENA_KEEP_ROWS,
+        max_run_rows: int = CPU_RUN_ROWS,
     ) -> None:
         self.path = path
         self._session = ort.InferenceSession(
@@ -92,12 +94,8 @@ class GraphSession:
             sess_options=session_options(intra_op_threads, spinning),
             providers=list(providers),
         )
-        self.arena_keep_rows = arena_keep_rows
-        self._release = ort.RunOptions()
-        devices = ["cpu:0"] + (["gpu:0"] if CUDA in self.providers else [])
-        self._release.add_run_config_entry(
-            "memory.enable_memory_arena_shrinkage", ";".join(devices)
-        )
+        # A GPU wants whole batches; slicing is for CPU caches and memory.
+        self.max_run_rows = max_run_rows if self.providers[0] == CPU else 1 << 30
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"{path.name}: expected one input, found {len(inputs)}")
@@ -117,6 +115,19 @@ class GraphSession:
 
         onnxruntime's `run` releases the GIL and may be called from several threads.
         """
-        release = self._release if batch.shape[0] > self.arena_keep_rows else None
-        outputs = self._session.run(self.output_names, {self.input_name: batch}, release)
+        n, step = int(batch.shape[0]), self.max_run_rows
+        if n <= step:
+            return self._run(batch)
+        first = self._run(batch[:step])
+        # One output buffer per name, filled slice by slice: a single copy of the results.
+        outputs = tuple(np.empty((n, *o.shape[1:]), dtype=np.float32) for o in first)
+        for out, part in zip(outputs, first, strict=True):
+            out[:step] = part
+        for start in range(step, n, step):
+            for out, part in zip(outputs, self._run(batch[start : start + step]), strict=True):
+                out[start : start + step] = part
+        return outputs
+
+    def _run(self, batch: Float32Array) -> tuple[Float32Array, ...]:
+        outputs = self._session.run(self.output_names, {self.input_name: batch})
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)
