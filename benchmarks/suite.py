@@ -65,8 +65,8 @@ QUICK: dict[str, Any] = {
     "batch_sizes": (1, 16, 256),
     "torch_batch_sizes": (1, 256),
     "wire_batch_sizes": (1, 256),
-    "warmup_s": 0.2,
-    "duration_s": 0.8,
+    "warmup_s": 0.15,
+    "duration_s": 0.6,
     "min_requests": 3,
     "mode": "quick",
 }
