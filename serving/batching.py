@@ -103,7 +103,8 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting to run: queued, or held by the gatherer until a slot frees."""
+        return len(self._queue) + len(self._gathering)
 
     def start(self) -> None:
         if self.enabled and self._task is None:
@@ -136,15 +137,24 @@ class DynamicBatcher:
             raise unavailable(f"{self.name}: server is shutting down")
         if not self.enabled:
             return await self._run_alone(inputs)
-        if len(self._queue) >= self.max_queue:
+        if self.queue_depth >= self.max_queue:
             raise resource_exhausted(
-                f"{self.name}: {len(self._queue)} requests already queued (max_queue "
+                f"{self.name}: {self.queue_depth} requests already queued (max_queue "
                 f"{self.max_queue}); retry with backoff"
             )
+        if (
+            not self._queue
+            and not self._gathering
+            and self._last_batch_requests <= 1
+            and not self._slots.locked()
+        ):
+            # An idle graph and no sign of concurrent callers: run at once, skipping the
+            # hand-over to the gatherer task (two event-loop turns of latency).
+            return await self._run_now(inputs)
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, loop.create_future(), deadline)
         self._queue.append(pending)
-        self._observer.queue_changed(len(self._queue))
+        self._observer.queue_changed(self.queue_depth)
         self._arrived.set()
         # If our caller is cancelled, the future is cancelled too and the gatherer skips it.
         return await pending.future
@@ -156,6 +166,17 @@ class DynamicBatcher:
         self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
         return outputs
 
+    async def _run_now(self, inputs: Float32Array) -> Outputs:
+        await self._slots.acquire()  # free (checked by the caller): does not suspend
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        running = loop.run_in_executor(self._executor, self._run, inputs)
+        # The slot stays taken until onnxruntime is done, even if our caller gives up first.
+        running.add_done_callback(lambda _: self._slots.release())
+        outputs = await asyncio.shield(running)
+        self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
+        return outputs
+
     async def _next_request(self) -> _Pending:
         while not self._queue:
             self._arrived.clear()
@@ -164,16 +185,18 @@ class DynamicBatcher:
 
     async def _gather_forever(self) -> None:
         while True:
-            # Take a run slot first: while every slot is busy, requests pile up in the
-            # queue and the next batch is larger.
+            first = await self._next_request()
+            self._gathering = [first]
+            # Wait for a run slot before gathering more: while every slot is busy, requests
+            # pile up in the queue and the next batch is larger.
             await self._slots.acquire()
             try:
-                batch = await self._gather_batch()
+                batch = await self._gather_batch(first)
             except BaseException:
                 self._slots.release()
                 raise
             batch = self._drop_unwanted(batch)
-            self._observer.queue_changed(len(self._queue))
+            self._observer.queue_changed(self.queue_depth)
             if not batch:
                 self._slots.release()
                 continue
@@ -181,10 +204,8 @@ class DynamicBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _gather_batch(self) -> list[_Pending]:
-        first = await self._next_request()
-        batch, rows = [first], first.rows
-        self._gathering = batch
+    async def _gather_batch(self, first: _Pending) -> list[_Pending]:
+        batch, rows = self._gathering, first.rows
         loop = asyncio.get_running_loop()
         close_at = loop.time() + self.max_delay_s
         # How many callers to wait for: as many as shared the previous batch. Under load

@@ -68,6 +68,20 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.001)
 
 
+async def prime(batcher: DynamicBatcher, run: Recorder, callers: int) -> None:
+    """Make the batcher see `callers` concurrent requests in its last batch: one request
+    holds the graph while `callers` more queue up, then all are let through."""
+    run.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(rows(-1, 1)))
+    await asyncio.get_running_loop().run_in_executor(None, run.entered.wait, 5)
+    queued = [asyncio.ensure_future(batcher.submit(rows(-2 - i, 1))) for i in range(callers)]
+    await wait_until(lambda: batcher.queue_depth == callers)
+    run.gate.set()
+    await asyncio.gather(first, *queued)
+    run.batches.clear()
+    run.entered.clear()
+
+
 async def test_concurrent_requests_share_one_run_and_get_their_own_rows(executor):
     run, stats = Recorder(), Stats()
     batcher = DynamicBatcher(run, executor, max_batch_size=64, max_delay_s=0.05, observer=stats)
@@ -75,8 +89,10 @@ async def test_concurrent_requests_share_one_run_and_get_their_own_rows(executor
     inputs = [rows(10 * i, 1 + i % 3) for i in range(8)]
     results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
     await batcher.close()
-    assert len(run.batches) == 1
-    assert stats.runs == [(sum(len(x) for x in inputs), 8)]
+    # On an idle graph the first caller runs at once; the others arrive while it runs and
+    # share the next run.
+    assert len(run.batches) == 2
+    assert stats.runs == [(len(inputs[0]), 1), (sum(len(x) for x in inputs[1:]), 7)]
     for x, (doubled, sums) in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(doubled, x * 2)
         np.testing.assert_array_equal(sums, x.sum(axis=1, keepdims=True))
@@ -98,12 +114,36 @@ async def test_batches_never_exceed_max_batch_size_except_single_large_request(e
 
 
 async def test_lone_caller_on_an_idle_graph_is_not_delayed(executor):
-    batcher = DynamicBatcher(Recorder(), executor, max_batch_size=64, max_delay_s=1.0)
+    stats = Stats()
+    batcher = DynamicBatcher(
+        Recorder(), executor, max_batch_size=64, max_delay_s=1.0, observer=stats
+    )
     batcher.start()
     for i in range(5):
         start = time.perf_counter()
-        await batcher.submit(rows(i, 1))
+        (doubled, _) = await batcher.submit(rows(i, 1))
         assert time.perf_counter() - start < 0.5  # far below max_delay (1 s)
+        np.testing.assert_array_equal(doubled, rows(i, 1) * 2)
+    await batcher.close()
+    assert stats.runs == [(1, 1)] * 5
+
+
+async def test_cancelled_lone_caller_keeps_the_slot_until_its_run_ends(executor):
+    run = Recorder()
+    run.gate.clear()
+    batcher = DynamicBatcher(run, executor, max_batch_size=8, max_delay_s=0.0)
+    batcher.start()
+    lone = asyncio.ensure_future(batcher.submit(rows(0, 1)))  # runs at once, held at the gate
+    await asyncio.get_running_loop().run_in_executor(None, run.entered.wait, 5)
+    lone.cancel()
+    nxt = asyncio.ensure_future(batcher.submit(rows(1, 1)))
+    await asyncio.sleep(0.05)
+    assert run.active == 1  # the next request waits: the graph is still busy
+    run.gate.set()
+    (doubled, _) = await nxt
+    np.testing.assert_array_equal(doubled, rows(1, 1) * 2)
+    assert lone.cancelled()
+    assert run.max_active == 1
     await batcher.close()
 
 
@@ -111,7 +151,7 @@ async def test_after_a_shared_batch_a_request_waits_at_most_about_max_delay(exec
     run = Recorder()
     batcher = DynamicBatcher(run, executor, max_batch_size=64, max_delay_s=0.1)
     batcher.start()
-    await asyncio.gather(*(batcher.submit(rows(i, 1)) for i in range(3)))  # 3 callers seen
+    await prime(batcher, run, 3)  # the last batch had 3 callers
     start = time.perf_counter()
     await batcher.submit(rows(10, 1))  # waits for the two others, which never come
     elapsed = time.perf_counter() - start
@@ -120,23 +160,23 @@ async def test_after_a_shared_batch_a_request_waits_at_most_about_max_delay(exec
     await batcher.close()
     assert 0.08 <= elapsed < 1.0
     assert second < 0.08
-    assert [len(b) for b in run.batches] == [3, 1, 1]
+    assert [len(b) for b in run.batches] == [1, 1]
 
 
 async def test_requests_arriving_within_max_delay_join_the_batch_in_order(executor):
     run = Recorder()
     batcher = DynamicBatcher(run, executor, max_batch_size=64, max_delay_s=0.5)
     batcher.start()
-    await asyncio.gather(batcher.submit(rows(0, 1)), batcher.submit(rows(1, 1)))
+    await prime(batcher, run, 2)  # expect two callers per batch
     late = []
     for i in range(2):
         late.append(asyncio.ensure_future(batcher.submit(rows(10 + 5 * i, 2 + i))))
         await asyncio.sleep(0.02)  # well within max_delay
     results = await asyncio.gather(*late)
     await batcher.close()
-    assert [len(b) for b in run.batches] == [2, 5]
+    assert [len(b) for b in run.batches] == [5]
     # Rows are concatenated in arrival order and each caller gets back exactly its own.
-    np.testing.assert_array_equal(run.batches[1], np.concatenate([rows(10, 2), rows(15, 3)]))
+    np.testing.assert_array_equal(run.batches[0], np.concatenate([rows(10, 2), rows(15, 3)]))
     np.testing.assert_array_equal(results[0][0], rows(10, 2) * 2)
     np.testing.assert_array_equal(results[1][0], rows(15, 3) * 2)
 
