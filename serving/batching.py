@@ -11,7 +11,9 @@ runs the graph once in a thread executor, and hands each request back its rows. 
 which is what makes batches grow under load. The queue is bounded (RESOURCE_EXHAUSTED
 beyond `max_queue` waiting requests); requests whose caller has gone (cancelled) or whose
 deadline has passed are dropped before the run. A request larger than `max_batch_size`
-runs alone. With `enabled=False` every request runs on its own (same API).
+runs alone. A request that finds the graph idle, nothing queued and no recent sign of
+concurrent callers runs at once, without the hand-over to the gatherer task. With
+`enabled=False` every request runs on its own (same API).
 
 The batcher knows nothing about models or gRPC: it batches arrays for a `run` callable.
 """
