@@ -319,7 +319,9 @@ def draw_mix(ax: Axes, m: Measurement) -> None:
     ax.set_xlabel("digit (samples: classifier's call; area: true label)")
     ax.set_ylabel("share")
     ax.set_title(f"{m.manifest.name}: digit mix of {m.samples[PRIORS[0]]['numbers']['count']} random samples per prior", fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+    # Head-room above the tallest bar keeps the legend off the bars.
+    ax.set_ylim(0, 1.55 * max(ax.get_ylim()[1], 0.12))
+    ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
 def draw_grid(ax: Axes, m: Measurement, steps: int = 20) -> None:
@@ -379,3 +381,24 @@ def compare_models(folders: list[Path], data: Mnist, out: Path, *, classifier: P
     out.parent.mkdir(parents=True, exist_ok=True)
     _save(fig, out)
     return out
+
+
+def summary_table(folders: list[Path]) -> str:
+    """A markdown table of the headline numbers from each folder's model.json and analysis.json."""
+    rows = [
+        "| model | test MSE/pixel | test BCE/image | ELBO/image | prior | digits present | mix entropy / max | well formed (conf >= 0.9) | FD to test set |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for folder in folders:
+        manifest = ModelGraphs(folder).manifest
+        analysis = json.loads((folder / "analysis.json").read_text())
+        metrics = manifest.metrics
+        elbo = f"{metrics['test_elbo_per_image']:.1f}" if "test_elbo_per_image" in metrics else "n/a"
+        for prior, n in analysis["samples"].items():
+            mark = " (default)" if prior == manifest.prior.default else ""
+            rows.append(
+                f"| {manifest.name} | {metrics['test_mse_per_pixel']:.4f} | {metrics['test_bce_per_image']:.1f} | {elbo} "
+                f"| {prior}{mark} | {n['digits_present']} | {n['entropy_ratio']:.3f} "
+                f"| {100 * n['well_formed_fraction']:.1f}% | {n['frechet_distance']:.1f} |"
+            )
+    return "\n".join(rows)

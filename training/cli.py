@@ -78,14 +78,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from training.analyze import analyze_model, compare_models
+    from training.analyze import analyze_model, compare_models, summary_table
 
     data = _load_data(args)
-    results = []
     for folder in args.model_dirs:
         result = analyze_model(folder, data, classifier=args.classifier, samples=args.samples, seed=args.seed)
-        results.append(result)
         print(f"{folder}: wrote {', '.join(result['files'])}")
+    print(summary_table(args.model_dirs))
     if args.compare:
         compare_models(args.model_dirs, data, args.compare, classifier=args.classifier, seed=args.seed)
         print(f"comparison figure: {args.compare}")
