@@ -161,7 +161,11 @@ def render(result: SuiteResult, plots: bool) -> str:
             f"{s.get('health_check_c1_p50_ms')}",
             "",
         ],
-        ["server RSS idle after the run / after warm-up traffic", f"{s.get('rss_growth_ratio')}", "<= 1.1"],
+        [
+            "server RSS idle after the run / after warm-up traffic",
+            f"{s.get('rss_growth_ratio')}",
+            "<= 1.1",
+        ],
         ["failed calls", f"{s.get('errors')}", "0"],
     ]
     out += _table(["metric", "measured", "target"], rows)
