@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from grpc_health.v1 import health_pb2
 from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
 
 from .inprocess import OrtModel, time_calls, torch_available, torch_call, torch_model_from_onnx
-from .loadgen import LoadGenerator
+from .loadgen import Aggregate, LoadGenerator
 from .serverproc import RssSampler, ServerProcess
 from .stats import Measurement, summarise
 from .wire import ENCODINGS, wire_bytes
@@ -51,9 +52,11 @@ class SuiteConfig:
     wire_batch_sizes: tuple[int, ...] = (1, 256, 4096)
     warmup_s: float = 1.0
     duration_s: float = 4.0
-    min_requests: int = 5
+    min_requests: int = 4
     max_requests: int = 200_000
     client_processes: int = 2
+    # Batch sweep: in-process and gRPC alternate this many times per configuration.
+    rounds: int = 4
     # Extra latent-serve flags for both servers (e.g. "--intra-op-threads", "1").
     server_flags: tuple[str, ...] = ()
     # Must mirror --intra-op-threads in server_flags for a like-for-like ceiling.
@@ -68,6 +71,7 @@ QUICK: dict[str, Any] = {
     "warmup_s": 0.15,
     "duration_s": 0.6,
     "min_requests": 3,
+    "rounds": 2,
     "mode": "quick",
 }
 SMOKE: dict[str, Any] = {
@@ -77,6 +81,7 @@ SMOKE: dict[str, Any] = {
     "warmup_s": 0.05,
     "duration_s": 0.25,
     "min_requests": 2,
+    "rounds": 2,
     "mode": "smoke",
 }
 
@@ -170,7 +175,9 @@ class Suite:
 
     # -- measurement helpers --------------------------------------------------------------------
 
-    def _inprocess(self, base: Measurement, fn: Callable[[], object]) -> Measurement:
+    def _time_inprocess(
+        self, fn: Callable[[], object], warmup_s: float, duration_s: float, min_calls: int
+    ) -> tuple[list[float], float]:
         # Called from a worker thread, as the server calls onnxruntime: glibc gives the main
         # thread a different malloc arena, which trims freed memory eagerly and made large
         # runs measurably slower there than in any thread of the server.
@@ -178,32 +185,56 @@ class Suite:
             timing = thread.submit(
                 time_calls,
                 fn,
-                warmup_s=self.c.warmup_s,
-                duration_s=self.c.duration_s,
-                min_calls=self.c.min_requests,
+                warmup_s=warmup_s,
+                duration_s=duration_s,
+                min_calls=min_calls,
                 max_calls=self.c.max_requests,
             ).result()
-        return self._add(summarise(base, timing.latencies_s, timing.window_s))
+        return timing.latencies_s, timing.window_s
 
-    def _grpc(
-        self, base: Measurement, load: LoadGenerator, server: ServerProcess, request: bytes
-    ) -> Measurement:
-        agg = load.run(
+    def _inprocess(self, base: Measurement, fn: Callable[[], object]) -> Measurement:
+        latencies, window = self._time_inprocess(
+            fn, self.c.warmup_s, self.c.duration_s, self.c.min_requests
+        )
+        return self._add(summarise(base, latencies, window))
+
+    def _load(
+        self,
+        base: Measurement,
+        load: LoadGenerator,
+        server: ServerProcess,
+        request: bytes,
+        warmup_s: float,
+        duration_s: float,
+        min_requests: int,
+    ) -> Aggregate:
+        return load.run(
             server.target,
             base.rpc,
             request,
             base.batch,
             base.concurrency,
-            warmup_s=self.c.warmup_s,
-            duration_s=self.c.duration_s,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
             max_requests=self.c.max_requests,
-            min_requests=self.c.min_requests,
+            min_requests=min_requests,
         )
+
+    def _grpc(
+        self, base: Measurement, load: LoadGenerator, server: ServerProcess, request: bytes
+    ) -> Measurement:
+        agg = self._load(
+            base, load, server, request, self.c.warmup_s, self.c.duration_s, self.c.min_requests
+        )
+        return self._add(self._summarise_load(base, agg))
+
+    @staticmethod
+    def _summarise_load(base: Measurement, agg: Aggregate) -> Measurement:
         m = summarise(base, agg.latencies_s, agg.window_s, agg.errors)
         if agg.problems:
             m.errors += len(agg.problems)
             m.note = "; ".join(agg.problems)
-        return self._add(m)
+        return m
 
     def _add(self, m: Measurement) -> Measurement:
         self.result.measurements.append(m)
@@ -254,14 +285,40 @@ class Suite:
         )
 
     def batch_sweep(self, ort: OrtModel, load: LoadGenerator, server: ServerProcess) -> None:
-        self.log("batch sweep: in-process onnxruntime vs gRPC, one caller")
+        """In-process and gRPC alternate in `rounds` short slices per configuration, so that
+        load from other jobs on a shared machine falls on both sides alike."""
+        self.log(f"batch sweep: in-process onnxruntime vs gRPC, one caller, {self.c.rounds} rounds")
         d = ort.manifest.latent_dim
+        rounds = self.c.rounds
+        slice_s = self.c.duration_s / rounds
+        slice_min = max(1, -(-self.c.min_requests // rounds))
         for rpc in RPCS:
             for b in self.c.batch_sizes:
-                self._inprocess(Measurement("batch_sweep", "inprocess", rpc, b), ort.call(rpc, b))
+                fn = ort.call(rpc, b)
                 request = request_bytes(rpc, self.c.model, b, d)
-                self._grpc(
-                    Measurement("batch_sweep", "grpc", rpc, b, 1, True), load, server, request
+                base_ip = Measurement("batch_sweep", "inprocess", rpc, b)
+                base_g = Measurement("batch_sweep", "grpc", rpc, b, 1, True)
+                ip_lat: list[float] = []
+                ip_window = 0.0
+                g_lat: list[float] = []
+                g_window = 0.0
+                g_errors: Counter[str] = Counter()
+                problems: list[str] = []
+                for r in range(rounds):
+                    warmup = self.c.warmup_s if r == 0 else 0.0
+                    lat, window = self._time_inprocess(fn, warmup, slice_s, slice_min)
+                    ip_lat += lat
+                    ip_window += window
+                    agg = self._load(base_g, load, server, request, warmup, slice_s, slice_min)
+                    g_lat += agg.latencies_s
+                    g_window += agg.window_s
+                    g_errors.update(agg.errors)
+                    problems += agg.problems
+                self._add(summarise(base_ip, ip_lat, ip_window))
+                self._add(
+                    self._summarise_load(
+                        base_g, Aggregate(g_lat, dict(g_errors), g_window, problems)
+                    )
                 )
 
     def concurrency(
