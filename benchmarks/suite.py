@@ -333,10 +333,25 @@ class Suite:
             health_pb2.HealthCheckRequest(service="").SerializeToString(),
         )
         request = request_bytes("Encode", self.c.model, 1, latent_dim)
+        rounds = self.c.rounds
+        slice_s = self.c.duration_s / rounds
+        slice_min = max(1, -(-self.c.min_requests // rounds))
         for c in self.c.concurrencies:
+            # On and off alternate in rounds, like the batch sweep, so that load from other
+            # jobs falls on both alike.
+            parts: dict[bool, list[Aggregate]] = {True: [], False: []}
+            for r in range(rounds):
+                warmup = self.c.warmup_s if r == 0 else 0.0
+                for batching in (True, False):
+                    base = Measurement("concurrency", "grpc", "Encode", 1, c, batching)
+                    parts[batching].append(
+                        self._load(
+                            base, load, servers[batching], request, warmup, slice_s, slice_min
+                        )
+                    )
             for batching in (True, False):
                 base = Measurement("concurrency", "grpc", "Encode", 1, c, batching)
-                self._grpc(base, load, servers[batching], request)
+                self._add(self._summarise_load(base, _merge(parts[batching])))
 
     def torch_vs_ort(self, ort: OrtModel) -> None:
         self.log("onnxruntime vs PyTorch eager (in-process, same weights)")
@@ -416,12 +431,14 @@ class Suite:
                 main = servers[True]
                 time.sleep(0.5)  # let start-up allocations settle
                 memory = {"idle_cold_mib": main.rss() / 2**20}
-                self.warm_up_traffic(load, main, ort.manifest.latent_dim)
+                # Both servers get the same history before anything is compared.
+                for server in servers.values():
+                    self.warm_up_traffic(load, server, ort.manifest.latent_dim)
                 time.sleep(0.5)
                 memory["idle_before_mib"] = main.rss() / 2**20
                 with RssSampler(main.pid) as sampler:
-                    self.batch_sweep(ort, load, main)
                     self.concurrency(load, servers, ort.manifest.latent_dim)
+                    self.batch_sweep(ort, load, main)
                 memory["peak_under_load_mib"] = sampler.peak / 2**20
                 time.sleep(1.0)
                 memory["idle_after_mib"] = main.rss() / 2**20
@@ -442,6 +459,19 @@ class Suite:
         self.result.seconds = time.perf_counter() - started
         self.result.summary = summarise_suite(self.result, c)
         return self.result
+
+
+def _merge(parts: list[Aggregate]) -> Aggregate:
+    """Slices of one configuration measured at different times, as one measurement."""
+    errors: Counter[str] = Counter()
+    for p in parts:
+        errors.update(p.errors)
+    return Aggregate(
+        [x for p in parts for x in p.latencies_s],
+        dict(errors),
+        sum(p.window_s for p in parts),
+        [x for p in parts for x in p.problems],
+    )
 
 
 def summarise_suite(result: SuiteResult, c: SuiteConfig) -> dict[str, Any]:

@@ -28,6 +28,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from .logs import configure_logging
+    from .memory import keep_large_buffers_out_of_heap
     from .server import serve
     from .settings import parse_settings
 
@@ -40,6 +41,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"latent-serve: invalid configuration: {problems}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    keep_large_buffers_out_of_heap()
     return asyncio.run(serve(settings))
 
 
