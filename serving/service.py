@@ -183,6 +183,20 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             bad = int(np.count_nonzero(~np.isfinite(array)))
             raise invalid_argument(f"{what}: {bad} values are NaN or infinite; all must be finite")
 
+    @classmethod
+    def _check_pixels(cls, images: Float32Array) -> None:
+        """Grey levels outside [0, 1] (typically 0..255 bytes sent as floats) would encode to
+        meaningless latents without any error, so they are refused with a hint."""
+        lo, hi = float(images.min()), float(images.max())
+        if lo >= 0.0 and hi <= 1.0:  # False for NaN as well
+            return
+        cls._check_finite(images, "images")
+        hint = "; divide 8-bit grey levels by 255" if 1.0 < hi <= 255.0 and lo >= 0.0 else ""
+        raise invalid_argument(
+            f"images: pixel values span [{lo:g}, {hi:g}]; allowed are float32 grey levels "
+            f"in [0, 1]{hint}"
+        )
+
     @staticmethod
     def _check_output(arrays: dict[str, Float32Array | None], inputs: str) -> None:
         """Finite inputs far outside the training range (e.g. pixels of 1e38) overflow in
@@ -249,7 +263,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
                     "N x 1 x 28 x 28 float32"
                 )
             self._check_batch(shape[0], "images")
-            self._check_finite(images, "images")
+            self._check_pixels(images)
             return images.reshape(shape[0], *IMAGE_SHAPE)
         if which == "encoded_images":
             files = list(request.encoded_images.data)
