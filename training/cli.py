@@ -56,6 +56,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         lr_schedule=args.lr_schedule,
         beta=args.beta,
+        recon_loss=args.recon_loss,
         seed=args.seed,
         val_size=args.val_size,
         threads=args.threads,
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (VAE)")
+    p.add_argument("--recon-loss", choices=["bce", "mse"], default="bce",
+                   help="reconstruction term, summed over pixels (default bce)")
     p.add_argument("--batch-norm", action="store_true")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)

@@ -237,7 +237,8 @@ def export_model(
             "config": fit_config,
             # Per-epoch learning rate and losses: shows any resume with a changed schedule.
             "history": state["history"],
-            "loss": "BCE summed over pixels" + (" + beta * KL(q(z|x) || N(0, I))" if kind == "vae" else ""),
+            "loss": f"{fit_config.get('recon_loss', 'bce').upper()} summed over pixels"
+            + (" + beta * KL(q(z|x) || N(0, I))" if kind == "vae" else ""),
             "checkpoint_sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         },
         "export": {

@@ -2,7 +2,8 @@
 
 Losses (per image, averaged over the batch): reconstruction is the binary cross-entropy
 summed over the 784 pixels, treating each grey level as a Bernoulli mean as in the original
-VAE paper; the AE minimises it alone, the VAE adds beta times the KL divergence of
+VAE paper (or, with ``recon_loss="mse"``, the squared error summed over pixels, which is
+what the reconstruction-MSE metric measures); the AE minimises it alone, the VAE adds beta times the KL divergence of
 q(z|x) = N(mean, diag(exp(log_var))) from N(0, I) (Kingma & Welling 2014, appendix B).
 Training is deterministic on CPU under a seed: weights are initialised from the seed, and
 each epoch reseeds the shuffling and the reparameterisation noise from (seed, epoch), so a
@@ -38,6 +39,7 @@ class FitConfig:
     # Cosine decay to 5% of the learning rate over the epochs: cheap and lowers the final loss.
     lr_schedule: str = "cosine"
     beta: float = 1.0
+    recon_loss: str = "bce"  # "bce" or "mse", both summed over the pixels of an image
     seed: int = 0
     val_size: int = 2000
     threads: int = 2
@@ -46,8 +48,10 @@ class FitConfig:
         return asdict(self)
 
 
-def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """BCE summed over pixels: N per-image values."""
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+    """BCE (or squared error) summed over pixels: N per-image values."""
+    if kind == "mse":
+        return (recon - images).pow(2).flatten(1).sum(1)
     return F.binary_cross_entropy(recon, images, reduction="none").flatten(1).sum(1)
 
 
@@ -56,15 +60,17 @@ def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(1)
 
 
-def loss_terms(model: AnyAutoencoder, images: torch.Tensor, beta: float) -> dict[str, torch.Tensor]:
+def loss_terms(
+    model: AnyAutoencoder, images: torch.Tensor, beta: float, recon_loss: str = "bce"
+) -> dict[str, torch.Tensor]:
     """Batch means of the loss and its parts."""
     if isinstance(model, VariationalAutoencoder):
         recon, mean, log_var = model(images)
-        rec = reconstruction_loss(recon, images).mean()
+        rec = reconstruction_loss(recon, images, recon_loss).mean()
         kl = kl_divergence(mean, log_var).mean()
         return {"loss": rec + beta * kl, "recon": rec, "kl": kl}
     recon, _ = model(images)
-    rec = reconstruction_loss(recon, images).mean()
+    rec = reconstruction_loss(recon, images, recon_loss).mean()
     return {"loss": rec, "recon": rec}
 
 
@@ -87,12 +93,14 @@ def _learning_rate(config: FitConfig, epoch: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: AnyAutoencoder, images: torch.Tensor, beta: float, batch_size: int) -> dict[str, float]:
+def evaluate(
+    model: AnyAutoencoder, images: torch.Tensor, beta: float, batch_size: int, recon_loss: str = "bce"
+) -> dict[str, float]:
     model.eval()
     totals: dict[str, float] = {}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        for key, value in loss_terms(model, batch, beta).items():
+        for key, value in loss_terms(model, batch, beta, recon_loss).items():
             totals[key] = totals.get(key, 0.0) + float(value) * len(batch)
     return {key: value / len(images) for key, value in totals.items()}
 
@@ -134,10 +142,11 @@ def fit(
     if resume and checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
         saved = state["fit_config"]
-        if saved["model"] != config.model.to_dict() or saved["seed"] != config.seed:
+        was = (saved["model"], saved["seed"], saved.get("recon_loss", "bce"))
+        now = (config.model.to_dict(), config.seed, config.recon_loss)
+        if was != now:
             raise ValueError(
-                f"{checkpoint_path} was trained with model {saved['model']} seed {saved['seed']}; "
-                f"cannot resume it as {config.model.to_dict()} seed {config.seed}"
+                f"{checkpoint_path} was trained as (model, seed, loss) {was}; cannot resume it as {now}"
             )
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
@@ -159,14 +168,14 @@ def fit(
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for start in bar:
             batch = train_images[order[start : start + config.batch_size]]
-            terms = loss_terms(model, batch, config.beta)
+            terms = loss_terms(model, batch, config.beta, config.recon_loss)
             optimizer.zero_grad()
             terms["loss"].backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             running += float(terms["loss"].detach()) * len(batch)
             seen += len(batch)
             bar.set_postfix(loss=f"{running / seen:.2f}")
-        val = evaluate(model, val_images, config.beta, 512)
+        val = evaluate(model, val_images, config.beta, 512, config.recon_loss)
         record = {
             "epoch": epoch + 1,
             "lr": lr,

@@ -34,3 +34,15 @@ def test_reparameterize_samples_around_the_mean() -> None:
     assert not torch.equal(a, b)
     # A vanishing variance collapses the sample onto the mean.
     assert torch.allclose(vae.reparameterize(mean, torch.full((4, 2), -60.0)), mean, atol=1e-12)
+
+
+def test_reconstruction_losses_are_summed_per_image() -> None:
+    from training.train import kl_divergence, reconstruction_loss
+
+    images = torch.tensor([[0.0, 1.0, 0.5, 0.25]])
+    recon = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    assert torch.allclose(reconstruction_loss(recon, images, "mse"), torch.tensor([0.25 + 0.25 + 0 + 0.0625]))
+    # BCE against 0.5 everywhere is log 2 per pixel, whatever the target grey level.
+    assert torch.allclose(reconstruction_loss(recon, images, "bce"), torch.tensor([4 * 0.6931472]))
+    assert torch.allclose(kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2))
+    assert float(kl_divergence(torch.ones(1, 2), torch.zeros(1, 2))) == 1.0
