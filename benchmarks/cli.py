@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line, flush=True)
 
     result = Suite(config, log).run()
-    result.config["command"] = "latent-bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    result.config["command"] = " ".join(["latent-bench", shlex.join(given)]).strip()
     data = result.to_dict()
     out = args.json or (
         HERE / "results.json" if config.mode == "full" else HERE / f"{config.mode}.json"

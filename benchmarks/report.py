@@ -96,6 +96,7 @@ def plot(result: SuiteResult, folder: Path) -> list[Path]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     left.set_yscale("log")
+    right.set_ylim(bottom=0)
     left.set_ylabel("latency (ms)")
     right.set_ylabel("images / s")
     fig.suptitle("Latency and throughput vs concurrency")
