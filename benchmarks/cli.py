@@ -47,7 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FLAG",
         help="extra latent-serve flag for both servers, e.g. --server-flag=--max-batch-delay-ms=1",
     )
-    p.add_argument("--intra-op-threads", type=int, default=0, help="for the in-process ceiling")
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=SuiteConfig.intra_op_threads,
+        help="for the in-process ceiling; match the servers' [%(default)s]",
+    )
     p.add_argument(
         "--report-from",
         type=Path,

@@ -31,6 +31,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2
 
 from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+from serving.settings import ServerSettings
 
 from .inprocess import OrtModel, time_calls, torch_available, torch_call, torch_model_from_onnx
 from .loadgen import Aggregate, LoadGenerator
@@ -60,7 +61,7 @@ class SuiteConfig:
     # Extra latent-serve flags for both servers (e.g. "--intra-op-threads", "1").
     server_flags: tuple[str, ...] = ()
     # Must mirror --intra-op-threads in server_flags for a like-for-like ceiling.
-    intra_op_threads: int = 0
+    intra_op_threads: int = ServerSettings.model_fields["intra_op_threads"].default
     mode: str = "full"
 
 

@@ -40,7 +40,11 @@ class ServerSettings(BaseSettings):
     )
     device: Device = Field("auto", description="auto (CUDA if available, else CPU), cpu or cuda")
     intra_op_threads: int = Field(
-        0, ge=0, description="onnxruntime intra-op threads per session; 0 = onnxruntime's choice"
+        1,
+        ge=0,
+        description="onnxruntime intra-op threads per session; 0 = onnxruntime's choice (one "
+        "per core). 1 measured fastest on 2-core machines (docs/performance.md): "
+        "inference_workers already runs batches in parallel",
     )
     inference_workers: int = Field(
         2, ge=1, description="threads running onnxruntime batches concurrently (all models)"
