@@ -57,7 +57,7 @@ class SuiteConfig:
     max_requests: int = 200_000
     client_processes: int = 2
     # Batch sweep: in-process and gRPC alternate this many times per configuration.
-    rounds: int = 4
+    rounds: int = 8
     # Extra latent-serve flags for both servers (e.g. "--intra-op-threads", "1").
     server_flags: tuple[str, ...] = ()
     # Must mirror --intra-op-threads in server_flags for a like-for-like ceiling.
