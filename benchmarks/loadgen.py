@@ -178,8 +178,9 @@ class LoadGenerator:
         assert self._pool is not None, "use LoadGenerator as a context manager"
         workers = max(1, min(self.processes, concurrency))
         shares = [concurrency // workers + (i < concurrency % workers) for i in range(workers)]
-        # Leave time for every worker to connect and send its checking call first.
-        start_at = time.time() + 0.3
+        # Leave time for every worker to connect and send its checking call, so that all
+        # start together (one worker just starts after its checking call).
+        start_at = time.time() + (0.3 if workers > 1 else 0.0)
         specs = [
             LoadSpec(
                 target,
