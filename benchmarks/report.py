@@ -128,7 +128,8 @@ def render(result: SuiteResult, plots: bool) -> str:
         "in the same run.",
         "",
         f"Model `{c['model']}`; each configuration warmed up {c['warmup_s']} s, then measured "
-        f"for {c['duration_s']} s (at least {c['min_requests']} calls). gRPC load comes from "
+        f"for {c['duration_s']} s (at least {c['min_requests']} calls), in-process and gRPC "
+        f"(and batching on and off) alternating in {c.get('rounds', 1)} rounds. gRPC load comes from "
         f"{c['client_processes']} load-generator processes on 127.0.0.1.",
         "",
         "## Summary",
