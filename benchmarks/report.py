@@ -113,7 +113,8 @@ def render(result: SuiteResult, plots: bool) -> str:
     out = [
         "# latentserve benchmark results",
         "",
-        f"Written by `latent-bench` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC "
+        f"Written by `latent-bench` on "
+        f"{mach.get('finished_utc') or f'{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}'} UTC "
         f"in {result.seconds:.0f} s. Reproduce with:",
         "",
         "```",

@@ -457,6 +457,7 @@ class Suite:
         self.torch_vs_ort(ort)
         self.wire()
         self.result.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        self.result.machine["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         self.result.seconds = time.perf_counter() - started
         self.result.summary = summarise_suite(self.result, c)
         return self.result
