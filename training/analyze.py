@@ -338,9 +338,9 @@ def draw_grid(ax: Axes, m: Measurement, steps: int = 20) -> None:
                  fontsize=10)
 
 
-def _save(fig: Figure, path: Path) -> str:
+def _save(fig: Figure, path: Path, dpi: int = 110) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path.name
 
@@ -379,7 +379,7 @@ def compare_models(folders: list[Path], data: Mnist, out: Path, *, classifier: P
         draw_samples(row[1], m)
         draw_mix(row[2], m)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, out)
+    _save(fig, out, dpi=80)  # a big multi-panel figure: keep the file small
     return out
 
 
