@@ -23,7 +23,7 @@ describe() {
   case $1 in
     mnist-ae) echo "Plain convolutional autoencoder, 2-D latent (the walkthrough's AE): no prior of its own; samples come from a Gaussian fitted to its training latents" ;;
     mnist-vae) echo "Convolutional VAE, 2-D latent, beta 1: samples from N(0, I)" ;;
-    mnist-vae-16) echo "Convolutional VAE, 16-D latent: sharper reconstructions and samples" ;;
+    mnist-vae-16) echo "Convolutional VAE, 16-D latent, beta 1: sharper reconstructions and samples" ;;
   esac
 }
 started=$(date +%s)
@@ -40,7 +40,7 @@ train classifier "${DATA[@]}" --epochs 6 --threads "$THREADS" --out "$ASSETS_OUT
 MODELS=(
   "mnist-ae     ae  2  1.0 10,20"
   "mnist-vae    vae 2  1.0 10,20"
-  "mnist-vae-16 vae 16 0.5 10"
+  "mnist-vae-16 vae 16 1.0 10,20"
 )
 for spec in "${MODELS[@]}"; do
   read -r name kind dim beta stages <<<"$spec"
