@@ -38,8 +38,15 @@ def rss_bytes(pid: int) -> int:
 class ServerProcess:
     """`python -m serving` with the given flags; use as a context manager."""
 
-    def __init__(self, models_dir: Path, flags: Sequence[str] = (), name: str = "server") -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        flags: Sequence[str] = (),
+        name: str = "server",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.command = [
             sys.executable,
             "-m",
@@ -70,13 +77,12 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Launch without waiting (see `wait_ready`), so several servers can start at once."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(
             self.command,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=self.env,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
