@@ -35,11 +35,12 @@ train data "${DATA[@]}"
 step "evaluation classifier"
 train classifier "${DATA[@]}" --epochs 6 --threads "$THREADS" --out "$ASSETS_OUT/mnist-classifier.onnx"
 
-# name  kind  latent  beta  epoch stages: "10,20" trains 10 epochs (cosine over 10), then resumes
-# to 20 with the cosine recomputed over 20 (a warm restart), as the shipped runs were trained.
+# name  kind  latent  beta  epoch stages: "10,20,30" trains 10 epochs (cosine over 10), then
+# resumes to 20 and to 30, the cosine recomputed over the new total each time (warm restarts),
+# as the shipped runs were trained.
 MODELS=(
-  "mnist-ae     ae  2  1.0 10,20"
-  "mnist-vae    vae 2  1.0 10,20"
+  "mnist-ae     ae  2  1.0 10,20,30"
+  "mnist-vae    vae 2  1.0 10,20,30"
   "mnist-vae-16 vae 16 1.0 10,20"
 )
 for spec in "${MODELS[@]}"; do
