@@ -12,7 +12,8 @@ which is what makes batches grow under load. The queue is bounded (RESOURCE_EXHA
 beyond `max_queue` waiting requests); requests whose caller has gone (cancelled) or whose
 deadline has passed are dropped before the run. A request larger than `max_batch_size`
 runs alone. A request that finds the graph idle, nothing queued and no recent sign of
-concurrent callers runs at once, without the hand-over to the gatherer task. With
+concurrent callers runs at once, without the hand-over to the gatherer task, and with at
+most `inline_max_rows` rows on the event-loop thread itself (for runs known to be short). With
 `enabled=False` every request runs on its own (same API).
 
 The batcher knows nothing about models or gRPC: it batches arrays for a `run` callable.
@@ -81,6 +82,7 @@ class DynamicBatcher:
         max_queue: int = 1024,
         concurrency: int = 1,
         enabled: bool = True,
+        inline_max_rows: int = 0,
         observer: BatchObserver | None = None,
         name: str = "",
     ) -> None:
@@ -90,6 +92,7 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self.enabled = enabled
+        self.inline_max_rows = inline_max_rows
         self.name = name
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[_Pending] = deque()
@@ -172,6 +175,13 @@ class DynamicBatcher:
         await self._slots.acquire()  # free (checked by the caller): does not suspend
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
+        if inputs.shape[0] <= self.inline_max_rows:
+            try:
+                outputs = self._run(inputs)
+            finally:
+                self._slots.release()
+            self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
+            return outputs
         running = loop.run_in_executor(self._executor, self._run, inputs)
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
         running.add_done_callback(lambda _: self._slots.release())

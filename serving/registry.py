@@ -28,6 +28,13 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
+# On a batcher's idle fast path, requests of at most this many rows run on the event-loop
+# thread itself: such a run takes a fraction of a millisecond, less than the two thread
+# wake-ups of an executor hand-off on a busy 2-core machine (single-caller Encode p50 went from
+# 1.7-2.0 ms to 1.3-1.5 ms in an A/B run with both cores loaded). Larger requests go to
+# the executor, so that the loop keeps serving other calls while onnxruntime works.
+INLINE_MAX_ROWS = 4
+
 ObserverFactory = Callable[[str, str], BatchObserver]
 
 
@@ -199,6 +206,7 @@ class ModelRegistry:
                 max_queue=s.max_queue,
                 concurrency=s.batch_concurrency,
                 enabled=s.batching,
+                inline_max_rows=INLINE_MAX_ROWS,
                 observer=observer,
                 name=f"{manifest.name}/{graph}",
             )

@@ -128,6 +128,45 @@ async def test_lone_caller_on_an_idle_graph_is_not_delayed(executor):
     assert stats.runs == [(1, 1)] * 5
 
 
+async def test_small_lone_requests_run_on_the_loop_thread_larger_ones_in_the_executor(executor):
+    threads: list[int] = []
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray]:
+        threads.append(threading.get_ident())
+        return (batch * 2,)
+
+    stats = Stats()
+    batcher = DynamicBatcher(run, executor, inline_max_rows=2, observer=stats)
+    batcher.start()
+    for n in (1, 2, 3):
+        (doubled,) = await batcher.submit(rows(0, n))
+        np.testing.assert_array_equal(doubled, rows(0, n) * 2)
+    await batcher.close()
+    loop_thread = threading.get_ident()
+    assert threads[:2] == [loop_thread, loop_thread]
+    assert threads[2] != loop_thread
+    assert stats.runs == [(1, 1), (2, 1), (3, 1)]
+
+
+async def test_an_inline_run_error_reaches_the_caller_and_frees_the_graph(executor):
+    calls = 0
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("graph failed")
+        return (batch * 2,)
+
+    batcher = DynamicBatcher(run, executor, inline_max_rows=4)
+    batcher.start()
+    with pytest.raises(RuntimeError, match="graph failed"):
+        await batcher.submit(rows(0, 1))
+    (doubled,) = await asyncio.wait_for(batcher.submit(rows(1, 1)), 5)
+    np.testing.assert_array_equal(doubled, rows(1, 1) * 2)
+    await batcher.close()
+
+
 async def test_cancelled_lone_caller_keeps_the_slot_until_its_run_ends(executor):
     run = Recorder()
     run.gate.clear()
