@@ -33,11 +33,17 @@ def test_model_folder_is_servable(folder: Path) -> None:
     d = manifest.latent_dim
     for spec in (manifest.encoder, manifest.decoder):
         proto = onnx.load(str(folder / spec.file), load_external_data=False)
-        assert not [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert not [
+            t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+        ]
         assert spec.opset in {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
 
-    encoder = ort.InferenceSession(str(folder / manifest.encoder.file), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(folder / manifest.decoder.file), providers=["CPUExecutionProvider"])
+    encoder = ort.InferenceSession(
+        str(folder / manifest.encoder.file), providers=["CPUExecutionProvider"]
+    )
+    decoder = ort.InferenceSession(
+        str(folder / manifest.decoder.file), providers=["CPUExecutionProvider"]
+    )
     assert [i.name for i in encoder.get_inputs()] == manifest.encoder.inputs
     assert [o.name for o in encoder.get_outputs()] == manifest.encoder.outputs
     assert [i.name for i in decoder.get_inputs()] == manifest.decoder.inputs
@@ -46,7 +52,9 @@ def test_model_folder_is_servable(folder: Path) -> None:
     assert all(_shape(o)[1:] == [d] for o in encoder.get_outputs())
     assert _shape(decoder.get_inputs()[0])[1:] == [d]
     assert _shape(decoder.get_outputs()[0])[1:] == [1, 28, 28]
-    assert all(isinstance(_shape(x)[0], str) for x in (*encoder.get_inputs(), *decoder.get_inputs()))
+    assert all(
+        isinstance(_shape(x)[0], str) for x in (*encoder.get_inputs(), *decoder.get_inputs())
+    )
 
     for n in (1, 5):
         images = np.random.default_rng(n).random((n, 1, 28, 28), dtype=np.float32)
@@ -56,26 +64,46 @@ def test_model_folder_is_servable(folder: Path) -> None:
         assert decoded.shape == (n, 1, 28, 28) and decoded.min() >= 0 and decoded.max() <= 1
 
 
-# Targets of issue 3 that the shipped models do not meet yet; listed so the miss stays visible
-# in every test run (xfail) instead of failing CI for everything else.
-KNOWN_MISSES: dict[str, str] = {}  # name -> why; empty since mnist-ae reached 0.0408 at 30 epochs
+# Random samples from each model's default prior, judged by the shipped classifier in its
+# analysis.json (issue 3): digits present, class-mix entropy / log 10, share well formed.
+SAMPLE_TARGETS = {
+    "mnist-vae": {"digits_present": 10, "entropy_ratio": 0.92},
+    "mnist-vae-16": {"entropy_ratio": 0.97, "well_formed_fraction": 0.5},
+}
+# Targets the shipped models do not meet yet, as (model, measure) -> why. Listed so the miss
+# stays visible in every test run (strict xfail: meeting it fails the run until removed here)
+# instead of failing CI for everything else.
+KNOWN_MISSES: dict[tuple[str, str], str] = {
+    ("mnist-vae", "digits_present"): "the 2-D VAE folds 4 into 9: no 4 among 1,000 samples",
+    ("mnist-vae-16", "well_formed_fraction"): "41.5% of samples reach confidence 0.9",
+}
 
 
-@pytest.mark.parametrize(
-    "folder",
-    [
-        pytest.param(f, marks=pytest.mark.xfail(reason=KNOWN_MISSES[f.name], strict=False))
-        if f.name in KNOWN_MISSES
-        else f
-        for f in FOLDERS
-    ],
-    ids=[f.name for f in FOLDERS],
-)
-def test_recorded_metrics_meet_targets(folder: Path) -> None:
+def _target_cases() -> list[object]:
+    cases: list[object] = []
+    for f in FOLDERS:
+        measures = [("test_mse_per_pixel", MSE_TARGETS[f.name])] if f.name in MSE_TARGETS else []
+        measures += list(SAMPLE_TARGETS.get(f.name, {}).items())
+        for measure, target in measures:
+            why = KNOWN_MISSES.get((f.name, measure))
+            marks = [pytest.mark.xfail(reason=why, strict=True)] if why else []
+            cases.append(pytest.param(f, measure, target, marks=marks, id=f"{f.name}-{measure}"))
+    return cases
+
+
+@pytest.mark.parametrize(("folder", "measure", "target"), _target_cases())
+def test_recorded_measures_meet_targets(folder: Path, measure: str, target: float) -> None:
     manifest = load_model_folder(folder)
     assert manifest.metrics["test_images"] == 10000, "metrics must come from the official test set"
-    if folder.name in MSE_TARGETS:
-        assert manifest.metrics["test_mse_per_pixel"] <= MSE_TARGETS[folder.name]
+    analysis = json.loads((folder / "analysis.json").read_text())
+    # The analysis must describe these graphs: it repeats the manifest's test metrics.
+    assert analysis["reconstruction"] == manifest.metrics
+    if measure == "test_mse_per_pixel":
+        assert manifest.metrics[measure] <= target
+        return
+    samples = analysis["samples"][analysis["default_prior"]]
+    assert samples["count"] >= 1000
+    assert samples[measure] >= target, f"{measure} {samples[measure]} < {target}"
 
 
 def test_shipped_classifier_matches_its_record() -> None:
@@ -83,5 +111,7 @@ def test_shipped_classifier_matches_its_record() -> None:
     assert sha256_of(CLASSIFIER) == record["sha256"]
     assert record["test_accuracy"] >= 0.98 and record["test_images"] == 10000
     session = ort.InferenceSession(str(CLASSIFIER), providers=["CPUExecutionProvider"])
-    logits, features = session.run(["logits", "features"], {"images": np.zeros((2, 1, 28, 28), np.float32)})
+    logits, features = session.run(
+        ["logits", "features"], {"images": np.zeros((2, 1, 28, 28), np.float32)}
+    )
     assert logits.shape == (2, 10) and features.shape == (2, 128)
