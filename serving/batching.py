@@ -173,7 +173,6 @@ class DynamicBatcher:
 
     async def _run_now(self, inputs: Float32Array) -> Outputs:
         await self._slots.acquire()  # free (checked by the caller): does not suspend
-        loop = asyncio.get_running_loop()
         start = time.perf_counter()
         if inputs.shape[0] <= self.inline_max_rows:
             try:
@@ -182,7 +181,7 @@ class DynamicBatcher:
                 self._slots.release()
             self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
             return outputs
-        running = loop.run_in_executor(self._executor, self._run, inputs)
+        running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs)
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
         running.add_done_callback(lambda _: self._slots.release())
         outputs = await asyncio.shield(running)
