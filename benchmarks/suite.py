@@ -40,6 +40,7 @@ from .stats import Measurement, summarise
 from .wire import ENCODINGS, wire_bytes
 
 RPCS = ("Encode", "Decode", "SampleRandom")
+WIRE_NOTE = " bytes on the wire"
 Log = Callable[[str], None]
 
 
@@ -326,13 +327,14 @@ class Suite:
         self, load: LoadGenerator, servers: dict[bool, ServerProcess], latent_dim: int
     ) -> None:
         self.log("concurrency: single-image Encode, batching on vs off")
-        # The floor under every latency: a health check through the same client and server.
-        self._grpc(
-            Measurement("floor", "grpc", "HealthCheck", 1, 1, True),
-            load,
-            servers[True],
-            health_pb2.HealthCheckRequest(service="").SerializeToString(),
-        )
+        # The floor under every latency, and the ceiling of calls/s at the top concurrency:
+        # a health check through the same client and server runs no model, so it measures
+        # what the transport alone costs.
+        health = health_pb2.HealthCheckRequest(service="").SerializeToString()
+        for c in sorted({1, max(self.c.concurrencies)}):
+            self._grpc(
+                Measurement("floor", "grpc", "HealthCheck", 1, c, True), load, servers[True], health
+            )
         request = request_bytes("Encode", self.c.model, 1, latent_dim)
         rounds = self.c.rounds
         slice_s = self.c.duration_s / rounds
@@ -405,7 +407,7 @@ class Suite:
             for name, fn in ENCODINGS.items():
                 assert np.array_equal(fn(images), images), f"{name} round trip changed values"
                 m = self._inprocess(Measurement("wire", name, "Encode", b), partial(fn, images))
-                m.note = f"{raw_size if name == 'raw_bytes' else repeated_size} bytes on the wire"
+                m.note = f"{raw_size if name == 'raw_bytes' else repeated_size}{WIRE_NOTE}"
 
     # -- the whole run --------------------------------------------------------------------------
 
@@ -493,9 +495,33 @@ def summarise_suite(result: SuiteResult, c: SuiteConfig) -> dict[str, Any]:
         s[f"batching_gain_c{top}"] = round(on.images_per_s / off.images_per_s, 3)
         s[f"p99_ms_c{top}_batching_on"] = round(on.p99_ms, 3)
         s[f"p99_ms_c{top}_batching_off"] = round(off.p99_ms, 3)
-    floor = result.find(scenario="floor")
+    floor = result.find(scenario="floor", concurrency=1)
     if floor:
         s["health_check_c1_p50_ms"] = round(floor.p50_ms, 3)
+    # What bounds the batching gain on this machine. Batching can only save model time, so
+    # the gain is at most the in-process speed-up of a batched run over single-image runs;
+    # and no mode can go past the calls/s the transport manages with no model at all.
+    single = result.find(scenario="batch_sweep", path="inprocess", rpc="Encode", batch=1)
+    batched = [
+        m.images_per_s
+        for m in result.measurements
+        if m.scenario == "batch_sweep"
+        and m.path == "inprocess"
+        and m.rpc == "Encode"
+        and m.batch > 1
+    ]
+    if single and single.images_per_s and batched:
+        s["batching_gain_model_bound"] = round(max(batched) / single.images_per_s, 3)
+    transport = result.find(scenario="floor", concurrency=top)
+    if transport:
+        s[f"health_check_c{top}_calls_per_s"] = round(transport.images_per_s, 1)
+        if off and off.images_per_s:
+            s["batching_gain_transport_bound"] = round(transport.images_per_s / off.images_per_s, 3)
+    bounds = [
+        s[k] for k in ("batching_gain_model_bound", "batching_gain_transport_bound") if k in s
+    ]
+    if bounds:
+        s["batching_gain_bound"] = min(bounds)
     c1 = result.find(scenario="concurrency", concurrency=1, batching=True)
     c1_off = result.find(scenario="concurrency", concurrency=1, batching=False)
     if c1:

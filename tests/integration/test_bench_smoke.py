@@ -37,7 +37,7 @@ def test_smoke_run_measures_every_scenario_without_errors(
             for rpc in ("Encode", "Decode", "SampleRandom")
             for b in (1, 256)
         ),
-        row(scenario="floor", rpc="HealthCheck"),
+        *(row(scenario="floor", rpc="HealthCheck", concurrency=c) for c in (1, 64)),
         *(
             row(scenario="concurrency", concurrency=c, batching=on)
             for c in (1, 8, 64)
@@ -58,6 +58,9 @@ def test_smoke_run_measures_every_scenario_without_errors(
     assert any(n.startswith("torch_vs_ort skipped") for n in data["notes"])
     assert data["grpc_vs_inprocess_batch256"] > 0
     assert data["batching_gain_c64"] > 0
+    # The two bounds the report puts beside the batching gain.
+    assert data["summary"]["batching_gain_model_bound"] > 0
+    assert data["summary"]["health_check_c64_calls_per_s"] > 0
     assert set(data["summary"]["grpc_vs_inprocess_batch256_by_rpc"]) == {
         "Encode",
         "Decode",
