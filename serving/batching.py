@@ -13,7 +13,8 @@ beyond `max_queue` waiting requests); requests whose caller has gone (cancelled)
 deadline has passed are dropped before the run. A request larger than `max_batch_size`
 runs alone. A request that finds the graph idle, nothing queued and no recent sign of
 concurrent callers runs at once, without the hand-over to the gatherer task, and with at
-most `inline_max_rows` rows on the event-loop thread itself (for runs known to be short). With
+most `inline_max_rows` rows on the event-loop thread itself (for runs known to be short),
+provided the graph has been idle for `inline_after_idle_s`. With
 `enabled=False` every request runs on its own (same API).
 
 The batcher knows nothing about models or gRPC: it batches arrays for a `run` callable.
@@ -83,6 +84,7 @@ class DynamicBatcher:
         concurrency: int = 1,
         enabled: bool = True,
         inline_max_rows: int = 0,
+        inline_after_idle_s: float = 0.0,
         observer: BatchObserver | None = None,
         name: str = "",
     ) -> None:
@@ -93,6 +95,7 @@ class DynamicBatcher:
         self.max_queue = max_queue
         self.enabled = enabled
         self.inline_max_rows = inline_max_rows
+        self.inline_after_idle_s = inline_after_idle_s
         self.name = name
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[_Pending] = deque()
@@ -104,6 +107,8 @@ class DynamicBatcher:
         self._gathering: list[_Pending] = []
         # Requests gathered into the previous batch: the batcher's estimate of concurrency.
         self._last_batch_requests = 1
+        # time.perf_counter() when the last run ended.
+        self._last_run_end = float("-inf")
         self._closed = False
 
     @property
@@ -174,18 +179,28 @@ class DynamicBatcher:
     async def _run_now(self, inputs: Float32Array) -> Outputs:
         await self._slots.acquire()  # free (checked by the caller): does not suspend
         start = time.perf_counter()
-        if inputs.shape[0] <= self.inline_max_rows:
+        # While a run blocks the loop thread no other request is even read, so under load
+        # every request would find the graph idle and run alone, inline, one after another:
+        # batching would never start. A request that follows the previous run closely is
+        # most likely one of several callers; it goes to the executor, and whatever arrives
+        # while that runs queues up and is batched.
+        if (
+            inputs.shape[0] <= self.inline_max_rows
+            and start - self._last_run_end >= self.inline_after_idle_s
+        ):
             try:
                 outputs = self._run(inputs)
             finally:
                 self._slots.release()
-            self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
+                self._last_run_end = time.perf_counter()
+            self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
             return outputs
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs)
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
         running.add_done_callback(lambda _: self._slots.release())
         outputs = await asyncio.shield(running)
-        self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
+        self._last_run_end = time.perf_counter()
+        self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
         return outputs
 
     async def _next_request(self) -> _Pending:
@@ -284,4 +299,5 @@ class DynamicBatcher:
                     pending.future.set_result(tuple(o[offset:end] for o in outputs))
                 offset = end
         finally:
+            self._last_run_end = time.perf_counter()
             self._slots.release()

@@ -148,6 +148,58 @@ async def test_small_lone_requests_run_on_the_loop_thread_larger_ones_in_the_exe
     assert stats.runs == [(1, 1), (2, 1), (3, 1)]
 
 
+async def test_a_request_close_behind_the_last_run_goes_to_the_executor(executor):
+    # Under load the next request is read right after a run ends; running it inline too
+    # would keep the loop from reading the others, and batching would never start.
+    threads: list[int] = []
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray]:
+        threads.append(threading.get_ident())
+        return (batch * 2,)
+
+    batcher = DynamicBatcher(run, executor, inline_max_rows=4, inline_after_idle_s=0.2)
+    batcher.start()
+    await batcher.submit(rows(0, 1))  # the graph has never run: idle long enough
+    await batcher.submit(rows(1, 1))  # straight after: executor
+    await asyncio.sleep(0.25)
+    (doubled,) = await batcher.submit(rows(2, 1))  # idle again: inline
+    await batcher.close()
+    np.testing.assert_array_equal(doubled, rows(2, 1) * 2)
+    loop_thread = threading.get_ident()
+    assert [t == loop_thread for t in threads] == [True, False, True]
+
+
+async def test_concurrent_single_row_callers_get_batched_despite_the_inline_path(executor):
+    # Callers that each send their next request as soon as the last answer arrives, as
+    # gRPC clients under load do: after the first inline run, runs must hold many rows.
+    stats = Stats()
+
+    def run(batch: np.ndarray) -> tuple[np.ndarray]:
+        time.sleep(0.002)  # long enough for the others to queue behind an executor run
+        return (batch * 2,)
+
+    batcher = DynamicBatcher(
+        run,
+        executor,
+        max_batch_size=64,
+        max_delay_s=0.01,
+        inline_max_rows=4,
+        inline_after_idle_s=0.001,
+        observer=stats,
+    )
+    batcher.start()
+
+    async def caller(i: int) -> None:
+        for j in range(20):
+            (doubled,) = await batcher.submit(rows(100 * i + j, 1))
+            np.testing.assert_array_equal(doubled, rows(100 * i + j, 1) * 2)
+
+    await asyncio.gather(*(caller(i) for i in range(16)))
+    await batcher.close()
+    assert sum(r for r, _ in stats.runs) == 16 * 20
+    assert len(stats.runs) < 16 * 20 / 4, f"{len(stats.runs)} runs: requests ran one by one"
+
+
 async def test_an_inline_run_error_reaches_the_caller_and_frees_the_graph(executor):
     calls = 0
 
