@@ -147,7 +147,8 @@ def read_manifest(folder: Path) -> ModelManifest:
         return ModelManifest.model_validate(raw)
     except ValidationError as e:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in e.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in e.errors()
         )
         raise ManifestError(f"{path}: invalid manifest: {problems}") from None
 

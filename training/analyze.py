@@ -49,7 +49,9 @@ DIGIT_COLORS = ListedColormap([f"C{i}" for i in range(10)])  # tab10, one colour
 DIGIT_NORM = BoundaryNorm(np.arange(-0.5, 10.5), 10)
 
 
-def sample_prior(manifest: ModelManifest, prior: str, count: int, rng: np.random.Generator) -> np.ndarray:
+def sample_prior(
+    manifest: ModelManifest, prior: str, count: int, rng: np.random.Generator
+) -> np.ndarray:
     """count x D float32 latents drawn from one of the manifest's priors."""
     d = manifest.latent_dim
     if prior == "standard_normal":
@@ -135,14 +137,18 @@ class Plane:
 
     def label(self) -> str:
         if self.is_projection:
-            return f"PCA plane of the {self.dim}-D latents ({100 * self.explained:.0f}% of variance)"
+            return (
+                f"PCA plane of the {self.dim}-D latents ({100 * self.explained:.0f}% of variance)"
+            )
         return "2-D latent"
 
     def axis_names(self) -> tuple[str, str]:
         return ("PC 1", "PC 2") if self.is_projection else ("z[0]", "z[1]")
 
 
-def area_shares(xy: np.ndarray, labels: np.ndarray, bins: int = AREA_GRID) -> tuple[np.ndarray, int]:
+def area_shares(
+    xy: np.ndarray, labels: np.ndarray, bins: int = AREA_GRID
+) -> tuple[np.ndarray, int]:
     """Each digit's share of the occupied area: grid cells (bins x bins over the cloud's box)
     holding at least one test latent, assigned to their majority digit."""
     lo, hi = xy.min(0), xy.max(0)
@@ -168,7 +174,9 @@ def montage(images: np.ndarray, rows: int, cols: int, gap: int = 2) -> np.ndarra
 class Measurement:
     """Everything analysis computes for one model folder (arrays kept for figures)."""
 
-    def __init__(self, folder: Path, data: Mnist, classifier: ClassifierGraph, samples: int, seed: int) -> None:
+    def __init__(
+        self, folder: Path, data: Mnist, classifier: ClassifierGraph, samples: int, seed: int
+    ) -> None:
         self.graphs = ModelGraphs(folder)
         manifest = self.graphs.manifest
         self.manifest = manifest
@@ -192,7 +200,9 @@ class Measurement:
 
         self.samples: dict[str, dict[str, Any]] = {}
         for prior in PRIORS:
-            z = sample_prior(manifest, prior, samples, np.random.default_rng([seed, PRIORS.index(prior)]))
+            z = sample_prior(
+                manifest, prior, samples, np.random.default_rng([seed, PRIORS.index(prior)])
+            )
             images = self.graphs.decode(z)
             probs, features = classifier.run(images)
             digits, confidence = probs.argmax(1), probs.max(1)
@@ -227,11 +237,14 @@ class Measurement:
             "test_images": len(self.test_images),
             "reconstruction": {k: v for k, v in m.metrics.items() if k.startswith("test_")},
             "latent_cloud": latent_stats(self.points),
-            "latent_cloud_note": "test-set latents" + (" (VAE: encoder means)" if m.kind == "vae" else ""),
+            "latent_cloud_note": "test-set latents"
+            + (" (VAE: encoder means)" if m.kind == "vae" else ""),
             "area_share_by_digit": self.area_share.tolist(),
             "area_share_note": f"share of the {self.occupied_cells} occupied cells of a {AREA_GRID}x{AREA_GRID} "
             f"grid over the test latents' box in the {self.plane.label()}, each cell assigned its majority digit",
-            "test_share_by_digit": (np.bincount(self.test_labels, minlength=10) / len(self.test_labels)).tolist(),
+            "test_share_by_digit": (
+                np.bincount(self.test_labels, minlength=10) / len(self.test_labels)
+            ).tolist(),
             "samples": {prior: s["numbers"] for prior, s in self.samples.items()},
             "reference": self.reference,
             "classifier": {
@@ -250,8 +263,18 @@ def _draw_prior_region(ax: Axes, m: Measurement) -> None:
     if prior == "bounding_box_uniform" or (m.plane.is_projection and prior != "standard_normal"):
         if not m.plane.is_projection:
             b = m.manifest.prior.bounding_box
-            ax.add_patch(Rectangle((b.low[0], b.low[1]), b.high[0] - b.low[0], b.high[1] - b.low[1],
-                                   fill=False, ls="--", lw=1.2, color="k", label="bounding box prior"))
+            ax.add_patch(
+                Rectangle(
+                    (b.low[0], b.low[1]),
+                    b.high[0] - b.low[0],
+                    b.high[1] - b.low[1],
+                    fill=False,
+                    ls="--",
+                    lw=1.2,
+                    color="k",
+                    label="bounding box prior",
+                )
+            )
         return
     if prior == "standard_normal":
         mean, cov = np.zeros(m.plane.dim), np.eye(m.plane.dim)
@@ -265,15 +288,34 @@ def _draw_prior_region(ax: Axes, m: Measurement) -> None:
     vals, vecs = np.linalg.eigh(cov2)
     angle = math.degrees(math.atan2(vecs[1, -1], vecs[0, -1]))
     for k in (1, 2, 3):
-        ax.add_patch(Ellipse(center, 2 * k * math.sqrt(vals[-1]), 2 * k * math.sqrt(vals[0]), angle=angle,
-                             fill=False, ls="--", lw=1.0, color="k", alpha=0.8,
-                             label=f"{name} prior: 1, 2, 3 sigma" if k == 1 else None))
+        ax.add_patch(
+            Ellipse(
+                center,
+                2 * k * math.sqrt(vals[-1]),
+                2 * k * math.sqrt(vals[0]),
+                angle=angle,
+                fill=False,
+                ls="--",
+                lw=1.0,
+                color="k",
+                alpha=0.8,
+                label=f"{name} prior: 1, 2, 3 sigma" if k == 1 else None,
+            )
+        )
 
 
 def draw_scatter(ax: Axes, m: Measurement, *, colorbar: bool = True) -> None:
     order = np.random.default_rng(0).permutation(len(m.xy))  # no digit painted last on top
-    sc = ax.scatter(m.xy[order, 0], m.xy[order, 1], c=m.test_labels[order], cmap=DIGIT_COLORS,
-                    norm=DIGIT_NORM, s=2, alpha=0.6, linewidths=0)
+    sc = ax.scatter(
+        m.xy[order, 0],
+        m.xy[order, 1],
+        c=m.test_labels[order],
+        cmap=DIGIT_COLORS,
+        norm=DIGIT_NORM,
+        s=2,
+        alpha=0.6,
+        linewidths=0,
+    )
     _draw_prior_region(ax, m)
     names = m.plane.axis_names()
     ax.set_xlabel(names[0])
@@ -294,8 +336,14 @@ def draw_samples(ax: Axes, m: Measurement, rows: int = 10, cols: int = 10) -> No
     for i in range(rows * cols):
         r, c = divmod(i, cols)
         good = s["confidence"][i] >= WELL_FORMED
-        ax.text(c * 30 + 1, r * 30 + 6, str(s["digits"][i]), fontsize=6,
-                color="tab:blue" if good else "tab:red", fontweight="bold")
+        ax.text(
+            c * 30 + 1,
+            r * 30 + 6,
+            str(s["digits"][i]),
+            fontsize=6,
+            color="tab:blue" if good else "tab:red",
+            fontweight="bold",
+        )
     n = s["numbers"]
     ax.set_title(
         f"{m.manifest.name}: random samples, {m.default_prior} prior\n"
@@ -311,14 +359,29 @@ def draw_mix(ax: Axes, m: Measurement) -> None:
     for i, prior in enumerate(PRIORS):
         n = m.samples[prior]["numbers"]
         mark = " (default)" if prior == m.default_prior else ""
-        ax.bar(np.arange(10) + (i - 1) * width, n["digit_share"], width,
-               label=f"{prior}{mark}: H/Hmax {n['entropy_ratio']:.3f}, FD {n['frechet_distance']:.1f}")
-    ax.bar(np.arange(10), m.area_share, 0.9, fill=False, edgecolor="k", lw=0.8, label="share of latent area")
+        ax.bar(
+            np.arange(10) + (i - 1) * width,
+            n["digit_share"],
+            width,
+            label=f"{prior}{mark}: H/Hmax {n['entropy_ratio']:.3f}, FD {n['frechet_distance']:.1f}",
+        )
+    ax.bar(
+        np.arange(10),
+        m.area_share,
+        0.9,
+        fill=False,
+        edgecolor="k",
+        lw=0.8,
+        label="share of latent area",
+    )
     ax.axhline(0.1, color="gray", ls=":", lw=1, label="uniform mix (10%)")
     ax.set_xticks(range(10))
     ax.set_xlabel("digit (samples: classifier's call; area: true label)")
     ax.set_ylabel("share")
-    ax.set_title(f"{m.manifest.name}: digit mix of {m.samples[PRIORS[0]]['numbers']['count']} random samples per prior", fontsize=10)
+    ax.set_title(
+        f"{m.manifest.name}: digit mix of {m.samples[PRIORS[0]]['numbers']['count']} random samples per prior",
+        fontsize=10,
+    )
     # Head-room above the tallest bar keeps the legend off the bars.
     ax.set_ylim(0, 1.55 * max(ax.get_ylim()[1], 0.12))
     ax.legend(fontsize=7, loc="upper right", ncol=2)
@@ -329,13 +392,19 @@ def draw_grid(ax: Axes, m: Measurement, steps: int = 20) -> None:
     xs, ys = np.linspace(lo[0], hi[0], steps), np.linspace(lo[1], hi[1], steps)
     plane = np.array([(x, y) for y in ys[::-1] for x in xs])  # top row = largest y
     images = m.graphs.decode(m.plane.lift(plane))
-    ax.imshow(1 - montage(1 - images, steps, steps, gap=0), cmap="gray",
-              extent=(lo[0], hi[0], lo[1], hi[1]), aspect="auto")
+    ax.imshow(
+        1 - montage(1 - images, steps, steps, gap=0),
+        cmap="gray",
+        extent=(lo[0], hi[0], lo[1], hi[1]),
+        aspect="auto",
+    )
     names = m.plane.axis_names()
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title(f"{m.manifest.name}: decoded {steps}x{steps} grid over the 1-99% box of test latents\n{m.plane.label()}",
-                 fontsize=10)
+    ax.set_title(
+        f"{m.manifest.name}: decoded {steps}x{steps} grid over the 1-99% box of test latents\n{m.plane.label()}",
+        fontsize=10,
+    )
 
 
 def _save(fig: Figure, path: Path, dpi: int = 110) -> str:
@@ -345,7 +414,9 @@ def _save(fig: Figure, path: Path, dpi: int = 110) -> str:
     return path.name
 
 
-def analyze_model(folder: Path, data: Mnist, *, classifier: Path, samples: int = 1000, seed: int = 0) -> dict[str, Any]:
+def analyze_model(
+    folder: Path, data: Mnist, *, classifier: Path, samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Write the figures and analysis.json into the model folder; returns the numbers."""
     clf = ClassifierGraph(classifier)
     m = Measurement(folder, data, clf, samples, seed)
@@ -368,12 +439,25 @@ def analyze_model(folder: Path, data: Mnist, *, classifier: Path, samples: int =
     return numbers
 
 
-def compare_models(folders: list[Path], data: Mnist, out: Path, *, classifier: Path, samples: int = 1000, seed: int = 0) -> Path:
+def compare_models(
+    folders: list[Path],
+    data: Mnist,
+    out: Path,
+    *,
+    classifier: Path,
+    samples: int = 1000,
+    seed: int = 0,
+) -> Path:
     """One figure, a row per model: latent scatter, random samples, digit mix."""
     clf = ClassifierGraph(classifier)
     measured = [Measurement(f, data, clf, samples, seed) for f in folders]
-    fig, axes = plt.subplots(len(measured), 3, figsize=(20, 6.2 * len(measured)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.15, 1, 1.3]})
+    fig, axes = plt.subplots(
+        len(measured),
+        3,
+        figsize=(20, 6.2 * len(measured)),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.15, 1, 1.3]},
+    )
     for row, m in zip(axes, measured, strict=True):
         draw_scatter(row[0], m)
         draw_samples(row[1], m)
@@ -393,7 +477,9 @@ def summary_table(folders: list[Path]) -> str:
         manifest = ModelGraphs(folder).manifest
         analysis = json.loads((folder / "analysis.json").read_text())
         metrics = manifest.metrics
-        elbo = f"{metrics['test_elbo_per_image']:.1f}" if "test_elbo_per_image" in metrics else "n/a"
+        elbo = (
+            f"{metrics['test_elbo_per_image']:.1f}" if "test_elbo_per_image" in metrics else "n/a"
+        )
         for prior, n in analysis["samples"].items():
             mark = " (default)" if prior == manifest.prior.default else ""
             rows.append(

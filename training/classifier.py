@@ -54,7 +54,13 @@ def record_path(onnx_path: Path) -> Path:
 
 
 def train_and_export(
-    data: Mnist, out: Path, *, epochs: int = 6, seed: int = 0, threads: int = 2, progress: bool = True
+    data: Mnist,
+    out: Path,
+    *,
+    epochs: int = 6,
+    seed: int = 0,
+    threads: int = 2,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train on the training split, export to ``out`` (ONNX) and write its JSON record beside it."""
     torch.set_num_threads(threads)
@@ -71,7 +77,12 @@ def train_and_export(
         order = torch.randperm(len(images), generator=generator)
         for group in optimizer.param_groups:
             group["lr"] = 1e-3 * (0.7**epoch)  # decay each epoch: settles the last few errors
-        bar = tqdm(range(0, len(order), 128), desc=f"classifier epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            range(0, len(order), 128),
+            desc=f"classifier epoch {epoch + 1}/{epochs}",
+            disable=not progress,
+            leave=False,
+        )
         for start in bar:
             idx = order[start : start + 128]
             logits, _ = model(images[idx])

@@ -21,7 +21,9 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         help=f"local folder with the four MNIST IDX files, used when the official download "
         f"is not reachable (default: ${DATA_DIR_ENV})",
     )
-    parser.add_argument("--cache-dir", type=Path, help="where downloads go (default ~/.cache/latentserve/mnist)")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="where downloads go (default ~/.cache/latentserve/mnist)"
+    )
     parser.add_argument("--offline", action="store_true", help="do not try the official download")
 
 
@@ -39,7 +41,9 @@ def _cmd_data(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{d}:{int((labels == d).sum())}" for d in range(10))
         print(f"  {split}: {len(labels)} images  (per digit {counts})")
     if prov["train_count"] < 60000:
-        print(f"  note: the training split holds {prov['train_count']} of the official 60000 images")
+        print(
+            f"  note: the training split holds {prov['train_count']} of the official 60000 images"
+        )
     return 0
 
 
@@ -49,7 +53,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
     config = FitConfig(
         model=ModelConfig(
-            kind=args.kind, latent_dim=args.latent_dim, batch_norm=args.batch_norm, dropout=args.dropout
+            kind=args.kind,
+            latent_dim=args.latent_dim,
+            batch_norm=args.batch_norm,
+            dropout=args.dropout,
         ),
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -72,8 +79,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_model
 
     data = _load_data(args)
-    folder = export_model(args.run / "checkpoint.pt", args.out, data, name=args.name or args.out.name,
-                          description=args.description, prior=args.prior)
+    folder = export_model(
+        args.run / "checkpoint.pt",
+        args.out,
+        data,
+        name=args.name or args.out.name,
+        description=args.description,
+        prior=args.prior,
+    )
     print(f"exported {folder} (encoder.onnx, decoder.onnx, model.json; parity checked)")
     return 0
 
@@ -83,11 +96,15 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     data = _load_data(args)
     for folder in args.model_dirs:
-        result = analyze_model(folder, data, classifier=args.classifier, samples=args.samples, seed=args.seed)
+        result = analyze_model(
+            folder, data, classifier=args.classifier, samples=args.samples, seed=args.seed
+        )
         print(f"{folder}: wrote {', '.join(result['files'])}")
     print(summary_table(args.model_dirs))
     if args.compare:
-        compare_models(args.model_dirs, data, args.compare, classifier=args.classifier, seed=args.seed)
+        compare_models(
+            args.model_dirs, data, args.compare, classifier=args.classifier, seed=args.seed
+        )
         print(f"comparison figure: {args.compare}")
     return 0
 
@@ -96,7 +113,9 @@ def _cmd_classifier(args: argparse.Namespace) -> int:
     from training.classifier import train_and_export
 
     data = _load_data(args)
-    info = train_and_export(data, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads)
+    info = train_and_export(
+        data, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads
+    )
     print(f"classifier: {info['file']}  test accuracy {info['test_accuracy']:.4f}")
     return 0
 
@@ -120,12 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-schedule", choices=["cosine", "constant"], default="cosine")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term (VAE)")
-    p.add_argument("--recon-loss", choices=["bce", "mse"], default="bce",
-                   help="reconstruction term, summed over pixels (default bce)")
+    p.add_argument(
+        "--recon-loss",
+        choices=["bce", "mse"],
+        default="bce",
+        help="reconstruction term, summed over pixels (default bce)",
+    )
     p.add_argument("--batch-norm", action="store_true")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-size", type=int, default=2000, help="training images held out for validation")
+    p.add_argument(
+        "--val-size", type=int, default=2000, help="training images held out for validation"
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt goes here)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -135,23 +160,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="ONNX encoder + decoder + model.json, parity checked")
     _add_data_flags(p)
     p.add_argument("run", type=Path, help="run folder from `fit`")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write, e.g. models/mnist-vae")
+    p.add_argument(
+        "--out", type=Path, required=True, help="model folder to write, e.g. models/mnist-vae"
+    )
     p.add_argument("--name", help="model name (default: the folder name)")
     p.add_argument("--description", default="")
-    p.add_argument("--prior", choices=["standard_normal", "fitted_gaussian", "bounding_box_uniform"],
-                   help="default sampling prior (default: VAE standard_normal, AE fitted_gaussian)")
+    p.add_argument(
+        "--prior",
+        choices=["standard_normal", "fitted_gaussian", "bounding_box_uniform"],
+        help="default sampling prior (default: VAE standard_normal, AE fitted_gaussian)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("analyze", help="walkthrough figures and numbers for model folders")
     _add_data_flags(p)
     p.add_argument("model_dirs", type=Path, nargs="+")
-    p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="digit classifier ONNX")
+    p.add_argument(
+        "--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="digit classifier ONNX"
+    )
     p.add_argument("--samples", type=int, default=1000, help="random samples per prior")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compare", type=Path, help="also write a side-by-side figure of all given models")
+    p.add_argument(
+        "--compare", type=Path, help="also write a side-by-side figure of all given models"
+    )
     p.set_defaults(func=_cmd_analyze)
 
-    p = sub.add_parser("classifier", help="train the evaluation digit classifier and export it to ONNX")
+    p = sub.add_parser(
+        "classifier", help="train the evaluation digit classifier and export it to ONNX"
+    )
     _add_data_flags(p)
     p.add_argument("--out", type=Path, default=DEFAULT_CLASSIFIER)
     p.add_argument("--epochs", type=int, default=6)

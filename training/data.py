@@ -273,7 +273,9 @@ def locate_mnist(
             f"({', '.join(FILES.values())})."
         )
     checks = verify_sha256sums(folder)
-    return MnistSource(folder, "local folder", checks + f"; official download failed: {download_error}")
+    return MnistSource(
+        folder, "local folder", checks + f"; official download failed: {download_error}"
+    )
 
 
 def load_mnist(source: MnistSource) -> Mnist:
@@ -281,7 +283,9 @@ def load_mnist(source: MnistSource) -> Mnist:
     train_images, train_labels = read_split(
         folder / FILES["train_images"], folder / FILES["train_labels"]
     )
-    test_images, test_labels = read_split(folder / FILES["test_images"], folder / FILES["test_labels"])
+    test_images, test_labels = read_split(
+        folder / FILES["test_images"], folder / FILES["test_labels"]
+    )
     shas = {name: _digest(folder / name, "sha256") for name in FILES.values()}
     return Mnist(train_images, train_labels, test_images, test_labels, source, shas)
 

@@ -98,7 +98,9 @@ def export_graph(
     if sidecars:
         raise ExportError(f"{path}: exporter wrote external data {[p.name for p in sidecars]}")
     proto = onnx.load(str(path), load_external_data=False)
-    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [
+        t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
     if external:
         raise ExportError(f"{path}: weights stored outside the file: {external[:5]}")
     onnx.checker.check_model(proto, full_check=True)
@@ -121,7 +123,9 @@ def check_parity(
         got = run_batched(session, batch, batch_size=size)
         for name, want in zip((o.name for o in session.get_outputs()), expected_list, strict=True):
             if got[name].shape != tuple(want.shape):
-                raise ExportError(f"{path}: output {name} shape {got[name].shape} != torch {tuple(want.shape)}")
+                raise ExportError(
+                    f"{path}: output {name} shape {got[name].shape} != torch {tuple(want.shape)}"
+                )
             diff = float(np.abs(got[name] - want.numpy()).max())
             worst = max(worst, diff)
             if diff > atol:
@@ -204,7 +208,11 @@ def export_model(
     encoder, decoder = _EncoderGraph(model), _DecoderGraph(model)
     encoder_outputs = list(VAE_ENCODER_OUTPUTS if kind == "vae" else AE_ENCODER_OUTPUTS)
     encoder_opset = export_graph(
-        encoder, torch.from_numpy(test_images[:4]), folder / ENCODER_FILE, ENCODER_INPUT, encoder_outputs
+        encoder,
+        torch.from_numpy(test_images[:4]),
+        folder / ENCODER_FILE,
+        ENCODER_INPUT,
+        encoder_outputs,
     )
     decoder_opset = export_graph(
         decoder, torch.zeros(4, latent_dim), folder / DECODER_FILE, DECODER_INPUT, [DECODER_OUTPUT]
@@ -223,10 +231,14 @@ def export_model(
     )
 
     train_points = _latent_points(model, train_images)
-    priors = fit_priors(train_points, prior or ("standard_normal" if kind == "vae" else "fitted_gaussian"))
+    priors = fit_priors(
+        train_points, prior or ("standard_normal" if kind == "vae" else "fitted_gaussian")
+    )
 
     def graph_spec(file: str, inputs: list[str], outputs: list[str], opset: int) -> GraphSpec:
-        return GraphSpec(file=file, sha256=sha256_of(folder / file), inputs=inputs, outputs=outputs, opset=opset)
+        return GraphSpec(
+            file=file, sha256=sha256_of(folder / file), inputs=inputs, outputs=outputs, opset=opset
+        )
 
     fit_config = state["fit_config"]
     provenance: dict[str, Any] = {
@@ -275,4 +287,11 @@ def export_model(
     return folder
 
 
-__all__ = ["ExportError", "check_parity", "export_graph", "export_model", "fit_priors", "library_versions"]
+__all__ = [
+    "ExportError",
+    "check_parity",
+    "export_graph",
+    "export_model",
+    "fit_priors",
+    "library_versions",
+]

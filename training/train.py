@@ -48,7 +48,9 @@ class FitConfig:
         return asdict(self)
 
 
-def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, kind: str = "bce") -> torch.Tensor:
+def reconstruction_loss(
+    recon: torch.Tensor, images: torch.Tensor, kind: str = "bce"
+) -> torch.Tensor:
     """BCE (or squared error) summed over pixels: N per-image values."""
     if kind == "mse":
         return (recon - images).pow(2).flatten(1).sum(1)
@@ -94,7 +96,11 @@ def _learning_rate(config: FitConfig, epoch: int) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: AnyAutoencoder, images: torch.Tensor, beta: float, batch_size: int, recon_loss: str = "bce"
+    model: AnyAutoencoder,
+    images: torch.Tensor,
+    beta: float,
+    batch_size: int,
+    recon_loss: str = "bce",
 ) -> dict[str, float]:
     model.eval()
     totals: dict[str, float] = {}
@@ -165,7 +171,9 @@ def fit(
         model.train()
         running, seen = 0.0, 0
         batches = range(0, len(order), config.batch_size)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+        )
         for start in bar:
             batch = train_images[order[start : start + config.batch_size]]
             terms = loss_terms(model, batch, config.beta, config.recon_loss)

@@ -105,9 +105,7 @@ def check_rpcs_match_onnxruntime(client: LatentClient, name: str, reference: Ref
 
     decoded = client.decode(encoded.latents, model=name)
     assert decoded.images.shape == (5, 1, 28, 28)
-    np.testing.assert_allclose(
-        decoded.images, reference.decode(encoded.latents), atol=ATOL, rtol=0
-    )
+    np.testing.assert_allclose(decoded.images, reference.decode(encoded.latents), atol=ATOL, rtol=0)
 
     sampled = client.sample(6, model=name, seed=1234, return_latents=True)
     assert sampled.seed == 1234 and sampled.latents is not None
@@ -130,9 +128,7 @@ def stop_and_check_clean_exit(stack: ComposeStack) -> None:
     started = time.monotonic()
     stack("stop", SERVICE, timeout=STOP_GRACE_S + 60)
     took = time.monotonic() - started
-    state = json.loads(
-        run(["docker", "inspect", "--format", "{{json .State}}", container]).stdout
-    )
+    state = json.loads(run(["docker", "inspect", "--format", "{{json .State}}", container]).stdout)
     logs = stack.logs()
     assert state["Status"] == "exited", state
     assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}\n{logs[-3000:]}"
@@ -145,8 +141,17 @@ def stop_and_check_clean_exit(stack: ComposeStack) -> None:
 def test_service_image_has_no_torch_and_runs_as_non_root(service_image: str) -> None:
     def in_image(*cmd: str) -> tuple[int, str]:
         proc = run(
-            ["docker", "run", "--rm", "--network", "host", "--entrypoint", cmd[0],
-             service_image, *cmd[1:]],
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "host",
+                "--entrypoint",
+                cmd[0],
+                service_image,
+                *cmd[1:],
+            ],
             check=False,
         )
         return proc.returncode, proc.stdout + proc.stderr
@@ -182,8 +187,17 @@ def test_compose_stack_serves_the_shipped_models(stack_factory: StackFactory) ->
             check_rpcs_match_onnxruntime(client, name, Reference(REPO / "models" / name))
 
     sampled = stack(
-        "exec", "-T", SERVICE, "latent-client", "sample", "--count", "16", "--seed", "0",
-        "--out", "/tmp/samples.png",
+        "exec",
+        "-T",
+        SERVICE,
+        "latent-client",
+        "sample",
+        "--count",
+        "16",
+        "--seed",
+        "0",
+        "--out",
+        "/tmp/samples.png",
     ).stdout
     assert "sampled 16 images" in sampled and "wrote a grid of 16 images" in sampled, sampled
 
@@ -220,9 +234,7 @@ def test_mounted_models_folder_replaces_the_baked_in_ones(
     assert "tiny-vae" in listed and "READY" in listed, listed
 
     # The models volume is mounted read-only.
-    probe = run(
-        ["docker", "exec", stack.container_id(), "touch", "/models/probe"], check=False
-    )
+    probe = run(["docker", "exec", stack.container_id(), "touch", "/models/probe"], check=False)
     assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe.stderr
     assert not (mounted / "probe").exists()
 

@@ -19,7 +19,9 @@ from training.graphs import ModelGraphs
 from training.models import ModelConfig
 from training.train import FitConfig, fit, load_checkpoint
 
-TINY = FitConfig(model=ModelConfig(kind="vae", latent_dim=2), epochs=1, batch_size=64, val_size=64, threads=1)
+TINY = FitConfig(
+    model=ModelConfig(kind="vae", latent_dim=2), epochs=1, batch_size=64, val_size=64, threads=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +68,27 @@ def test_resume_continues_exactly(tiny_data: Mnist, tmp_path: Path) -> None:
         fit(tiny_data, replace(config, seed=5), tmp_path / "resumed", resume=True, progress=False)
 
 
-def test_export_writes_a_valid_self_contained_model_folder(vae_folder: Path, tiny_data: Mnist) -> None:
+def test_export_writes_a_valid_self_contained_model_folder(
+    vae_folder: Path, tiny_data: Mnist
+) -> None:
     manifest = load_model_folder(vae_folder)  # validates the schema and the sha256 of both graphs
-    assert sorted(p.name for p in vae_folder.iterdir()) == ["decoder.onnx", "encoder.onnx", "model.json"]
+    assert sorted(p.name for p in vae_folder.iterdir()) == [
+        "decoder.onnx",
+        "encoder.onnx",
+        "model.json",
+    ]
     assert manifest.kind == "vae" and manifest.latent_dim == 2
     assert manifest.encoder.outputs == ["mean", "log_var"] and manifest.encoder.opset >= 18
     assert manifest.prior.default == "standard_normal"
     export = manifest.provenance["export"]
     assert export["encoder_max_abs_diff"] <= 1e-4 and export["decoder_max_abs_diff"] <= 1e-4
     assert manifest.provenance["data"]["test_count"] == 120
-    for key in ("test_mse_per_pixel", "test_bce_per_image", "test_kl_per_image", "test_elbo_per_image"):
+    for key in (
+        "test_mse_per_pixel",
+        "test_bce_per_image",
+        "test_kl_per_image",
+        "test_elbo_per_image",
+    ):
         assert np.isfinite(manifest.metrics[key])
     # The dynamic batch axis works and the fitted prior describes the training latents.
     graphs = ModelGraphs(vae_folder)
@@ -86,7 +99,9 @@ def test_export_writes_a_valid_self_contained_model_folder(vae_folder: Path, tin
     np.testing.assert_allclose(manifest.prior.bounding_box.low, points.min(0), atol=1e-4)
 
 
-def test_parity_check_rejects_a_graph_that_differs(vae_run: Path, vae_folder: Path, tiny_data: Mnist) -> None:
+def test_parity_check_rejects_a_graph_that_differs(
+    vae_run: Path, vae_folder: Path, tiny_data: Mnist
+) -> None:
     model, _ = load_checkpoint(vae_run / "checkpoint.pt")
     with torch.no_grad():
         model.decoder.dense.bias += 0.01  # the exported decoder no longer matches this module
@@ -104,7 +119,9 @@ def test_classifier_export_and_record(classifier: Path, tiny_data: Mnist) -> Non
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-9)
 
 
-def test_analysis_writes_figures_and_numbers(vae_folder: Path, classifier: Path, tiny_data: Mnist, tmp_path: Path) -> None:
+def test_analysis_writes_figures_and_numbers(
+    vae_folder: Path, classifier: Path, tiny_data: Mnist, tmp_path: Path
+) -> None:
     numbers = analyze_model(vae_folder, tiny_data, classifier=classifier, samples=200)
     for name in numbers["files"]:
         path = vae_folder / name
@@ -119,7 +136,9 @@ def test_analysis_writes_figures_and_numbers(vae_folder: Path, classifier: Path,
     assert sum(saved["area_share_by_digit"]) == pytest.approx(1)
     assert len(saved["latent_cloud"]["skew"]) == 2
     load_model_folder(vae_folder)  # extra files do not break the model folder
-    out = compare_models([vae_folder], tiny_data, tmp_path / "cmp.png", classifier=classifier, samples=100)
+    out = compare_models(
+        [vae_folder], tiny_data, tmp_path / "cmp.png", classifier=classifier, samples=100
+    )
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -48,7 +48,10 @@ def test_bad_magic_is_named(tmp_path: Path) -> None:
 def test_truncated_payload(tmp_path: Path) -> None:
     path = write_idx(tmp_path / "imgs", np.zeros((4, 28, 28), np.uint8))
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(IdxError, match=r"imgs: truncated: header says 4 x 28 x 28 = 3136 bytes of data, file has 3036"):
+    with pytest.raises(
+        IdxError,
+        match=r"imgs: truncated: header says 4 x 28 x 28 = 3136 bytes of data, file has 3036",
+    ):
         read_images(path)
 
 
@@ -96,11 +99,15 @@ def test_too_short_and_missing(tmp_path: Path) -> None:
 
 
 def _write_sums(folder: Path) -> None:
-    lines = [f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}" for n in FILES.values()]
+    lines = [
+        f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}" for n in FILES.values()
+    ]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
 
 
-def test_local_folder_verified_and_counted(tmp_path: Path, write_dataset: Callable[..., Path]) -> None:
+def test_local_folder_verified_and_counted(
+    tmp_path: Path, write_dataset: Callable[..., Path]
+) -> None:
     folder = write_dataset(tmp_path / "mnist", train=30, test=20)
     _write_sums(folder)
     source = locate_mnist(folder, cache_dir=tmp_path / "cache", download=False)
@@ -115,7 +122,9 @@ def test_checksum_mismatch_is_refused(tmp_path: Path, write_dataset: Callable[..
     folder = write_dataset(tmp_path / "mnist", train=30, test=20)
     _write_sums(folder)
     write_idx(folder / FILES["test_labels"], np.ones(20, np.uint8))  # changed after the sums
-    with pytest.raises(IdxError, match=r"t10k-labels-idx1-ubyte\.gz: sha256 .* does not match SHA256SUMS"):
+    with pytest.raises(
+        IdxError, match=r"t10k-labels-idx1-ubyte\.gz: sha256 .* does not match SHA256SUMS"
+    ):
         locate_mnist(folder, cache_dir=tmp_path / "cache", download=False)
 
 

@@ -19,7 +19,9 @@ def test_shapes(latent_dim: int, batch_norm: bool) -> None:
     assert z.shape == (5, latent_dim) and recon.shape == (5, 1, 28, 28)
     assert float(recon.min()) >= 0 and float(recon.max()) <= 1
 
-    vae = build_model(ModelConfig(kind="vae", latent_dim=latent_dim, batch_norm=batch_norm, dropout=0.1))
+    vae = build_model(
+        ModelConfig(kind="vae", latent_dim=latent_dim, batch_norm=batch_norm, dropout=0.1)
+    )
     assert isinstance(vae, VariationalAutoencoder)
     recon, mean, log_var = vae(images)
     assert mean.shape == log_var.shape == (5, latent_dim) and recon.shape == (5, 1, 28, 28)
@@ -41,7 +43,9 @@ def test_reconstruction_losses_are_summed_per_image() -> None:
 
     images = torch.tensor([[0.0, 1.0, 0.5, 0.25]])
     recon = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
-    assert torch.allclose(reconstruction_loss(recon, images, "mse"), torch.tensor([0.25 + 0.25 + 0 + 0.0625]))
+    assert torch.allclose(
+        reconstruction_loss(recon, images, "mse"), torch.tensor([0.25 + 0.25 + 0 + 0.0625])
+    )
     # BCE against 0.5 everywhere is log 2 per pixel, whatever the target grey level.
     assert torch.allclose(reconstruction_loss(recon, images, "bce"), torch.tensor([4 * 0.6931472]))
     assert torch.allclose(kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2))
