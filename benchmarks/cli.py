@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .suite import QUICK, SMOKE, Suite, SuiteConfig, SuiteResult
+from .suite import QUICK, SMOKE, Suite, SuiteConfig, SuiteResult, summarise_suite
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         "--report-from",
         type=Path,
         metavar="JSON",
-        help="only re-render RESULTS.md and the plots from a saved full-run JSON",
+        help="only re-render RESULTS.md and the plots from a saved full-run JSON (its "
+        "summary is recomputed from the measurements and saved back)",
     )
     return p
 
@@ -68,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .report import write_report
 
         saved = SuiteResult.from_dict(json.loads(args.report_from.read_text()))
+        concurrencies = tuple(saved.config["concurrencies"])
+        saved.summary = summarise_suite(
+            saved,
+            SuiteConfig(models_dir=Path(saved.config["models_dir"]), concurrencies=concurrencies),
+        )
+        args.report_from.write_text(json.dumps(saved.to_dict(), indent=2) + "\n")
         for path in write_report(saved, args.results_dir):
             print(f"wrote {path}")
         return 0

@@ -498,9 +498,17 @@ def summarise_suite(result: SuiteResult, c: SuiteConfig) -> dict[str, Any]:
     floor = result.find(scenario="floor", concurrency=1)
     if floor:
         s["health_check_c1_p50_ms"] = round(floor.p50_ms, 3)
-    # What bounds the batching gain on this machine. Batching can only save model time, so
-    # the gain is at most the in-process speed-up of a batched run over single-image runs;
-    # and no mode can go past the calls/s the transport manages with no model at all.
+    # What limits the batching gain on this machine. Batching cannot make a call cheaper
+    # than one that runs no model at all, so Encode calls/s with batching on stay below
+    # health checks/s at the same concurrency: the gain is at most that rate over Encode's
+    # with batching off. For context, what batching saves inside the model: in-process
+    # Encode img/s at the best batch size over batch 1 (not a bound: single-image runs from
+    # many server threads at once cost more than from one caller).
+    transport = result.find(scenario="floor", concurrency=top)
+    if transport:
+        s[f"health_check_c{top}_calls_per_s"] = round(transport.images_per_s, 1)
+        if off and off.images_per_s:
+            s["batching_gain_bound"] = round(transport.images_per_s / off.images_per_s, 3)
     single = result.find(scenario="batch_sweep", path="inprocess", rpc="Encode", batch=1)
     batched = [
         m.images_per_s
@@ -511,17 +519,7 @@ def summarise_suite(result: SuiteResult, c: SuiteConfig) -> dict[str, Any]:
         and m.batch > 1
     ]
     if single and single.images_per_s and batched:
-        s["batching_gain_model_bound"] = round(max(batched) / single.images_per_s, 3)
-    transport = result.find(scenario="floor", concurrency=top)
-    if transport:
-        s[f"health_check_c{top}_calls_per_s"] = round(transport.images_per_s, 1)
-        if off and off.images_per_s:
-            s["batching_gain_transport_bound"] = round(transport.images_per_s / off.images_per_s, 3)
-    bounds = [
-        s[k] for k in ("batching_gain_model_bound", "batching_gain_transport_bound") if k in s
-    ]
-    if bounds:
-        s["batching_gain_bound"] = min(bounds)
+        s["inprocess_encode_batched_vs_single"] = round(max(batched) / single.images_per_s, 3)
     c1 = result.find(scenario="concurrency", concurrency=1, batching=True)
     c1_off = result.find(scenario="concurrency", concurrency=1, batching=False)
     if c1:
