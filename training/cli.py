@@ -70,9 +70,23 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     data = _load_data(args)
     started = time.perf_counter()
-    path = fit(data, config, args.out, resume=args.resume, progress=not args.no_progress)
+    path = fit(data, config, args.out, resume=args.resume, progress=_progress_bars(args))
     print(f"checkpoint: {path}  ({time.perf_counter() - started:.0f}s)")
     return 0
+
+
+def _add_progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (log lines only; bars are off anyway when stderr is not a terminal)",
+    )
+
+
+def _progress_bars(args: argparse.Namespace) -> bool:
+    # A bar redraws many times a second: in a log file or CI output that is megabytes of
+    # carriage returns, so bars are drawn only on a terminal.
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -114,7 +128,12 @@ def _cmd_classifier(args: argparse.Namespace) -> int:
 
     data = _load_data(args)
     info = train_and_export(
-        data, args.out, epochs=args.epochs, seed=args.seed, threads=args.threads
+        data,
+        args.out,
+        epochs=args.epochs,
+        seed=args.seed,
+        threads=args.threads,
+        progress=_progress_bars(args),
     )
     print(f"classifier: {info['file']}  test accuracy {info['test_accuracy']:.4f}")
     return 0
@@ -154,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt goes here)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    _add_progress_flag(p)
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("export", help="ONNX encoder + decoder + model.json, parity checked")
@@ -193,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    _add_progress_flag(p)
     p.set_defaults(func=_cmd_classifier)
     return parser
 
