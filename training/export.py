@@ -103,8 +103,28 @@ def export_graph(
     ]
     if external:
         raise ExportError(f"{path}: weights stored outside the file: {external[:5]}")
+    if _strip_stack_traces(proto):
+        onnx.save(proto, str(path))
     onnx.checker.check_model(proto, full_check=True)
     return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+# The exporter records, on every node, the Python stack that created it: absolute paths of
+# the build machine's checkout and virtualenv. They would ship inside every model, and make
+# the same weights give different files when built in another folder.
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def _strip_stack_traces(proto: onnx.ModelProto) -> int:
+    """Remove the exporter's per-node stack traces; returns how many were removed."""
+    removed = 0
+    nodes = [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
+    for node in nodes:
+        keep = [m for m in node.metadata_props if m.key != STACK_TRACE_KEY]
+        removed += len(node.metadata_props) - len(keep)
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    return removed
 
 
 def check_parity(

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+import training
 from latentserve.manifest import load_model_folder
 from training.analyze import analyze_model, compare_models, entropy_ratio, frechet_distance
 from training.classifier import ClassifierGraph, train_and_export
 from training.data import Mnist, to_float
-from training.export import ExportError, check_parity, export_model
+from training.export import STACK_TRACE_KEY, ExportError, check_parity, export_model
 from training.graphs import ModelGraphs
 from training.models import ModelConfig
 from training.train import FitConfig, fit, load_checkpoint
@@ -97,6 +98,16 @@ def test_export_writes_a_valid_self_contained_model_folder(
     points = graphs.encode_points(to_float(tiny_data.train_images))
     np.testing.assert_allclose(manifest.prior.fitted_gaussian.mean, points.mean(0), atol=1e-4)
     np.testing.assert_allclose(manifest.prior.bounding_box.low, points.min(0), atol=1e-4)
+
+
+def test_exported_graphs_carry_no_build_paths(vae_folder: Path, classifier: Path) -> None:
+    # The exporter's per-node stack traces name the checkout and the virtualenv.
+    checkout = str(Path(training.__file__).resolve().parent.parent).encode()
+    venv = str(Path(torch.__file__).resolve().parent).encode()
+    for graph in (vae_folder / "encoder.onnx", vae_folder / "decoder.onnx", classifier):
+        data = graph.read_bytes()
+        assert checkout not in data and venv not in data, graph.name
+        assert STACK_TRACE_KEY.encode() not in data, graph.name
 
 
 def test_parity_check_rejects_a_graph_that_differs(
