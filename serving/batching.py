@@ -191,17 +191,19 @@ class DynamicBatcher:
             try:
                 outputs = self._run(inputs)
             finally:
-                self._slots.release()
-                self._last_run_end = time.perf_counter()
+                self._run_ended()
             self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
             return outputs
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs)
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
-        running.add_done_callback(lambda _: self._slots.release())
+        running.add_done_callback(lambda _: self._run_ended())
         outputs = await asyncio.shield(running)
-        self._last_run_end = time.perf_counter()
         self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
         return outputs
+
+    def _run_ended(self) -> None:
+        self._last_run_end = time.perf_counter()
+        self._slots.release()
 
     async def _next_request(self) -> _Pending:
         while not self._queue:
@@ -299,5 +301,4 @@ class DynamicBatcher:
                     pending.future.set_result(tuple(o[offset:end] for o in outputs))
                 offset = end
         finally:
-            self._last_run_end = time.perf_counter()
-            self._slots.release()
+            self._run_ended()
