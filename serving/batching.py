@@ -198,7 +198,7 @@ class DynamicBatcher:
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
         running.add_done_callback(lambda _: self._run_ended())
         outputs = await asyncio.shield(running)
-        self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
+        self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
         return outputs
 
     def _run_ended(self) -> None:
