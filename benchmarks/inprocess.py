@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from latentserve.manifest import ModelManifest, load_model_folder
+from latentserve.sampling import generator, prior_from_manifest
 from serving.runtime import CPU, GraphSession
-from serving.sampling import generator, prior_from_manifest
 
 
 @dataclass

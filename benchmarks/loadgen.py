@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 
 SERVICE = "/latentserve.v1.Autoencoder/"
 # The cheapest call the server answers: the gRPC round-trip floor on this machine.

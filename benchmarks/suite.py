@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from grpc_health.v1 import health_pb2
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from serving.settings import ServerSettings
 
 from .inprocess import OrtModel, time_calls, torch_available, torch_call, torch_model_from_onnx

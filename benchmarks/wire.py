@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 
 
 def _float_tensor_class() -> Any:

@@ -16,11 +16,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .priors import PriorName
+
 MANIFEST_FILE = "model.json"
 SCHEMA_VERSION: Literal[1] = 1
 
 Kind = Literal["ae", "vae"]
-PriorName = Literal["standard_normal", "fitted_gaussian", "bounding_box_uniform"]
 
 # Graph I/O names are part of the contract so serving never guesses.
 ENCODER_INPUT = "images"

@@ -1,8 +1,8 @@
-"""Regenerate the committed gRPC/protobuf Python code in serving/_proto from protos/.
+"""Regenerate the committed gRPC/protobuf Python code in latentserve/_proto from protos/.
 
 protoc writes absolute imports (``from latentserve.v1 import autoencoder_pb2``) that would
 resolve to the wrong top-level package here, so they are rewritten to relative ones.
-Usage: python scripts/generate_proto.py [OUT_DIR]   (default: serving/_proto)
+Usage: python scripts/generate_proto.py [OUT_DIR]   (default: latentserve/_proto)
 """
 
 from __future__ import annotations
@@ -43,4 +43,4 @@ def generate(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "serving" / "_proto")
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "latentserve" / "_proto")

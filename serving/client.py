@@ -26,31 +26,27 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ._proto.latentserve.v1 import autoencoder_pb2 as pb
-from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve.image_spec import IMAGE_SHAPE
+from latentserve.priors import PRIOR_NAMES, PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName, is_prior_name
+from latentserve.tensors import array_to_tensor, tensor_to_array
 
 Float32Array = npt.NDArray[np.float32]
-PriorArg = Literal["standard_normal", "fitted_gaussian", "bounding_box_uniform"] | None
+PriorArg = PriorName | None
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 UINT32_MAX = 2**32 - 1
 STREAM_SECONDS_PER_SAMPLE = 0.01
-IMAGE_SHAPE = (1, 28, 28)
 
-_PRIORS: dict[str, pb.Prior.ValueType] = {
-    "standard_normal": pb.PRIOR_STANDARD_NORMAL,
-    "fitted_gaussian": pb.PRIOR_FITTED_GAUSSIAN,
-    "bounding_box_uniform": pb.PRIOR_BOUNDING_BOX_UNIFORM,
-}
-_PRIOR_NAMES = {v: k for k, v in _PRIORS.items()}
 _STATES = {pb.MODEL_STATE_READY: "READY", pb.MODEL_STATE_FAILED: "FAILED"}
 
 
@@ -109,14 +105,9 @@ class ModelInfo:
 # -- conversions shared by the sync and async clients -------------------------------------------
 
 
-def _tensor(array: npt.ArrayLike) -> pb.Tensor:
-    data = np.ascontiguousarray(array, dtype="<f4")
-    return pb.Tensor(shape=list(data.shape), raw_data=data.tobytes())
-
-
-def _array(tensor: pb.Tensor) -> Float32Array:
-    shape = tuple(int(d) for d in tensor.shape)
-    return np.frombuffer(tensor.raw_data, dtype="<f4").reshape(shape).astype(np.float32)
+def _decoded(tensor: pb.Tensor) -> Float32Array:
+    # A writable copy, as callers may edit results in place (the view is read-only).
+    return tensor_to_array(tensor, "response tensor").copy()
 
 
 def _as_images(images: npt.ArrayLike) -> Float32Array:
@@ -152,7 +143,7 @@ def _encode_requests(
             request.encoded_images.data.extend(part)
             request.encoded_images.resize = resize
         else:
-            request.images.CopyFrom(_tensor(part))
+            request.images.CopyFrom(array_to_tensor(part))
         requests.append(request)
     return requests
 
@@ -161,7 +152,7 @@ def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
     def joined(name: str) -> Float32Array | None:
         if not responses[0].HasField(name):  # type: ignore[arg-type]
             return None
-        return np.concatenate([_array(getattr(r, name)) for r in responses])
+        return np.concatenate([_decoded(getattr(r, name)) for r in responses])
 
     latents = joined("latents")
     assert latents is not None
@@ -178,14 +169,14 @@ def _decode_requests(
         array = array[None]
     return [
         pb.DecodeRequest(
-            model=model, latents=_tensor(array[i : i + batch_size]), return_png=return_png
+            model=model, latents=array_to_tensor(array[i : i + batch_size]), return_png=return_png
         )
         for i in range(0, max(len(array), 1), batch_size)
     ]
 
 
 def _decode_result(responses: list[pb.DecodeResponse]) -> DecodeResult:
-    images = np.concatenate([_array(r.images) for r in responses])
+    images = np.concatenate([_decoded(r.images) for r in responses])
     return DecodeResult(images, [p for r in responses for p in r.png], responses[0].model)
 
 
@@ -198,8 +189,8 @@ def _sample_request(
     return_latents: bool,
     return_png: bool = False,
 ) -> pb.SampleRequest:
-    if prior is not None and prior not in _PRIORS:
-        raise ValueError(f"prior must be one of {sorted(_PRIORS)} or None, got {prior!r}")
+    if prior is not None and not is_prior_name(prior):
+        raise ValueError(f"prior must be one of {list(PRIOR_NAMES)} or None, got {prior!r}")
     if count < 0:
         raise ValueError(f"count must be >= 0, got {count}")
     if count > UINT32_MAX:
@@ -207,7 +198,7 @@ def _sample_request(
     request = pb.SampleRequest(
         model=model,
         count=count,
-        prior=_PRIORS[prior] if prior else pb.PRIOR_UNSPECIFIED,
+        prior=PRIOR_TO_PROTO[prior] if prior else pb.PRIOR_UNSPECIFIED,
         return_latents=return_latents,
         return_png=return_png,
     )
@@ -229,7 +220,7 @@ class _SampleAssembler:
         self.received = 0
 
     def add(self, response: pb.SampleResponse) -> None:
-        images = _array(response.images)
+        images = _decoded(response.images)
         if self.first is None:
             self.first = response
             self.images = np.empty((self.count, *images.shape[1:]), dtype=np.float32)
@@ -237,7 +228,7 @@ class _SampleAssembler:
         start = int(response.offset)
         self.images[start : start + len(images)] = images
         if response.HasField("latents"):
-            latents = _array(response.latents)
+            latents = _decoded(response.latents)
             if self.latents is None:
                 self.latents = np.empty((self.count, latents.shape[1]), dtype=np.float32)
             self.latents[start : start + len(latents)] = latents
@@ -254,7 +245,7 @@ class _SampleAssembler:
             self.images,
             self.latents,
             int(first.seed),
-            _PRIOR_NAMES.get(first.prior, ""),
+            PROTO_TO_PRIOR.get(first.prior, ""),
             first.model,
         )
 
@@ -270,7 +261,7 @@ def _model_info(info: pb.ModelInfo) -> ModelInfo:
         description=info.description,
         error=info.error,
         providers=tuple(info.providers),
-        default_prior=_PRIOR_NAMES.get(info.default_prior, ""),
+        default_prior=PROTO_TO_PRIOR.get(info.default_prior, ""),
         metrics=dict(info.metrics),
         encoder_sha256=info.encoder_sha256,
         decoder_sha256=info.decoder_sha256,

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from latentserve.manifest import ModelManifest, PriorName
+from latentserve.image_spec import IMAGE_SHAPE
+from latentserve.manifest import ModelManifest
+from latentserve.priors import PriorName
+from latentserve.sampling import generator, prior_from_manifest, sample_posterior
 
 from .batching import DynamicBatcher
 from .runtime import GraphSession
-from .sampling import generator, prior_from_manifest, sample_posterior
 
 Float32Array = npt.NDArray[np.float32]
-IMAGE_SHAPE = (1, 28, 28)
 # Largest warm-up batch (a GPU session takes whole batches: no need to warm up 2^30 rows).
 WARM_UP_ROWS = 256
 

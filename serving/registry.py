@@ -18,11 +18,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from latentserve.image_spec import IMAGE_SHAPE
 from latentserve.manifest import ManifestError, ModelManifest, load_model_folder
 
 from .batching import BatchObserver, DynamicBatcher
 from .errors import failed_precondition, not_found, unavailable
-from .model import IMAGE_SHAPE, ServedModel
+from .model import ServedModel
 from .runtime import Dim, GraphSession, choose_providers
 from .settings import ServerSettings
 

@@ -26,8 +26,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from ._proto.latentserve.v1 import autoencoder_pb2 as pb
-from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+
 from .auth import BearerTokenInterceptor, tokens_from_settings
 from .metrics import Metrics
 from .registry import ModelRegistry, ModelState

@@ -20,39 +20,33 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from latentserve.manifest import PriorName
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve.image_spec import IMAGE_BYTES, IMAGE_SHAPE, PNG_BYTES_BOUND
+from latentserve.priors import PRIOR_TO_PROTO as NAME_TO_PRIOR
+from latentserve.priors import PROTO_TO_PRIOR as PRIOR_TO_NAME
+from latentserve.priors import PriorName
+from latentserve.sampling import MAX_TEMPERATURE, new_seed
+from latentserve.tensors import TensorError, array_to_tensor, tensor_to_array
 
-from ._proto.latentserve.v1 import autoencoder_pb2 as pb
-from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from .errors import ServingError, invalid_argument, resource_exhausted, unavailable
 from .images import decode_image, encode_pngs
 from .metrics import Metrics
-from .model import IMAGE_SHAPE, ServedModel, monotonic_deadline
+from .model import ServedModel, monotonic_deadline
 from .registry import ModelEntry, ModelRegistry, ModelState
-from .sampling import MAX_TEMPERATURE, new_seed
 from .settings import ServerSettings
-from .tensors import array_to_tensor, tensor_to_array
 
 log = logging.getLogger(__name__)
 
 Float32Array = npt.NDArray[np.float32]
 Context = grpc.aio.ServicerContext[Any, Any]
 
-PRIOR_TO_NAME: dict[pb.Prior.ValueType, PriorName] = {
-    pb.PRIOR_STANDARD_NORMAL: "standard_normal",
-    pb.PRIOR_FITTED_GAUSSIAN: "fitted_gaussian",
-    pb.PRIOR_BOUNDING_BOX_UNIFORM: "bounding_box_uniform",
-}
-NAME_TO_PRIOR: dict[str, pb.Prior.ValueType] = {v: k for k, v in PRIOR_TO_NAME.items()}
 STATE_TO_PROTO = {
     ModelState.READY: pb.MODEL_STATE_READY,
     ModelState.FAILED: pb.MODEL_STATE_FAILED,
     ModelState.LOADING: pb.MODEL_STATE_UNSPECIFIED,
 }
 UNKNOWN_MODEL_LABEL = "<unknown>"
-IMAGE_BYTES = 4 * 28 * 28
-# An 8-bit 28 x 28 grayscale PNG is at most ~850 bytes (incompressible pixels plus headers).
-PNG_BYTES_BOUND = 1024
 INPUT_RANGES = {
     "images": "pixels in [0, 1]",
     "latents": "latents of the size its prior produces (see GetModel)",
@@ -124,7 +118,9 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
                 self.in_flight -= 1
                 if self.in_flight == 0:
                     self._idle.set()
-        except ServingError as e:
+        except (ServingError, TensorError) as e:
+            if isinstance(e, TensorError):
+                e = invalid_argument(str(e))
             code = e.code.name
             if e.code is grpc.StatusCode.NOT_FOUND:
                 record.model = UNKNOWN_MODEL_LABEL  # keep label cardinality bounded

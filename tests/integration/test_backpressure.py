@@ -20,8 +20,8 @@ from fixtures.reference import Reference
 from fixtures.servers import InProcessServer, SubprocessServer, free_port
 from fixtures.slow_model import build_slow_model_folder
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
-from serving._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.client import AsyncLatentClient, LatentClient, LatentServeError
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -25,7 +25,7 @@ from fixtures.servers import InProcessServer
 from google.protobuf.message import Message
 from PIL import Image
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from serving.client import LatentClient
 
 OK = grpc.StatusCode.OK

@@ -15,8 +15,8 @@ import pytest
 from fixtures.servers import InProcessServer
 from PIL import Image
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
-from serving._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.client import AsyncLatentClient, LatentClient, LatentServeError
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -21,9 +21,9 @@ from fixtures.models import build_model_folder, corrupt_hash
 from fixtures.servers import InProcessServer
 from fixtures.slow_model import build_slow_model_folder
 
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from latentserve.manifest import read_manifest, sha256_of, write_manifest
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
-from serving._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.client import AsyncLatentClient, LatentClient, LatentServeError
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = ROOT / "serving" / "_proto"
+COMMITTED = ROOT / "latentserve" / "_proto"
 
 
 def test_regenerating_the_stubs_changes_nothing(tmp_path):

@@ -20,8 +20,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from serving._proto.latentserve.v1 import autoencoder_pb2 as pb
-from serving._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.client import LatentClient, LatentServeError
 
 

@@ -1,4 +1,6 @@
-"""Random latents: the three priors a model folder describes, drawn reproducibly.
+"""The prior sampler: random latents from the three priors a model folder describes, drawn
+reproducibly. SampleRandom serves these draws and the analysis measures them, so both call
+:func:`draw_latents` (numpy only: the client, the server and training all import it).
 
 Every draw uses a numpy ``Generator(PCG64(seed))`` and fills arrays in C order, so drawing
 n rows at once or the same rows in consecutive chunks from one generator gives identical
@@ -10,16 +12,19 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from latentserve.manifest import ModelManifest, PriorName
+from .priors import PriorName
+
+if TYPE_CHECKING:
+    from .manifest import ModelManifest
 
 Float32Array = npt.NDArray[np.float32]
 Float64Array = npt.NDArray[np.float64]
 
-PRIOR_NAMES: tuple[PriorName, ...] = ("standard_normal", "fitted_gaussian", "bounding_box_uniform")
 MAX_TEMPERATURE = 10.0
 
 
@@ -91,3 +96,14 @@ def sample_posterior(mean: Float32Array, log_var: Float32Array, seed: int) -> Fl
     eps = generator(seed).standard_normal(mean.shape)
     z = mean.astype(np.float64) + np.exp(0.5 * log_var.astype(np.float64)) * eps
     return z.astype(np.float32)
+
+
+def draw_latents(
+    manifest: ModelManifest,
+    prior: PriorName,
+    count: int,
+    seed: int,
+    temperature: float = 1.0,
+) -> Float32Array:
+    """count x D float32 latents: exactly what SampleRandom decodes for this seed."""
+    return prior_from_manifest(manifest, prior).draw(generator(seed), count, temperature)

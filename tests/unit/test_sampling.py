@@ -7,7 +7,7 @@ import pytest
 from fixtures.models import build_model_folder
 
 from latentserve.manifest import read_manifest
-from serving.sampling import (
+from latentserve.sampling import (
     gaussian_factor,
     generator,
     new_seed,

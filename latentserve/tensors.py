@@ -1,6 +1,9 @@
-"""Conversion between the protobuf ``Tensor`` (shape + raw little-endian float32 bytes) and
-numpy arrays. Decoding validates what the bytes alone can tell (non-negative shape, byte
-length); the servicer checks rank, sizes and finiteness against the model.
+"""The tensor codec: the native proto's ``Tensor`` (shape + raw little-endian float32 bytes)
+to and from numpy arrays. Server, client and benchmarks all encode and decode through here.
+
+Decoding validates what the bytes alone can tell (non-negative shape, byte length) and
+raises :class:`TensorError`, whose message says what is allowed; the server answers it with
+INVALID_ARGUMENT. Rank, sizes and finiteness against a model are the server's business.
 """
 
 from __future__ import annotations
@@ -11,22 +14,25 @@ import numpy as np
 import numpy.typing as npt
 
 from ._proto.latentserve.v1 import autoencoder_pb2 as pb
-from .errors import invalid_argument
 
 Float32Array = npt.NDArray[np.float32]
 LE_FLOAT32 = np.dtype("<f4")
+
+
+class TensorError(ValueError):
+    """A tensor whose shape and bytes disagree."""
 
 
 def tensor_to_array(tensor: pb.Tensor, what: str) -> Float32Array:
     """A read-only float32 view of `tensor.raw_data` with `tensor.shape` (no copy)."""
     shape = tuple(int(d) for d in tensor.shape)
     if not shape:
-        raise invalid_argument(f"{what}: shape is empty; give the dimensions, e.g. [N, 28, 28]")
+        raise TensorError(f"{what}: shape is empty; give the dimensions, e.g. [N, 28, 28]")
     if any(d < 0 for d in shape):
-        raise invalid_argument(f"{what}: shape {list(shape)} has a negative dimension")
+        raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
     expected = 4 * math.prod(shape)
     if len(tensor.raw_data) != expected:
-        raise invalid_argument(
+        raise TensorError(
             f"{what}: raw_data holds {len(tensor.raw_data)} bytes, but shape {list(shape)} "
             f"needs {expected} (4 bytes per little-endian float32 value)"
         )
@@ -35,6 +41,6 @@ def tensor_to_array(tensor: pb.Tensor, what: str) -> Float32Array:
     return array.astype(np.float32, copy=False)
 
 
-def array_to_tensor(array: npt.NDArray[np.floating]) -> pb.Tensor:
+def array_to_tensor(array: npt.ArrayLike) -> pb.Tensor:
     data = np.ascontiguousarray(array, dtype=LE_FLOAT32)
     return pb.Tensor(shape=list(data.shape), raw_data=data.tobytes())
