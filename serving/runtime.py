@@ -6,7 +6,7 @@ reports the CUDA provider available, otherwise CPU (with a warning when CUDA was
 for). The providers a session actually uses are read back from the session, because
 onnxruntime may silently drop one it cannot initialise.
 
-Session options were chosen by measurement (benchmarks/session_options.py; numbers in
+Session options were chosen by measurement (serving/bench/session_options.py; numbers in
 docs/performance.md): intra-op worker threads do not spin while waiting (on a small,
 shared CPU a spinning worker steals the core the event loop and the other session need),
 full graph optimisation, and the CPU memory arena on (it saves page faults on every run).

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main
+from serving.bench.cli import main
 
 pytestmark = pytest.mark.timeout(180)
 

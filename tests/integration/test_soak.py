@@ -1,7 +1,7 @@
-"""A short soak (benchmarks/soak.py, ~13 s): 32 concurrent clients on loopback, every RPC
+"""A short soak (serving/bench/soak.py, ~13 s): 32 concurrent clients on loopback, every RPC
 including streams, every response checked against its golden (itself checked against
 onnxruntime), zero errors, server RSS growth under 10% after warm-up, p99 reported.
-`python -m benchmarks.soak` is the long version (60 s by default).
+`python -m serving.bench.soak` is the long version (60 s by default).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fixtures.servers import SubprocessServer
 
-from benchmarks.soak import MIX, SoakConfig, soak
+from serving.bench.soak import MIX, SoakConfig, soak
 
 CONFIG = SoakConfig(duration_s=10.0, warmup_s=3.0, clients=32, goldens_per_rpc=8)
 

@@ -2,7 +2,7 @@
 candidate (so memory is measured cleanly), each timing Encode at batch 1 and 256 and Decode
 at batch 256, then the process RSS after a batch-4096 run (memory arena kept or released).
 
-    python -m benchmarks.session_options --models-dir models --model mnist-vae
+    python -m serving.bench.session_options --models-dir models --model mnist-vae
 
 This is how the defaults in serving/runtime.py were chosen; see docs/performance.md.
 """
@@ -36,8 +36,8 @@ def _measure(folder: Path, options: dict[str, Any], seconds: float) -> dict[str,
 
     import onnxruntime as ort
 
-    from benchmarks.serverproc import rss_bytes
     from latentserve.manifest import load_model_folder
+    from serving.bench.serverproc import rss_bytes
 
     manifest = load_model_folder(folder)
     so = ort.SessionOptions()
@@ -97,7 +97,7 @@ def _measure(folder: Path, options: dict[str, Any], seconds: float) -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.session_options")
+    p = argparse.ArgumentParser(prog="python -m serving.bench.session_options")
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", default="mnist-vae")
     p.add_argument("--seconds", type=float, default=2.0, help="per timed configuration")
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [
                     sys.executable,
                     "-m",
-                    "benchmarks.session_options",
+                    "serving.bench.session_options",
                     "--child",
                     name,
                     "--models-dir",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.stats import Measurement
-from benchmarks.suite import SuiteConfig, SuiteResult, summarise_suite
+from serving.bench.stats import Measurement
+from serving.bench.suite import SuiteConfig, SuiteResult, summarise_suite
 
 
 def _rate(m: Measurement, images_per_s: float) -> Measurement:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from .suite import QUICK, SMOKE, Suite, SuiteConfig, SuiteResult, summarise_suite
 
-HERE = Path(__file__).resolve().parent
+# Results are data, not code: they go to the benchmarks/ folder of the working directory.
+HERE = Path("benchmarks")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,8 +1,8 @@
 """Soak: many concurrent clients, every RPC, every response checked, memory watched.
 
-    python -m benchmarks.soak                       # 60 s, 32 clients, shipped models/
-    python -m benchmarks.soak --duration 600 --models-dir models --json soak.json
-    python -m benchmarks.soak --target host:50051   # an already running server (no RSS)
+    python -m serving.bench.soak                       # 60 s, 32 clients, shipped models/
+    python -m serving.bench.soak --duration 600 --models-dir models --json soak.json
+    python -m serving.bench.soak --target host:50051   # an already running server (no RSS)
 
 Before the load starts, a pool of distinct requests per model and RPC is answered one at a
 time on the quiet server (the "goldens"), and when the model folders are at hand those
@@ -365,7 +365,7 @@ async def soak(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.soak", description=__doc__.split("\n\n")[0]
+        prog="python -m serving.bench.soak", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--duration", type=float, default=60.0, help="seconds of load [%(default)s]")
     p.add_argument("--warmup", type=float, default=10.0, help="seconds before RSS baseline")
