@@ -15,7 +15,9 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-PROTOS = ["latentserve/v1/autoencoder.proto"]
+PROTOS = ["latentserve/v1/autoencoder.proto", "inference/grpc_predict_v2.proto"]
+# The proto packages above, as the dotted module paths protoc writes in absolute imports.
+PACKAGES = r"(?:latentserve\.v1|inference)"
 
 
 def generate(out_dir: Path) -> None:
@@ -35,8 +37,8 @@ def generate(out_dir: Path) -> None:
         raise SystemExit("protoc failed")
     for path in sorted(out_dir.rglob("*.py*")):
         text = path.read_text()
-        fixed = re.sub(r"^from latentserve\.v1 import", "from . import", text, flags=re.M)
-        fixed = re.sub(r"^import latentserve\.v1\.(\w+)", r"from . import \1", fixed, flags=re.M)
+        fixed = re.sub(rf"^from {PACKAGES} import", "from . import", text, flags=re.M)
+        fixed = re.sub(rf"^import {PACKAGES}\.(\w+)", r"from . import \1", fixed, flags=re.M)
         path.write_text(fixed)
     for pkg in [out_dir, *[p for p in out_dir.rglob("*") if p.is_dir()]]:
         (pkg / "__init__.py").touch()
