@@ -7,7 +7,13 @@ PNGs and analysis.json into the folder:
   stated on the figure), with the default prior's region drawn on top;
 - ``latent_grid.png``: images decoded on a grid over that plane;
 - ``samples.png``: random samples from the default prior, each labelled by the classifier;
-- ``sample_mix.png``: the digit mix of random samples under every prior.
+- ``sample_mix.png``: the digit mix of random samples under every prior;
+- ``latent_sample.json``: a stratified sample of test digits with their latents, for the
+  latent-space explorer page (see :mod:`training.latent_sample`).
+
+Random samples are drawn by ``latentserve.sampling``, the sampler SampleRandom serves from:
+the latents measured for prior P and seed S are exactly those SampleRandom returns for
+(P, S, temperature 1).
 
 Numbers: (1) extent and asymmetry of the latent cloud; (2) each digit's share of the occupied
 latent area and the digit mix of random samples (entropy relative to the uniform mix);
@@ -37,11 +43,13 @@ from matplotlib.patches import Ellipse, Rectangle
 from scipy import linalg, stats
 
 from latentserve.manifest import ModelManifest
+from latentserve.priors import PRIOR_NAMES, PriorName
+from latentserve.sampling import draw_latents
 from training.classifier import ClassifierGraph
 from training.data import Mnist, to_float
 from training.graphs import ModelGraphs
+from training.latent_sample import latent_sample, write_latent_sample
 
-PRIORS = ("standard_normal", "fitted_gaussian", "bounding_box_uniform")
 WELL_FORMED = 0.9
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 AREA_GRID = 100
@@ -49,22 +57,9 @@ DIGIT_COLORS = ListedColormap([f"C{i}" for i in range(10)])  # tab10, one colour
 DIGIT_NORM = BoundaryNorm(np.arange(-0.5, 10.5), 10)
 
 
-def sample_prior(
-    manifest: ModelManifest, prior: str, count: int, rng: np.random.Generator
-) -> np.ndarray:
-    """count x D float32 latents drawn from one of the manifest's priors."""
-    d = manifest.latent_dim
-    if prior == "standard_normal":
-        z = rng.standard_normal((count, d))
-    elif prior == "fitted_gaussian":
-        g = manifest.prior.fitted_gaussian
-        z = rng.multivariate_normal(np.array(g.mean), np.array(g.covariance), size=count)
-    elif prior == "bounding_box_uniform":
-        b = manifest.prior.bounding_box
-        z = rng.uniform(np.array(b.low), np.array(b.high), size=(count, d))
-    else:
-        raise ValueError(f"unknown prior {prior!r}; allowed: {', '.join(PRIORS)}")
-    return z.astype(np.float32)
+def prior_samples(manifest: ModelManifest, count: int, seed: int) -> dict[PriorName, np.ndarray]:
+    """count x D float32 latents per prior: what SampleRandom(count, prior, seed) returns."""
+    return {prior: draw_latents(manifest, prior, count, seed) for prior in PRIOR_NAMES}
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -199,10 +194,7 @@ class Measurement:
         }
 
         self.samples: dict[str, dict[str, Any]] = {}
-        for prior in PRIORS:
-            z = sample_prior(
-                manifest, prior, samples, np.random.default_rng([seed, PRIORS.index(prior)])
-            )
+        for prior, z in prior_samples(manifest, samples, seed).items():
             images = self.graphs.decode(z)
             probs, features = classifier.run(images)
             digits, confidence = probs.argmax(1), probs.max(1)
@@ -214,6 +206,8 @@ class Measurement:
                 "confidence": confidence,
                 "numbers": {
                     "count": samples,
+                    "seed": seed,
+                    "temperature": 1.0,
                     "digit_share": shares.tolist(),
                     "digits_present": int((shares > 0).sum()),
                     "entropy_ratio": entropy_ratio(shares),
@@ -355,8 +349,8 @@ def draw_samples(ax: Axes, m: Measurement, rows: int = 10, cols: int = 10) -> No
 
 
 def draw_mix(ax: Axes, m: Measurement) -> None:
-    width = 0.8 / len(PRIORS)
-    for i, prior in enumerate(PRIORS):
+    width = 0.8 / len(PRIOR_NAMES)
+    for i, prior in enumerate(PRIOR_NAMES):
         n = m.samples[prior]["numbers"]
         mark = " (default)" if prior == m.default_prior else ""
         ax.bar(
@@ -379,7 +373,7 @@ def draw_mix(ax: Axes, m: Measurement) -> None:
     ax.set_xlabel("digit (samples: classifier's call; area: true label)")
     ax.set_ylabel("share")
     ax.set_title(
-        f"{m.manifest.name}: digit mix of {m.samples[PRIORS[0]]['numbers']['count']} random samples per prior",
+        f"{m.manifest.name}: digit mix of {m.samples[PRIOR_NAMES[0]]['numbers']['count']} random samples per prior",
         fontsize=10,
     )
     # Head-room above the tallest bar keeps the legend off the bars.
@@ -433,6 +427,8 @@ def analyze_model(
     fig, ax = plt.subplots(figsize=(9, 5))
     draw_mix(ax, m)
     files.append(_save(fig, folder / "sample_mix.png"))
+    explorer = latent_sample(m.manifest, m.points, m.test_labels, m.plane, seed=seed)
+    files.append(write_latent_sample(folder, explorer))
     numbers = m.numbers(clf)
     numbers["files"] = [*files, "analysis.json"]
     (folder / "analysis.json").write_text(json.dumps(numbers, indent=2) + "\n")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from latentserve.priors import PRIOR_NAMES
 from training.data import DATA_DIR_ENV, DataNotFoundError, IdxError, load_mnist, locate_mnist
 
 
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description", default="")
     p.add_argument(
         "--prior",
-        choices=["standard_normal", "fitted_gaussian", "bounding_box_uniform"],
+        choices=PRIOR_NAMES,
         help="default sampling prior (default: VAE standard_normal, AE fitted_gaussian)",
     )
     p.set_defaults(func=_cmd_export)

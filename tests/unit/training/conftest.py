@@ -1,4 +1,5 @@
-"""Fixtures for the training tests: a tiny generated MNIST-like dataset in IDX files (never real data)."""
+"""Fixtures for the training tests: a tiny generated MNIST-like dataset in IDX files (never
+real data) and an evaluation classifier trained on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.classifier import train_and_export
 from training.data import FILES, Mnist, load_mnist, locate_mnist, write_idx
 
 
@@ -45,3 +47,11 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Mnist:
 def write_dataset() -> Callable[..., Path]:
     """write_dataset(folder, train=320, test=120) writes the four generated IDX files."""
     return _write_dataset
+
+
+@pytest.fixture(scope="session")
+def classifier(tiny_data: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch digit classifier ONNX (with its JSON record) trained on tiny_data."""
+    path = tmp_path_factory.mktemp("assets") / "clf.onnx"
+    train_and_export(tiny_data, path, epochs=1, threads=1, progress=False)
+    return path

@@ -13,7 +13,7 @@ import torch
 import training
 from latentserve.manifest import load_model_folder
 from training.analyze import analyze_model, compare_models, entropy_ratio, frechet_distance
-from training.classifier import ClassifierGraph, train_and_export
+from training.classifier import ClassifierGraph
 from training.data import Mnist, to_float
 from training.export import STACK_TRACE_KEY, ExportError, check_parity, export_model
 from training.graphs import ModelGraphs
@@ -37,13 +37,6 @@ def vae_folder(vae_run: Path, tiny_data: Mnist, tmp_path_factory: pytest.TempPat
     folder = tmp_path_factory.mktemp("models") / "tiny-vae"
     export_model(vae_run / "checkpoint.pt", folder, tiny_data, name="tiny-vae")
     return folder
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_data: Mnist, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("assets") / "clf.onnx"
-    train_and_export(tiny_data, path, epochs=1, threads=1, progress=False)
-    return path
 
 
 def test_one_epoch_fit_records_history(vae_run: Path) -> None:
