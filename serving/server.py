@@ -30,6 +30,7 @@ from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 
 from .auth import BearerTokenInterceptor, tokens_from_settings
+from .calls import CallTracker
 from .metrics import Metrics
 from .registry import ModelRegistry, ModelState
 from .request_guard import MalformedRequestInterceptor
@@ -53,7 +54,9 @@ class LatentServer:
             max_workers=settings.inference_workers, thread_name_prefix="inference"
         )
         self.registry = ModelRegistry(settings, self._executor, self.metrics.batch_observer)
-        self.servicer = AutoencoderServicer(self.registry, settings, self.metrics)
+        # One call tracker for every front end: shared drain state, metrics, error mapping.
+        self.calls = CallTracker(self.metrics, lambda: self.registry.default_model)
+        self.servicer = AutoencoderServicer(self.registry, settings, self.calls)
         self.health = health_aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -138,17 +141,17 @@ class LatentServer:
         started = time.monotonic()
         log.info(
             "shutting down: draining %d in-flight calls (grace %.1fs)",
-            self.servicer.in_flight,
+            self.calls.in_flight,
             grace,
         )
         # Health says NOT_SERVING first and keeps answering while accepted calls finish
         # (new ones get UNAVAILABLE), so probes and load balancers see the drain; only
         # then does the server stop taking connections.
         await self.health.enter_graceful_shutdown()
-        if not await self.servicer.drain(grace):
+        if not await self.calls.drain(grace):
             log.warning(
                 "grace period over with %d calls still running; cancelling them",
-                self.servicer.in_flight,
+                self.calls.in_flight,
             )
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - started)))

@@ -161,7 +161,7 @@ def test_draining_refusals_do_not_grow_metric_labels(tiny_models_dir):
     """While draining, calls are refused before their model name is checked; arbitrary
     names must not become Prometheus label values (unbounded series)."""
     with InProcessServer(tiny_models_dir) as running, LatentClient(running.target) as client:
-        running.server.servicer.draining = True
+        running.server.calls.draining = True
         for i in range(20):
             with pytest.raises(LatentServeError) as info:
                 client.sample(1, model=f"made-up-{i}")
@@ -172,4 +172,4 @@ def test_draining_refusals_do_not_grow_metric_labels(tiny_models_dir):
             for sample in metric.samples
         }
         assert not any(str(label).startswith("made-up") for label in labels)
-        running.server.servicer.draining = False
+        running.server.calls.draining = False
