@@ -1,23 +1,26 @@
 """Dynamic batching: concurrent requests to one graph share one onnxruntime run.
 
-A :class:`DynamicBatcher` sits in front of one graph. `submit(inputs)` queues a request
-(N_i x ... float32) and awaits its slice of the outputs. A background task takes the
-oldest request, then keeps gathering whole requests until the batch holds
-`max_batch_size` rows, or `max_delay_s` has passed since the first one, or (with the queue
-empty) it holds as many requests as the previous batch did, so that a lone caller is not
-delayed at all while many concurrent callers still share runs; it concatenates them,
-runs the graph once in a thread executor, and hands each request back its rows. At most
-`concurrency` batches of one graph run at a time; while they run, new requests queue up,
-which is what makes batches grow under load. The queue is bounded (RESOURCE_EXHAUSTED
-beyond `max_queue` waiting requests); requests whose caller has gone (cancelled) or whose
-deadline has passed are dropped before the run. A request larger than `max_batch_size`
-runs alone. A request that finds the graph idle, nothing queued and no recent sign of
-concurrent callers runs at once, without the hand-over to the gatherer task, and with at
-most `inline_max_rows` rows on the event-loop thread itself (for runs known to be short),
-provided the graph has been idle for `inline_after_idle_s`. With
-`enabled=False` every request runs on its own (same API).
+A :class:`DynamicBatcher` sits in front of one graph; `submit(inputs, deadline)` takes a
+request of N x ... float32 rows and returns its N output rows. Each request takes one of
+four paths:
 
-The batcher knows nothing about models or gRPC: it batches arrays for a `run` callable.
+- **disabled** (`enabled=False`): runs alone in the executor; the baseline to compare with.
+- **inline**: the graph is idle, nothing is queued, the previous batch had one request, the
+  request has at most `inline_max_rows` rows and the graph has been idle `inline_after_idle_s`:
+  it runs on the event-loop thread itself, with no thread hand-over.
+- **fast-path executor**: the same idle graph, but a larger request, or one that follows the
+  last run closely (a sign of concurrent callers): it runs at once in the executor, with no
+  hand-over to the gatherer task.
+- **gathered**: otherwise it queues (at most `max_queue` waiting, then RESOURCE_EXHAUSTED).
+  A gatherer task takes the oldest request, waits for a run slot (at most `concurrency`
+  runs of the graph at once), then adds whole requests in order until the batch holds
+  `max_batch_size` rows, `max_delay_s` has passed, or the queue is empty and the batch holds
+  as many requests as the previous one did. Cancelled and expired requests are dropped, the
+  rest are concatenated, run once in the executor, and each gets back its own rows.
+
+One clock throughout: time.monotonic(), which is also what the event loop's timers and the
+request deadlines (serving.model.monotonic_deadline) use. The batcher knows nothing about
+models or gRPC: it batches arrays for a `run` callable.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ import numpy.typing as npt
 from .errors import deadline_exceeded, resource_exhausted, unavailable
 
 log = logging.getLogger(__name__)
+
+# The tuned inline path (the registry passes these; docs/performance.md, "Batcher tuning",
+# has the A/B runs behind them). Runs of at most this many rows take a fraction of a
+# millisecond, less than the two thread wake-ups of an executor hand-off.
+INLINE_MAX_ROWS = 4
+# Only that long after the graph's last run: a lone caller's next request comes a full
+# round trip later, while concurrent callers' requests follow within half a millisecond
+# and must queue up to be batched.
+INLINE_AFTER_IDLE_S = 0.0004
 
 Float32Array = npt.NDArray[np.float32]
 Outputs = tuple[Float32Array, ...]
@@ -107,7 +119,7 @@ class DynamicBatcher:
         self._gathering: list[_Pending] = []
         # Requests gathered into the previous batch: the batcher's estimate of concurrency.
         self._last_batch_requests = 1
-        # time.perf_counter() when the last run ended.
+        # time.monotonic() when the last run ended.
         self._last_run_end = float("-inf")
         self._closed = False
 
@@ -171,14 +183,14 @@ class DynamicBatcher:
 
     async def _run_alone(self, inputs: Float32Array) -> Outputs:
         loop = asyncio.get_running_loop()
-        start = time.perf_counter()
+        start = time.monotonic()
         outputs = await loop.run_in_executor(self._executor, self._run, inputs)
-        self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
+        self._observer.batch_ran(int(inputs.shape[0]), 1, time.monotonic() - start)
         return outputs
 
     async def _run_now(self, inputs: Float32Array) -> Outputs:
         await self._slots.acquire()  # free (checked by the caller): does not suspend
-        start = time.perf_counter()
+        start = time.monotonic()
         # While a run blocks the loop thread no other request is even read, so under load
         # every request would find the graph idle and run alone, inline, one after another:
         # batching would never start. A request that follows the previous run closely is
@@ -198,11 +210,11 @@ class DynamicBatcher:
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
         running.add_done_callback(lambda _: self._run_ended())
         outputs = await asyncio.shield(running)
-        self._observer.batch_ran(int(inputs.shape[0]), 1, time.perf_counter() - start)
+        self._observer.batch_ran(int(inputs.shape[0]), 1, time.monotonic() - start)
         return outputs
 
     def _run_ended(self) -> None:
-        self._last_run_end = time.perf_counter()
+        self._last_run_end = time.monotonic()
         self._slots.release()
 
     async def _next_request(self) -> _Pending:
@@ -234,8 +246,7 @@ class DynamicBatcher:
 
     async def _gather_batch(self, first: _Pending) -> list[_Pending]:
         batch, rows = self._gathering, first.rows
-        loop = asyncio.get_running_loop()
-        close_at = loop.time() + self.max_delay_s
+        close_at = time.monotonic() + self.max_delay_s
         # How many callers to wait for: as many as shared the previous batch. Under load
         # (many concurrent callers) that fills batches; a lone caller on an idle graph runs
         # at once instead of paying max_delay on every request. When load drops, one batch
@@ -251,7 +262,7 @@ class DynamicBatcher:
                 continue
             if len(batch) >= expected:
                 break
-            remaining = close_at - loop.time()
+            remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break
             self._arrived.clear()
@@ -284,7 +295,7 @@ class DynamicBatcher:
                 else np.concatenate([p.inputs for p in batch], axis=0)
             )
             loop = asyncio.get_running_loop()
-            start = time.perf_counter()
+            start = time.monotonic()
             try:
                 outputs = await loop.run_in_executor(self._executor, self._run, inputs)
             except Exception as e:
@@ -293,7 +304,7 @@ class DynamicBatcher:
                     if not pending.future.done():
                         pending.future.set_exception(e)
                 return
-            self._observer.batch_ran(int(inputs.shape[0]), len(batch), time.perf_counter() - start)
+            self._observer.batch_ran(int(inputs.shape[0]), len(batch), time.monotonic() - start)
             offset = 0
             for pending in batch:
                 end = offset + pending.rows

@@ -21,7 +21,7 @@ from pathlib import Path
 from latentserve.image_spec import IMAGE_SHAPE
 from latentserve.manifest import ManifestError, ModelManifest, load_model_folder
 
-from .batching import BatchObserver, DynamicBatcher
+from .batching import INLINE_AFTER_IDLE_S, INLINE_MAX_ROWS, BatchObserver, DynamicBatcher
 from .errors import failed_precondition, not_found, unavailable
 from .model import ServedModel
 from .runtime import Dim, GraphSession, choose_providers
@@ -29,18 +29,6 @@ from .settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
-# On a batcher's idle fast path, requests of at most this many rows run on the event-loop
-# thread itself: such a run takes a fraction of a millisecond, less than the two thread
-# wake-ups of an executor hand-off on a busy 2-core machine (single-caller Encode p50 went from
-# 1.7-2.0 ms to 1.3-1.5 ms in an A/B run with both cores loaded). Larger requests go to
-# the executor, so that the loop keeps serving other calls while onnxruntime works.
-INLINE_MAX_ROWS = 4
-# ... but only when the graph has been idle this long. A lone caller's next request comes a
-# full round trip after its last run (0.57 ms or more here); under 64 concurrent callers
-# the next request typically arrives 0.35-0.5 ms after the run, read as soon as the loop is
-# free again. Running those inline, one at a time, kept batching from ever starting
-# (64-caller Encode: 1,547 calls/s inline vs 1,735 through the batcher).
-INLINE_AFTER_IDLE_S = 0.0004
 
 ObserverFactory = Callable[[str, str], BatchObserver]
 
