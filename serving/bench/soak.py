@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from serving.client import AsyncLatentClient, LatentServeError
+from latentserve.client import AsyncLatentClient, LatentServeError
 
 from .serverproc import ServerProcess, rss_bytes
 

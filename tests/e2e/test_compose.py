@@ -28,8 +28,8 @@ from docker_stack import REPO, SERVICE, ComposeStack, StackFactory, run, scrape
 from fixtures.reference import Reference
 from prometheus_client.parser import text_string_to_metric_families
 
+from latentserve.client import LatentClient, LatentServeError, TlsConfig
 from latentserve.manifest import MANIFEST_FILE
-from serving.client import LatentClient, LatentServeError, TlsConfig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 

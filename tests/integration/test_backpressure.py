@@ -22,7 +22,7 @@ from fixtures.slow_model import build_slow_model_folder
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
-from serving.client import AsyncLatentClient, LatentClient, LatentServeError
+from latentserve.client import AsyncLatentClient, LatentClient, LatentServeError
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 MAX_QUEUE = 8

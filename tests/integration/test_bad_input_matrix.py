@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from PIL import Image
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
-from serving.client import LatentClient
+from latentserve.client import LatentClient
 
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -17,7 +17,7 @@ from PIL import Image
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
-from serving.client import AsyncLatentClient, LatentClient, LatentServeError
+from latentserve.client import AsyncLatentClient, LatentClient, LatentServeError
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.cli import client_main
+from latentserve.cli import main as client_main
 
 
 @pytest.fixture
@@ -124,7 +124,8 @@ def test_errors_are_friendly(run, tmp_path):
 
 
 def test_console_scripts_are_installed():
-    for script in ("latent-serve", "latent-client"):
+    # latent-client lives with the client library (installs without the server).
+    for script, module in (("latent-serve", "serving.cli:"), ("latent-client", "latentserve.cli:")):
         result = subprocess.run(
             [
                 sys.executable,
@@ -135,7 +136,7 @@ def test_console_scripts_are_installed():
             text=True,
             check=True,
         )
-        assert "serving.cli:" in result.stdout
+        assert module in result.stdout
     help_text = subprocess.run(
         [sys.executable, "-m", "serving", "--help"], capture_output=True, text=True, check=True
     ).stdout

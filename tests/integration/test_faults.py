@@ -23,8 +23,8 @@ from fixtures.slow_model import build_slow_model_folder
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve.client import AsyncLatentClient, LatentClient, LatentServeError
 from latentserve.manifest import read_manifest, sha256_of, write_manifest
-from serving.client import AsyncLatentClient, LatentClient, LatentServeError
 
 
 def rehash(folder) -> None:

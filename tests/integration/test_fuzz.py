@@ -25,7 +25,7 @@ from PIL import Image
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
-from serving.client import LatentClient
+from latentserve.client import LatentClient
 
 DOCUMENTED = {
     grpc.StatusCode.OK,

@@ -10,7 +10,7 @@ from fixtures.reference import Reference
 from fixtures.servers import InProcessServer
 from PIL import Image
 
-from serving.client import AsyncLatentClient, LatentClient
+from latentserve.client import AsyncLatentClient, LatentClient
 
 ATOL = 1e-6
 

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from pydantic import ValidationError
 
-from serving.client import LatentClient, LatentServeError, TlsConfig
+from latentserve.client import LatentClient, LatentServeError, TlsConfig
 from serving.settings import ServerSettings
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -294,7 +294,7 @@ def test_latent_serve_with_tls_flags_and_token_from_environment(tiny_models_dir,
 
 
 def test_latent_client_tls_and_token_options(tiny_models_dir, pki, tmp_path, monkeypatch, capsys):
-    from serving.cli import client_main
+    from latentserve.cli import main as client_main
 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
-from serving.client import LatentClient, LatentServeError
+from latentserve.client import LatentClient, LatentServeError
 
 
 @pytest.fixture(scope="module")

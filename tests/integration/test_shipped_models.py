@@ -10,7 +10,7 @@ import pytest
 from fixtures.reference import Reference
 from fixtures.servers import InProcessServer
 
-from serving.client import LatentClient
+from latentserve.client import LatentClient
 
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 SHIPPED = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "model.json").is_file())

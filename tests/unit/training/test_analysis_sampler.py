@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fixtures.servers import InProcessServer
 
+from latentserve.client import LatentClient
 from latentserve.priors import PRIOR_NAMES
-from serving.client import LatentClient
 from training.analyze import Measurement
 from training.classifier import ClassifierGraph
 from training.data import Mnist

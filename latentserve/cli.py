@@ -1,0 +1,268 @@
+"""`latent-client`: talk to a latentserve server from the shell.
+
+Subcommands: models, health, encode, decode, sample; each is one function below, picked by
+argparse (`set_defaults(func=...)`). --target (env LATENTSERVE_TARGET) picks the server:
+host:port, or a name-resolver target such as dns:///host:port or ipv4:a:p,b:p for
+client-side round robin over replicas. Installs with the client alone (numpy, grpcio,
+protobuf); writing a .png grid needs Pillow (the `png` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from .client import DEFAULT_TARGET, LatentClient, LatentServeError, ModelInfo, TlsConfig
+from .image_spec import IMAGE_SHAPE
+from .png import PngUnavailable, grid_png, require_pillow
+from .priors import PRIOR_NAMES
+
+# The largest grid `--out x.png` draws; beyond this the PNG would be unwieldy to open.
+MAX_GRID_IMAGES = 10_000
+PROG = "latent-client"
+
+
+# -- output helpers ------------------------------------------------------------------------------
+
+
+def _check_writable(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() == ".png":
+        require_pillow()
+
+
+def _write_images(path: Path, images: npt.NDArray[np.float32]) -> str:
+    if path.suffix.lower() == ".png":
+        shown = images[:MAX_GRID_IMAGES]
+        path.write_bytes(grid_png(shown))
+        extra = f" (first {MAX_GRID_IMAGES})" if len(images) > MAX_GRID_IMAGES else ""
+        return f"wrote a grid of {len(shown)} images{extra} to {path}"
+    np.save(path, images.astype(np.float32))
+    return f"wrote {images.shape[0]} x {' x '.join(map(str, images.shape[1:]))} float32 to {path}"
+
+
+def _print_models(models: list[ModelInfo], default: str) -> None:
+    rows = [("", "NAME", "STATE", "KIND", "DIM", "PRIOR", "PROVIDERS")]
+    for m in models:
+        rows.append(
+            (
+                "*" if m.name == default else "",
+                m.name,
+                m.state,
+                m.kind or "-",
+                str(m.latent_dim or "-"),
+                m.default_prior or "-",
+                ",".join(p.removesuffix("ExecutionProvider") for p in m.providers) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for m in models:
+        if m.error:
+            print(f"\n{m.name}: {m.error}")
+    if default:
+        print(f"\n* default model: {default}")
+
+
+def _format_vector(v: npt.NDArray[np.float32]) -> str:
+    return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+
+
+# -- connection ------------------------------------------------------------------------------------
+
+
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return TlsConfig.from_files(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    # A file or the environment, never a flag: command lines are visible to other users.
+    if args.token_file:
+        lines = args.token_file.read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines else None
+    return os.environ.get("LATENTSERVE_AUTH_TOKEN") or None
+
+
+def _connect(args: argparse.Namespace) -> LatentClient:
+    return LatentClient(args.target, timeout=args.timeout, tls=_tls(args), token=_token(args))
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        _print_models(client.list_models(), client.default_model())
+    return 0
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        status = client.health(args.model)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _encode_inputs(paths: list[Path]) -> tuple[npt.NDArray[np.float32] | list[bytes], list[str]]:
+    """.npy arrays are sent as tensors; image files as their bytes (the server decodes them,
+    so the client needs no Pillow). Mixing the two is refused."""
+    arrays = [p for p in paths if p.suffix.lower() == ".npy"]
+    if not arrays:
+        return [p.read_bytes() for p in paths], [str(p) for p in paths]
+    if len(arrays) != len(paths):
+        raise ValueError("give either image files or .npy arrays, not both")
+    loaded = {p: np.load(p).reshape(-1, *IMAGE_SHAPE[1:]) for p in arrays}
+    labels = [f"{p}[{i}]" for p, a in loaded.items() for i in range(len(a))]
+    return np.concatenate(list(loaded.values())), labels
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    inputs, labels = _encode_inputs(args.images)
+    with _connect(args) as client:
+        enc = client.encode(
+            inputs, model=args.model, sample_z=args.sample_z, seed=args.seed, resize=args.resize
+        )
+    for i, label in enumerate(labels):
+        line = f"{label}: latents {_format_vector(enc.latents[i])}"
+        if enc.log_var is not None:
+            line += f" log_var {_format_vector(enc.log_var[i])}"
+        if enc.z is not None:
+            line += f" z {_format_vector(enc.z[i])}"
+        print(line)
+    if enc.z is not None:
+        print(f"(model {enc.model}, z seed {enc.seed})")
+    if args.out:
+        np.save(args.out, enc.latents)
+        print(f"wrote {enc.latents.shape[0]} x {enc.latents.shape[1]} latents to {args.out}")
+    return 0
+
+
+def _cmd_decode(args: argparse.Namespace) -> int:
+    if args.latents:
+        latents = np.load(args.latents).astype(np.float32)
+    else:
+        latents = np.array(
+            [[float(x) for x in v.split(",")] for v in args.latent], dtype=np.float32
+        )
+    _check_writable(args.out)
+    with _connect(args) as client:
+        dec = client.decode(latents, model=args.model)
+    print(f"decoded {dec.images.shape[0]} images with {dec.model}")
+    if args.out:
+        print(_write_images(args.out, dec.images))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    _check_writable(args.out)
+    with _connect(args) as client:
+        res = client.sample(
+            args.count,
+            model=args.model,
+            seed=args.seed,
+            prior=args.prior,
+            temperature=args.temperature,
+            return_latents=args.latents_out is not None,
+        )
+    print(
+        f"sampled {res.images.shape[0]} images from {res.model} (prior {res.prior}, seed {res.seed})"
+    )
+    if args.out:
+        print(_write_images(args.out, res.images))
+    if args.latents_out and res.latents is not None:
+        np.save(args.latents_out, res.latents)
+        print(f"wrote latents to {args.latents_out}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        default=os.environ.get("LATENTSERVE_TARGET", DEFAULT_TARGET),
+        help="server address: host:port, dns:///host:port or ipv4:a:p,b:p "
+        "[env LATENTSERVE_TARGET, default %(default)s]",
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    security = parser.add_argument_group(
+        "TLS and authentication", "for a server started with --tls-* or a token"
+    )
+    security.add_argument("--tls", action="store_true", help="use TLS, trusting the system CAs")
+    security.add_argument("--tls-ca", type=Path, help="PEM CA bundle to trust (implies --tls)")
+    security.add_argument("--tls-cert", type=Path, help="client certificate, for mutual TLS")
+    security.add_argument("--tls-key", type=Path, help="its private key")
+    security.add_argument("--tls-server-name", help="name to check the server certificate for")
+    security.add_argument(
+        "--token-file",
+        type=Path,
+        help="file whose first line is the bearer token [default: env LATENTSERVE_AUTH_TOKEN]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Talk to a latentserve server.")
+    _add_connection_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the served models (and refused ones, with the reason)")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("health", help="exit 0 only when the server (or --model) is SERVING")
+    p.add_argument("--model", default="", help="a model's health instead of the server's")
+    p.set_defaults(func=_cmd_health)
+
+    p = sub.add_parser("encode", help="images (PNG/JPEG, or .npy arrays) -> latents")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMG")
+    p.add_argument("--model", default="")
+    p.add_argument("--resize", action="store_true", help="scale images that are not 28x28")
+    p.add_argument("--sample-z", action="store_true", help="VAE: also sample z")
+    p.add_argument("--seed", type=int, default=None, help="seed for --sample-z")
+    p.add_argument("--out", type=Path, help="write the latents (N x D float32) to a .npy")
+    p.set_defaults(func=_cmd_encode)
+
+    p = sub.add_parser("decode", help="latents -> images")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--latents", type=Path, help=".npy file holding N x D float32")
+    source.add_argument(
+        "--latent", action="append", metavar="V1,V2,...", help="one latent vector (repeatable)"
+    )
+    p.add_argument("--model", default="")
+    p.add_argument("--out", type=Path, help=".npy (N x 1 x 28 x 28 float32) or .png grid")
+    p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("sample", help="random images from a model's latent space")
+    p.add_argument("--model", default="")
+    p.add_argument("--count", type=int, default=16)
+    p.add_argument("--seed", type=int, default=None, help="same seed, same images")
+    p.add_argument("--prior", choices=PRIOR_NAMES, default=None, help="default: the model's own")
+    p.add_argument("--temperature", type=float, default=None, help="Gaussian spread, default 1")
+    p.add_argument("--out", type=Path, help=".npy (N x 1 x 28 x 28 float32) or .png grid")
+    p.add_argument("--latents-out", type=Path, help="also write the N x D latents to a .npy")
+    p.set_defaults(func=_cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except LatentServeError as e:
+        hint = f" (is a server running at {args.target}?)" if e.code.name == "UNAVAILABLE" else ""
+        print(f"{PROG}: {e.code.name}: {e.message}{hint}", file=sys.stderr)
+        return 1
+    except PngUnavailable as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 2

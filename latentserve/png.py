@@ -1,0 +1,64 @@
+"""PNG grids for the client side: N images in [0, 1] -> one 8-bit grayscale PNG file.
+
+Pillow is optional for a client (`pip install latentserve` has numpy, grpcio and protobuf
+only), so it is imported when a PNG is first written; without it, :class:`PngUnavailable`
+says which extra brings it. Sending PNG/JPEG files to Encode needs no Pillow on the client:
+the files travel as bytes and the server decodes them.
+"""
+
+from __future__ import annotations
+
+import io
+from types import ModuleType
+
+import numpy as np
+import numpy.typing as npt
+
+from .image_spec import IMAGE_SHAPE
+
+SIDE = IMAGE_SHAPE[-1]
+PNG_EXTRA_HINT = 'pip install "latentserve[png]"'
+
+
+class PngUnavailable(RuntimeError):
+    """Writing a PNG was asked for, but Pillow is not installed."""
+
+
+def _pillow_image() -> ModuleType:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise PngUnavailable(
+            f"writing PNG files needs Pillow: {PNG_EXTRA_HINT} (or write .npy instead)"
+        ) from None
+    return Image
+
+
+def require_pillow() -> None:
+    """Raise PngUnavailable now, before a long call whose result could not be written."""
+    _pillow_image()
+
+
+def to_uint8(images: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
+    """Float images in [0, 1] (any shape) -> uint8, clipped and rounded."""
+    return np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+
+def grid_png(
+    images: npt.NDArray[np.float32], columns: int | None = None, padding: int = 2
+) -> bytes:
+    """N x 1 x 28 x 28 (or N x 28 x 28) float32 -> one PNG with the images in a grid."""
+    image = _pillow_image()
+    n = int(images.shape[0])
+    cells = to_uint8(images.reshape(n, SIDE, SIDE))
+    cols = columns or max(1, int(np.ceil(np.sqrt(n))))
+    rows = max(1, -(-n // cols))
+    step = SIDE + padding
+    canvas = np.zeros((rows * step + padding, cols * step + padding), dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = padding + r * step, padding + c * step
+        canvas[y : y + SIDE, x : x + SIDE] = cells[i]
+    buffer = io.BytesIO()
+    image.fromarray(canvas).save(buffer, format="PNG")
+    return buffer.getvalue()
