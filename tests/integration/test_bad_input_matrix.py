@@ -11,19 +11,16 @@ Decode must still equal in-process onnxruntime. docs/reliability.md shows this t
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 import pytest
+from fixtures import bad_input
+from fixtures.bad_input import bomb_png, gif, png, tensor
 from fixtures.reference import Reference
-from fixtures.servers import InProcessServer
 from google.protobuf.message import Message
-from PIL import Image
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve.client import LatentClient
@@ -33,57 +30,12 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
-LIMITS = {
-    "max_samples_per_request": 8,
-    "max_stream_samples": 100,
-    "max_image_bytes": 4096,
-    "max_image_pixels": 100 * 100,
-    "max_message_bytes": 4 << 20,
-}
 SERVICE = "/latentserve.v1.Autoencoder/"
 STREAMING = {"SampleRandomStream"}
 UINT32_MAX = 2**32 - 1
 
 
 # -- request builders ------------------------------------------------------------------------
-
-
-def tensor(shape: tuple[int, ...], fill: float = 0.5, at: int | None = None, bad: float = 0.0):
-    values = np.full(shape, fill, dtype="<f4")
-    if at is not None:
-        values.reshape(-1)[at] = bad
-    return pb.Tensor(shape=list(shape), raw_data=values.tobytes())
-
-
-def png(width: int = 28, height: int = 28, noise: bool = False) -> bytes:
-    pixels = (
-        np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)
-        if noise
-        else np.zeros((height, width), np.uint8)
-    )
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def gif() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (28, 28)).save(buffer, format="GIF")
-    return buffer.getvalue()
-
-
-def bomb_png(width: int, height: int) -> bytes:
-    """A few hundred bytes whose header claims width x height pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    rows = zlib.compress(b"\0" * ((width + 1) * 64), 9)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
 
 
 def encode(**fields) -> pb.EncodeRequest:
@@ -226,10 +178,7 @@ MATRIX = [
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def limited(tiny_models_dir):
-    with InProcessServer(tiny_models_dir, default_model="tiny-vae", **LIMITS) as running:
-        yield running
+limited = bad_input.limited
 
 
 @pytest.fixture(scope="module")

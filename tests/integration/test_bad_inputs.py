@@ -4,16 +4,14 @@ and the server keeps serving afterwards."""
 from __future__ import annotations
 
 import asyncio
-import io
-import struct
 import time
-import zlib
 
 import grpc
 import numpy as np
 import pytest
+from fixtures import bad_input
+from fixtures.bad_input import LIMITS, bomb_png, gif, png, tensor
 from fixtures.servers import InProcessServer
-from PIL import Image
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
@@ -22,19 +20,7 @@ from latentserve.client import AsyncLatentClient, LatentClient, LatentServeError
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-LIMITS = {
-    "max_samples_per_request": 8,
-    "max_stream_samples": 100,
-    "max_image_bytes": 4096,
-    "max_image_pixels": 100 * 100,
-    "max_message_bytes": 4 << 20,
-}
-
-
-@pytest.fixture(scope="module")
-def limited(tiny_models_dir):
-    with InProcessServer(tiny_models_dir, default_model="tiny-vae", **LIMITS) as running:
-        yield running
+limited = bad_input.limited
 
 
 @pytest.fixture(scope="module")
@@ -55,29 +41,6 @@ def raw_call(method, request):
     with pytest.raises(grpc.RpcError) as info:
         method(request, timeout=10)
     return info.value.code(), info.value.details()
-
-
-def tensor(shape, data=None):
-    values = np.zeros(shape, dtype="<f4") if data is None else np.asarray(data, dtype="<f4")
-    return pb.Tensor(shape=list(shape), raw_data=values.tobytes())
-
-
-def png(width=28, height=28, mode="L"):
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def bomb_png(width, height):
-    """A tiny PNG whose header claims width x height pixels (all zero, deflated)."""
-
-    def chunk(kind, data):
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    raw = zlib.compress(b"\0" * ((width + 1) * 64), 9)  # a few rows only: still tiny
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 def expect(code, fragment, call, *args, **kwargs):
@@ -142,9 +105,7 @@ def test_encode_undecodable_image(client):
         INVALID, "not a decodable PNG or JPEG", client.encode, [png(), b"hello, not an image"]
     )
     assert "encoded_images.data[1]" in message
-    gif = io.BytesIO()
-    Image.new("L", (28, 28)).save(gif, format="GIF")
-    expect(INVALID, "not a decodable PNG or JPEG", client.encode, [gif.getvalue()])
+    expect(INVALID, "not a decodable PNG or JPEG", client.encode, [gif()])
     expect(INVALID, "empty", client.encode, [b""])
 
 
@@ -155,12 +116,9 @@ def test_encode_wrong_size_image(client):
 
 
 def test_encode_image_limits_and_decompression_bomb(client):
-    noisy = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 90), dtype=np.uint8)).save(
-        noisy, format="PNG"
-    )
-    assert len(noisy.getvalue()) > LIMITS["max_image_bytes"]
-    expect(EXHAUSTED, "max_image_bytes", client.encode, [noisy.getvalue()], resize=True)
+    noisy = png(90, 90, noise=True)
+    assert len(noisy) > LIMITS["max_image_bytes"]
+    expect(EXHAUSTED, "max_image_bytes", client.encode, [noisy], resize=True)
     expect(EXHAUSTED, "max_image_pixels", client.encode, [png(101, 100)], resize=True)
     bomb = bomb_png(2000, 2000)
     assert len(bomb) < LIMITS["max_image_bytes"]

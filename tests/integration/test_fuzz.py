@@ -11,17 +11,15 @@ a few seconds.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 
 import grpc
 import numpy as np
 import pytest
-from fixtures.servers import InProcessServer
+from fixtures.bad_input import limited_server, png
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
@@ -34,13 +32,13 @@ DOCUMENTED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.FAILED_PRECONDITION,
 }
-LIMITS = {
+# Looser than the bad-input tests' limits, so that more drawn requests get through.
+FUZZ_LIMITS = {
     "max_samples_per_request": 16,
     "max_stream_samples": 64,
     "stream_chunk_size": 16,
     "max_image_bytes": 8192,
     "max_image_pixels": 128 * 128,
-    "max_message_bytes": 4 << 20,
 }
 LATENT_DIMS = {"tiny-ae": 2, "tiny-vae": 2, "tiny-vae-8": 8}
 # LATENTSERVE_FUZZ_EXAMPLES=5000 for a deeper run by hand.
@@ -53,7 +51,7 @@ FUZZ = settings(
 
 @pytest.fixture(scope="module")
 def served(tiny_models_dir):
-    with InProcessServer(tiny_models_dir, default_model="tiny-vae", **LIMITS) as running:
+    with limited_server(tiny_models_dir, **FUZZ_LIMITS) as running:
         channel = grpc.insecure_channel(running.target)
         yield running, pb_grpc.AutoencoderStub(channel), channel
         channel.close()
@@ -91,19 +89,19 @@ def tensors(draw: st.DrawFn, likely: list[list[int]]) -> pb.Tensor:
     return pb.Tensor(shape=shape, raw_data=raw)
 
 
-def png(width: int, height: int, mode: str) -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, (width, height), color=128 if mode == "L" else (1, 2, 3)).save(
-        buffer, format="PNG"
-    )
-    return buffer.getvalue()
+def grey_or_rgb_png(width: int, height: int, mode: str) -> bytes:
+    return png(width, height, mode=mode, fill=128 if mode == "L" else (1, 2, 3))
 
 
 image_files = st.one_of(
-    st.builds(png, st.integers(1, 60), st.integers(1, 60), st.sampled_from(["L", "RGB"])),
-    st.just(png(28, 28, "L")),
+    st.builds(
+        grey_or_rgb_png, st.integers(1, 60), st.integers(1, 60), st.sampled_from(["L", "RGB"])
+    ),
+    st.just(grey_or_rgb_png(28, 28, "L")),
     st.binary(max_size=300),
-    st.builds(lambda data, cut: data[:cut], st.just(png(28, 28, "RGB")), st.integers(0, 120)),
+    st.builds(
+        lambda data, cut: data[:cut], st.just(grey_or_rgb_png(28, 28, "RGB")), st.integers(0, 120)
+    ),
 )
 
 
