@@ -6,8 +6,9 @@ load and warm up every model, then mark the server and each READY model SERVING.
 Health service names: "" (the whole server: SERVING once loading is done and at least one
 model is ready), "latentserve.v1.Autoencoder" (same), and each model's name (e.g.
 "mnist-vae": SERVING when that model is READY).
-On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls get UNAVAILABLE,
-in-flight calls get `grace_period_s` to finish, then the process exits 0.
+On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls are still served for
+`drain_delay_s` (so balancers notice first), then get UNAVAILABLE, in-flight calls get
+`grace_period_s` to finish, then the process exits 0.
 """
 
 from __future__ import annotations
@@ -148,6 +149,13 @@ class LatentServer:
         # (new ones get UNAVAILABLE), so probes and load balancers see the drain; only
         # then does the server stop taking connections.
         await self.health.enter_graceful_shutdown()
+        # Behind a balancer, NOT_SERVING alone changes nothing until its next health check:
+        # keep serving for drain_delay_s so it moves traffic away before anything is refused.
+        if self.settings.drain_delay_s > 0:
+            log.info(
+                "NOT_SERVING; still serving for drain_delay_s=%.1fs", self.settings.drain_delay_s
+            )
+            await asyncio.sleep(self.settings.drain_delay_s)
         if not await self.calls.drain(grace):
             log.warning(
                 "grace period over with %d calls still running; cancelling them",

@@ -82,6 +82,15 @@ class ServerSettings(BaseSettings):
     grace_period_s: float = Field(
         10.0, ge=0.0, description="on SIGTERM/SIGINT, time allowed for in-flight calls to finish"
     )
+    drain_delay_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=300.0,
+        description="on SIGTERM/SIGINT, seconds to keep serving new calls after health turns "
+        "NOT_SERVING, so a load balancer's health checks move traffic away before calls are "
+        "refused; 0 (alone, nothing to notice) or above the balancer's check interval x "
+        "unhealthy threshold (docs/deployment.md, Scaling out)",
+    )
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables"
     )
