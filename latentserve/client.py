@@ -34,8 +34,8 @@ from typing import Any, Self, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ._proto.grpc_health.v1 import health_pb2, health_pb2_grpc
 from ._proto.latentserve.v1 import autoencoder_pb2 as pb
 from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from .image_spec import IMAGE_SHAPE

@@ -1,7 +1,13 @@
 """Regenerate the committed gRPC/protobuf Python code in latentserve/_proto from protos/.
 
+Every .proto under protos/ is compiled (ours and the vendored grpc_health/v1/health.proto).
 protoc writes absolute imports (``from latentserve.v1 import autoencoder_pb2``) that would
-resolve to the wrong top-level package here, so they are rewritten to relative ones.
+resolve to the wrong top-level package here, so imports of a generated package are
+rewritten to relative ones.
+
+The generator's version decides which protobuf and grpcio the stubs run on, so it is pinned
+in the dev extra (see pyproject.toml for the range verified). Needs grpcio-tools and
+mypy-protobuf (protoc-gen-mypy on PATH).
 Usage: python scripts/generate_proto.py [OUT_DIR]   (default: latentserve/_proto)
 """
 
@@ -15,14 +21,40 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-PROTOS = ["latentserve/v1/autoencoder.proto", "inference/grpc_predict_v2.proto"]
-# The proto packages above, as the dotted module paths protoc writes in absolute imports.
-PACKAGES = r"(?:latentserve\.v1|inference)"
+
+
+def proto_files() -> list[str]:
+    return sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
+
+
+def _relative_imports(text: str, package: tuple[str, ...], generated: set[str]) -> str:
+    """`from a.b import x` / `import a.b.x` of a generated package -> relative imports."""
+
+    def relative(target: str) -> str:
+        if tuple(target.split(".")) == package:
+            return "."
+        return "." * (len(package) + 1) + target  # up to OUT_DIR, then down
+
+    def from_import(match: re.Match[str]) -> str:
+        target = match.group(1)
+        if target.split(".")[0] not in generated:
+            return match.group(0)
+        return f"from {relative(target)} import"
+
+    def plain_import(match: re.Match[str]) -> str:
+        target, name = match.group(1), match.group(2)
+        if target.split(".")[0] not in generated:
+            return match.group(0)
+        return f"from {relative(target)} import {name}"
+
+    text = re.sub(r"^from ([\w.]+) import", from_import, text, flags=re.M)
+    return re.sub(r"^import ([\w.]+)\.(\w+_pb2\w*)$", plain_import, text, flags=re.M)
 
 
 def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     include = Path(protoc.__file__).parent / "_proto"
+    protos = proto_files()
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
@@ -31,15 +63,15 @@ def generate(out_dir: Path) -> None:
         f"--grpc_python_out={out_dir}",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        *PROTOS,
+        *protos,
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    for path in sorted(out_dir.rglob("*.py*")):
+    generated = {p.split("/")[0] for p in protos}
+    for path in sorted(p for p in out_dir.rglob("*.py*") if "__pycache__" not in p.parts):
+        package = path.parent.relative_to(out_dir).parts
         text = path.read_text()
-        fixed = re.sub(rf"^from {PACKAGES} import", "from . import", text, flags=re.M)
-        fixed = re.sub(rf"^import {PACKAGES}\.(\w+)", r"from . import \1", fixed, flags=re.M)
-        path.write_text(fixed)
+        path.write_text(_relative_imports(text, package, generated))
     for pkg in [out_dir, *[p for p in out_dir.rglob("*") if p.is_dir()]]:
         (pkg / "__init__.py").touch()
 

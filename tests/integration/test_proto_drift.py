@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "latentserve" / "_proto"
 
@@ -34,3 +36,15 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path):
     assert sorted(generated) == sorted(committed)
     changed = [name for name in generated if generated[name] != committed[name]]
     assert not changed, f"stale generated code, run scripts/generate_proto.py: {changed}"
+
+
+def test_vendored_health_proto_is_the_one_grpcio_health_checking_registers():
+    # Both register grpc_health/v1/health.proto in protobuf's default pool: identical
+    # files are accepted twice, differing ones would fail to import in a process that
+    # loads the server (grpcio-health-checking) and the client (the vendored copy).
+    grpc_health = pytest.importorskip("grpc_health.v1.health_pb2")
+    from latentserve._proto.grpc_health.v1 import health_pb2 as vendored
+
+    assert vendored.DESCRIPTOR.name == grpc_health.DESCRIPTOR.name
+    assert vendored.DESCRIPTOR.serialized_pb == grpc_health.DESCRIPTOR.serialized_pb
+    assert vendored.HealthCheckRequest is grpc_health.HealthCheckRequest
