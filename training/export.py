@@ -3,10 +3,12 @@
 The only module that calls ``torch.onnx``. :func:`export_graph` exports one module with the
 dynamo exporter and a dynamic batch axis into a single self-contained .onnx file (weights
 inside, no external-data sidecar: the manifest's sha256 must cover everything the server
-loads). :func:`export_model` writes encoder.onnx and decoder.onnx, refuses them unless
-onnxruntime matches PyTorch within 1e-4 on held-out test images at several batch sizes,
-then measures the graphs on the test set and writes model.json (validated by
-``latentserve.manifest``) with the sampling priors fitted to the training latents.
+loads). :func:`export_model` runs four steps: :func:`export_graphs` writes encoder.onnx and
+decoder.onnx; :func:`check_graphs` refuses them unless onnxruntime matches PyTorch within
+1e-4 on held-out test images at several batch sizes; :func:`provenance` records where the
+model came from; then the graphs are measured on the test set and model.json (validated by
+``latentserve.manifest``) is written once, with the sampling priors fitted to the training
+latents.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from latentserve.manifest import (
     sha256_of,
     write_manifest,
 )
+from latentserve.priors import PriorName
 from training.data import Mnist, to_float
 from training.graphs import ModelGraphs, open_session, run_batched
 from training.models import AnyAutoencoder, VariationalAutoencoder
@@ -166,11 +169,11 @@ def _latent_points(model: AnyAutoencoder, images: np.ndarray) -> np.ndarray:
     return np.concatenate(points).astype(np.float64)
 
 
-def fit_priors(points: np.ndarray, default: str) -> PriorSpec:
+def fit_priors(points: np.ndarray, default: PriorName) -> PriorSpec:
     """The Gaussian fitted to the training latents and their per-axis bounding box."""
     covariance = np.atleast_2d(np.cov(points, rowvar=False))
     return PriorSpec(
-        default=default,  # type: ignore[arg-type]
+        default=default,
         fitted_gaussian=FittedGaussian(
             mean=points.mean(axis=0).tolist(), covariance=covariance.tolist()
         ),
@@ -208,6 +211,9 @@ def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict
     return metrics
 
 
+DEFAULT_PRIOR: dict[Kind, PriorName] = {"vae": "standard_normal", "ae": "fitted_gaussian"}
+
+
 def export_model(
     checkpoint: Path,
     folder: Path,
@@ -215,53 +221,88 @@ def export_model(
     *,
     name: str,
     description: str = "",
-    prior: str | None = None,
+    prior: PriorName | None = None,
 ) -> Path:
     """Write folder/{encoder.onnx, decoder.onnx, model.json} from a training checkpoint."""
     model, state = load_checkpoint(checkpoint)
     kind: Kind = "vae" if isinstance(model, VariationalAutoencoder) else "ae"
-    latent_dim = model.config.latent_dim
     folder.mkdir(parents=True, exist_ok=True)
     test_images = to_float(data.test_images)
-    train_images = to_float(data.train_images)
+    encoder, decoder = export_graphs(model, kind, folder, test_images[:4])
+    parity = check_graphs(model, folder, test_images)
+    train_points = _latent_points(model, to_float(data.train_images))
+    manifest = ModelManifest(
+        name=name,
+        kind=kind,
+        description=description,
+        latent_dim=model.config.latent_dim,
+        encoder=encoder,
+        decoder=decoder,
+        prior=fit_priors(train_points, prior or DEFAULT_PRIOR[kind]),
+        provenance=provenance(checkpoint, state, kind, parity),
+        metrics={},
+    )
+    # Metrics come from the written graphs through onnxruntime: what the server will compute.
+    metrics = test_metrics(ModelGraphs(folder, manifest=manifest), test_images)
+    write_manifest(folder, manifest.model_copy(update={"metrics": metrics}))
+    return folder
 
-    encoder, decoder = _EncoderGraph(model), _DecoderGraph(model)
+
+def export_graphs(
+    model: AnyAutoencoder, kind: Kind, folder: Path, example_images: np.ndarray
+) -> tuple[GraphSpec, GraphSpec]:
+    """Write encoder.onnx and decoder.onnx; returns their specs for model.json."""
     encoder_outputs = list(VAE_ENCODER_OUTPUTS if kind == "vae" else AE_ENCODER_OUTPUTS)
-    encoder_opset = export_graph(
-        encoder,
-        torch.from_numpy(test_images[:4]),
+    encoder = _export_spec(
+        _EncoderGraph(model),
+        torch.from_numpy(example_images),
         folder / ENCODER_FILE,
         ENCODER_INPUT,
         encoder_outputs,
     )
-    decoder_opset = export_graph(
-        decoder, torch.zeros(4, latent_dim), folder / DECODER_FILE, DECODER_INPUT, [DECODER_OUTPUT]
+    decoder = _export_spec(
+        _DecoderGraph(model),
+        torch.zeros(len(example_images), model.config.latent_dim),
+        folder / DECODER_FILE,
+        DECODER_INPUT,
+        [DECODER_OUTPUT],
+    )
+    return encoder, decoder
+
+
+def _export_spec(
+    module: nn.Module, example: torch.Tensor, path: Path, input_name: str, outputs: list[str]
+) -> GraphSpec:
+    opset = export_graph(module, example, path, input_name, outputs)
+    return GraphSpec(
+        file=path.name, sha256=sha256_of(path), inputs=[input_name], outputs=outputs, opset=opset
     )
 
-    # Held-out parity inputs: test images for the encoder; for the decoder both the latents
-    # of those images and wider random points, since serving decodes arbitrary prior samples.
+
+def check_graphs(model: AnyAutoencoder, folder: Path, test_images: np.ndarray) -> dict[str, float]:
+    """Parity of both written graphs with the PyTorch model; raises ExportError beyond 1e-4.
+
+    Held-out inputs: test images for the encoder; for the decoder both the latents of those
+    images and wider random points, since serving decodes arbitrary prior samples.
+    """
     parity_images = test_images[: sum(PARITY_BATCH_SIZES)]
-    encoder_diff = check_parity(encoder, folder / ENCODER_FILE, parity_images)
+    encoder_diff = check_parity(_EncoderGraph(model), folder / ENCODER_FILE, parity_images)
     points = _latent_points(model, parity_images).astype(np.float32)
-    rng = np.random.default_rng(0)
-    wide = (3 * rng.standard_normal(points.shape)).astype(np.float32)
+    wide = (3 * np.random.default_rng(0).standard_normal(points.shape)).astype(np.float32)
+    decoder = _DecoderGraph(model)
     decoder_diff = max(
         check_parity(decoder, folder / DECODER_FILE, points),
         check_parity(decoder, folder / DECODER_FILE, wide),
     )
+    return {"encoder_max_abs_diff": encoder_diff, "decoder_max_abs_diff": decoder_diff}
 
-    train_points = _latent_points(model, train_images)
-    priors = fit_priors(
-        train_points, prior or ("standard_normal" if kind == "vae" else "fitted_gaussian")
-    )
 
-    def graph_spec(file: str, inputs: list[str], outputs: list[str], opset: int) -> GraphSpec:
-        return GraphSpec(
-            file=file, sha256=sha256_of(folder / file), inputs=inputs, outputs=outputs, opset=opset
-        )
-
+def provenance(
+    checkpoint: Path, state: dict[str, Any], kind: Kind, parity: dict[str, float]
+) -> dict[str, Any]:
+    """Where the model came from: data, training run, export checks, library versions."""
     fit_config = state["fit_config"]
-    provenance: dict[str, Any] = {
+    return {
         "data": state["data"],
         "training": {
             "epochs": state["epoch"],
@@ -276,8 +317,7 @@ def export_model(
         "export": {
             "parity_atol": PARITY_ATOL,
             "parity_batch_sizes": list(PARITY_BATCH_SIZES),
-            "encoder_max_abs_diff": encoder_diff,
-            "decoder_max_abs_diff": decoder_diff,
+            **parity,
         },
         "versions": {
             **state["versions"],
@@ -289,29 +329,16 @@ def export_model(
         "prior_note": "fitted_gaussian and bounding_box describe the training-set latents"
         + (" (the encoder means)" if kind == "vae" else ""),
     }
-    manifest = ModelManifest(
-        name=name,
-        kind=kind,
-        description=description,
-        latent_dim=latent_dim,
-        encoder=graph_spec(ENCODER_FILE, [ENCODER_INPUT], encoder_outputs, encoder_opset),
-        decoder=graph_spec(DECODER_FILE, [DECODER_INPUT], [DECODER_OUTPUT], decoder_opset),
-        prior=priors,
-        provenance=provenance,
-        metrics={},
-    )
-    write_manifest(folder, manifest)
-    # Metrics come from the written graphs through onnxruntime: what the server will compute.
-    metrics = test_metrics(ModelGraphs(folder), test_images)
-    write_manifest(folder, manifest.model_copy(update={"metrics": metrics}))
-    return folder
 
 
 __all__ = [
     "ExportError",
+    "check_graphs",
     "check_parity",
     "export_graph",
+    "export_graphs",
     "export_model",
     "fit_priors",
     "library_versions",
+    "provenance",
 ]

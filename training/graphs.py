@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from latentserve.manifest import ModelManifest, load_model_folder
+from latentserve.manifest import ModelManifest, load_model_folder, verify_graph_files
 
 
 def open_session(path: Path, threads: int = 2) -> ort.InferenceSession:
@@ -41,9 +41,17 @@ def run_batched(
 class ModelGraphs:
     """A validated model folder with its two graphs open in onnxruntime."""
 
-    def __init__(self, folder: Path, threads: int = 2) -> None:
+    def __init__(
+        self, folder: Path, threads: int = 2, manifest: ModelManifest | None = None
+    ) -> None:
+        """`manifest`: the one about to be written, for export to measure its graphs before
+        model.json exists (the graphs' hashes are still checked against it)."""
         self.folder = folder
-        self.manifest: ModelManifest = load_model_folder(folder)
+        if manifest is None:
+            manifest = load_model_folder(folder)
+        else:
+            verify_graph_files(folder, manifest)
+        self.manifest: ModelManifest = manifest
         self.encoder = open_session(folder / self.manifest.encoder.file, threads)
         self.decoder = open_session(folder / self.manifest.decoder.file, threads)
 
