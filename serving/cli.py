@@ -2,12 +2,15 @@
 
 latent-serve takes one flag per ServerSettings field (see settings.py), with LATENTSERVE_*
 environment variables as defaults. Configuration errors print one line naming the bad
-setting and exit 2, without a traceback.
+setting and exit 2, without a traceback; so do start-up problems (a port in use, a missing
+models folder, no servable model: serving/startup.py). `--workers N|auto` runs N processes
+on one port under a supervisor (serving/supervisor.py); 1 runs the server in this process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -38,11 +41,25 @@ def _settings(argv: Sequence[str] | None) -> ServerSettings | None:
 
 
 def _run(settings: ServerSettings) -> int:
+    """Check the configuration, then run one server process or the supervisor's workers.
+
+    Nothing gRPC is imported here before the workers exist (they are spawned, not forked)."""
     from .logs import configure_logging
+    from .startup import EXIT_STARTUP_ERROR, StartupError, check_startup
+    from .supervisor import resolve_workers, supervise
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        check_startup(settings)
+    except StartupError as e:
+        logging.getLogger(__name__).error("%s", e)
+        return EXIT_STARTUP_ERROR
+    workers = resolve_workers(settings)
+    if workers > 1:
+        return supervise(settings, workers)
     from .memory import keep_large_buffers_out_of_heap
     from .server import serve
 
-    configure_logging(settings.log_level, settings.log_format)
     keep_large_buffers_out_of_heap()
     return asyncio.run(serve(settings))
 

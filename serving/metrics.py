@@ -12,6 +12,15 @@ Exported series (labels in braces):
   latentserve_inference_seconds{model,graph}             onnxruntime run time (histogram)
   latentserve_queue_depth{model,graph}                   requests waiting for a batch
   latentserve_model_ready{model}                         1 when READY, else 0
+With several worker processes (serving/supervisor.py) also:
+  latentserve_worker_requests_total{worker}              RPCs received by each worker
+  latentserve_worker_up{worker,pid}                      1 per live worker process
+
+Worker processes use prometheus_client's multiprocess mode: the supervisor sets
+PROMETHEUS_MULTIPROC_DIR before it starts them, every worker writes its values there, and the
+supervisor's one /metrics endpoint sums them (counters and histograms over all workers; queue
+depth summed over the live ones; model_ready the minimum over the live ones, so 1 means ready
+in every worker).
 """
 
 from __future__ import annotations
@@ -63,7 +72,7 @@ class BatchMetrics:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, worker: int | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -111,10 +120,33 @@ class Metrics:
             "Requests waiting for a batch",
             ["model", "graph"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.model_ready = Gauge(
-            "latentserve_model_ready", "1 when the model is READY", ["model"], registry=r
+            "latentserve_model_ready",
+            "1 when the model is READY",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemin",
         )
+        # Per-worker counts, so an operator sees how SO_REUSEPORT spread the connections.
+        self._worker_requests: Counter | None = None
+        if worker is not None:
+            label = str(worker)
+            self._worker_requests = Counter(
+                "latentserve_worker_requests",
+                "RPCs received by each worker process",
+                ["worker"],
+                registry=r,
+            ).labels(label)
+            # "liveall": the collector adds the pid label and drops a dead worker's series.
+            Gauge(
+                "latentserve_worker_up",
+                "1 for each live worker process",
+                ["worker"],
+                registry=r,
+                multiprocess_mode="liveall",
+            ).labels(label).set(1)
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -125,6 +157,8 @@ class Metrics:
         self, model: str, method: str, code: str, seconds: float, samples: int = 0
     ) -> None:
         self.requests.labels(model, method).inc()
+        if self._worker_requests is not None:
+            self._worker_requests.inc()
         self.latency.labels(model, method).observe(seconds)
         if code != "OK":
             self.errors.labels(model, method, code).inc()

@@ -37,6 +37,7 @@ from .registry import ModelRegistry, ModelState
 from .request_guard import MalformedRequestInterceptor
 from .service import AutoencoderServicer
 from .settings import ServerSettings
+from .startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class LatentServer:
     """One server instance: `await start()`, `await load_models()`, ..., `await stop()`."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(
+        self, settings: ServerSettings, *, shared_port: bool = False, worker: int | None = None
+    ) -> None:
+        """`shared_port`: one of the supervisor's workers, which bind the same port with
+        SO_REUSEPORT; otherwise the port is this server's alone (grpc would share it with
+        any other server on it by default). `worker`: its index, a label on the metrics."""
         self.settings = settings
-        self.metrics = Metrics()
+        self.shared_port = shared_port
+        self.metrics = Metrics(worker=worker)
         self._executor = ThreadPoolExecutor(
             max_workers=settings.inference_workers, thread_name_prefix="inference"
         )
@@ -62,6 +69,7 @@ class LatentServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+        self._overall = NOT_SERVING
 
     @property
     def address(self) -> str:
@@ -69,12 +77,38 @@ class LatentServer:
 
     async def start(self) -> None:
         """Bind, start answering (health NOT_SERVING until `load_models` finishes)."""
-        s = self.settings
         self.registry.scan()
-        options = [
+        await self._set_all_not_serving()
+        await self._listen()
+
+    async def start_warm(self) -> None:
+        """A worker's start: load and warm up every model first, then bind, so a worker
+        (re)started beside running ones takes no connection it cannot serve yet. The whole
+        server's health ("" and the service) stays NOT_SERVING until `announce_ready`: the
+        supervisor calls that once every worker is warm."""
+        self.registry.scan()
+        await self._set_all_not_serving()
+        await self.load_models(announce=False)
+        await self._listen()
+
+    async def _set_all_not_serving(self) -> None:
+        for service in ("", SERVICE_NAME, *(e.name for e in self.registry.entries)):
+            await self.health.set(service, NOT_SERVING)
+
+    async def _listen(self) -> None:
+        s = self.settings
+        options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 1 if self.shared_port else 0),
         ]
+        if s.max_connection_age_ms:
+            # gRFC A9: GOAWAY after the age (grpc adds +-10% jitter), then the grace for the
+            # calls in flight; clients reconnect, and SO_REUSEPORT places the new connection.
+            options += [
+                ("grpc.max_connection_age_ms", s.max_connection_age_ms),
+                ("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms),
+            ]
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         tokens = tokens_from_settings(s)
         if tokens:
@@ -96,15 +130,19 @@ class LatentServer:
             ],
             server,
         )
-        for service in ("", SERVICE_NAME, *(e.name for e in self.registry.entries)):
-            await self.health.set(service, NOT_SERVING)
         credentials = server_credentials(s)
-        if credentials is None:
-            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
-        else:
-            self.port = server.add_secure_port(f"{s.host}:{s.port}", credentials)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+            else:
+                self.port = server.add_secure_port(f"{s.host}:{s.port}", credentials)
+        except RuntimeError:  # grpc >= 1.60 raises instead of returning 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC server to {s.host}:{s.port}")
+            raise StartupError(
+                f"cannot bind the gRPC port {s.port} on {s.host} (in use by another process?): "
+                "stop that process, or pass --port (LATENTSERVE_PORT) a free port"
+            )
         await server.start()
         self._server = server
         transport = (
@@ -113,26 +151,40 @@ class LatentServer:
         auth = f"bearer token auth on ({len(tokens)} tokens)" if tokens else "no auth"
         log.info("listening on %s (%s, %s)", self.address, transport, auth)
         if s.metrics_port:
-            self.metrics.serve_http(s.host, s.metrics_port)
+            try:
+                self.metrics.serve_http(s.host, s.metrics_port)
+            except OSError as e:
+                raise StartupError(
+                    f"cannot serve metrics on {s.host}:{s.metrics_port} ({e.strerror}): pass "
+                    "--metrics-port (LATENTSERVE_METRICS_PORT) a free port, or 0 for no metrics"
+                ) from None
 
-    async def load_models(self) -> None:
-        """Load and warm up every model, then report SERVING for what is ready."""
+    async def load_models(self, announce: bool = True) -> None:
+        """Load and warm up every model, then report SERVING for what is ready (the whole
+        server only with `announce`; otherwise `announce_ready` does that later)."""
         await self.registry.load_all()
         for entry in self.registry.entries:
             ready = entry.state is ModelState.READY
             self.metrics.model_ready.labels(entry.name).set(1 if ready else 0)
             await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
         ready_names = self.registry.ready_names
-        overall = SERVING if ready_names else NOT_SERVING
-        await self.health.set("", overall)
-        await self.health.set(SERVICE_NAME, overall)
+        self._overall = SERVING if ready_names else NOT_SERVING
+        if announce:
+            await self.announce_ready()
         failed = [e.name for e in self.registry.entries if e.state is ModelState.FAILED]
         log.info(
-            "ready: serving %s (default %s)%s",
+            "%s: serving %s (default %s)%s",
+            "ready" if announce else "warmed up",
             ", ".join(ready_names) or "no models",
             self.registry.default_model or "none",
             f"; refused {', '.join(failed)}" if failed else "",
         )
+
+    async def announce_ready(self) -> None:
+        """The whole server's health follows the models: SERVING if at least one is ready."""
+        if not self._stopped.is_set() and not self.calls.draining:
+            await self.health.set("", self._overall)
+            await self.health.set(SERVICE_NAME, self._overall)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING everywhere, refuse new calls, let in-flight ones finish."""
@@ -190,17 +242,33 @@ def _log_loading_failure(task: asyncio.Task[None]) -> None:
 
 
 async def serve(settings: ServerSettings) -> int:
-    """Run until SIGTERM/SIGINT, then drain and return the exit code (0)."""
+    """One server process (workers=1): run until SIGTERM/SIGINT, then drain. The exit code:
+    0 after a drain, EXIT_STARTUP_ERROR (with one log line naming the fix) when it cannot
+    start: its port is taken, or no model in the models folder can be served."""
     server = LatentServer(settings)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
-    await server.start()
+    try:
+        await server.start()
+    except StartupError as e:
+        log.error("%s", e)
+        await server.stop(0)
+        return EXIT_STARTUP_ERROR
     loading = asyncio.create_task(server.load_models())
     # A crash while loading must be visible, not a forever NOT_SERVING server with no clue.
     loading.add_done_callback(_log_loading_failure)
-    await stop_requested.wait()
+    stopping = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and not server.registry.ready_names:
+        # Refuse rather than sit NOT_SERVING: a server that can serve nothing is a
+        # misconfiguration, and an exit is what supervisors and orchestrators report.
+        log.error("no servable model in %s: %s", settings.models_dir, NO_MODEL_FIX)
+        stopping.cancel()
+        await server.stop(0)
+        return EXIT_STARTUP_ERROR
+    await stopping
     if not loading.done():
         loading.cancel()
     await server.stop()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, FilePath, SecretStr, model_validator
+from pydantic import BeforeValidator, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "LATENTSERVE_"
@@ -24,6 +24,22 @@ LogFormat = Literal["text", "json"]
 
 MiB = 1 << 20
 
+# The shipped models (mnist-ae, mnist-vae, mnist-vae-16) travel inside the package as its
+# default models folder, so `pip install ".[serve]" && latent-serve` serves them from any
+# working directory. In a checkout this is a symlink to the top-level models/ folder, which
+# stays the one copy that training writes and git tracks; a wheel holds the real files.
+SHIPPED_MODELS_DIR = Path(__file__).resolve().parent / "shipped_models"
+
+
+def _workers_value(value: object) -> object:
+    """`workers` is a count >= 1 or "auto"; one clear message for anything else."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ValueError(f"workers must be a whole number >= 1 or 'auto', got {value!r}")
+
 
 class ServerSettings(BaseSettings):
     """Everything `latent-serve` can be told; defaults work for the shipped models."""
@@ -32,7 +48,11 @@ class ServerSettings(BaseSettings):
 
     host: str = Field("0.0.0.0", description="address to bind the gRPC server to")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port")
-    models_dir: Path = Field(Path("models"), description="folder holding one folder per model")
+    models_dir: Path = Field(
+        SHIPPED_MODELS_DIR,
+        description="folder holding one folder per model; default: the shipped models inside "
+        "the package (an explicit folder replaces them)",
+    )
     default_model: str = Field(
         "mnist-vae",
         description="model used when a request names none; if absent, the first ready "
@@ -42,12 +62,32 @@ class ServerSettings(BaseSettings):
     intra_op_threads: int = Field(
         1,
         ge=0,
-        description="onnxruntime intra-op threads per session; 0 = onnxruntime's choice (one "
-        "per core). 1 measured fastest on 2-core machines (docs/performance.md): "
-        "inference_workers already runs batches in parallel",
+        description="onnxruntime intra-op threads per session; 0 = one per core, or with "
+        "several workers the usable cores / workers (at least 1). 1 measured fastest on "
+        "2-core machines (docs/performance.md): inference_workers already runs batches in "
+        "parallel",
     )
     inference_workers: int = Field(
         2, ge=1, description="threads running onnxruntime batches concurrently (all models)"
+    )
+    workers: Annotated[int | Literal["auto"], BeforeValidator(_workers_value)] = Field(
+        1,
+        description="server processes sharing the gRPC port (SO_REUSEPORT), each with its own "
+        "models; auto = the usable cores (CPU affinity and cgroup quota); 1 = one process, no "
+        "supervisor (docs/deployment.md, Scaling on one machine)",
+    )
+    max_connection_age_ms: int = Field(
+        30_000,
+        ge=0,
+        description="server-side maximum connection age (gRFC A9): after this (give or take 10 percent) a "
+        "connection gets GOAWAY and the client reconnects, so connections rebalance over the "
+        "workers and over scaled-out servers; 0 = connections live forever",
+    )
+    max_connection_age_grace_ms: int = Field(
+        10_000,
+        ge=0,
+        description="after max_connection_age, time in-flight calls get before the connection "
+        "is closed",
     )
     batch_concurrency: int = Field(
         1, ge=1, description="batches of one graph allowed to run at the same time"
