@@ -18,13 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from latentserve.manifest import sha256_of
 from training.data import Mnist, to_float
 from training.export import check_parity, export_graph
 from training.graphs import open_session, run_batched
-from training.train import library_versions
+from training.train import library_versions, train_epoch
 
 INPUT = "images"
 OUTPUTS = ["logits", "features"]
@@ -71,26 +70,24 @@ def train_and_export(
     images = torch.from_numpy(to_float(data.train_images))
     labels = torch.from_numpy(data.train_labels.astype(np.int64))
     started = time.perf_counter()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        logits, _ = model(images[idx])
+        return F.cross_entropy(logits, labels[idx])
+
     for epoch in range(epochs):
-        model.train()
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(images), generator=generator)
-        for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * (0.7**epoch)  # decay each epoch: settles the last few errors
-        bar = tqdm(
-            range(0, len(order), 128),
+        train_epoch(
+            model,
+            optimizer,
+            batch_loss,
+            len(images),
+            batch_size=128,
+            seed=seed,
+            epoch=epoch,
+            lr=1e-3 * (0.7**epoch),  # decay each epoch: settles the last few errors
             desc=f"classifier epoch {epoch + 1}/{epochs}",
-            disable=not progress,
-            leave=False,
+            progress=progress,
         )
-        for start in bar:
-            idx = order[start : start + 128]
-            logits, _ = model(images[idx])
-            loss = F.cross_entropy(logits, labels[idx])
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     test_images = to_float(data.test_images)

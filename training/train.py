@@ -1,5 +1,8 @@
 """The training loop: losses, epochs with a progress bar, validation, checkpoints and resume.
 
+:func:`train_epoch` is the one epoch loop (seeded shuffle, batches, optimizer steps, progress
+bar); :func:`fit` runs it for the autoencoders and the evaluation classifier reuses it.
+
 Losses (per image, averaged over the batch): reconstruction is the binary cross-entropy
 summed over the 784 pixels, treating each grey level as a Bernoulli mean as in the original
 VAE paper (or, with ``recon_loss="mse"``, the squared error summed over pixels, which is
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from training.data import Mnist, to_float
@@ -111,6 +116,40 @@ def evaluate(
     return {key: value / len(images) for key, value in totals.items()}
 
 
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    count: int,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    lr: float,
+    desc: str,
+    progress: bool,
+) -> float:
+    """One pass over `count` training examples in an order seeded by (seed, epoch), at
+    learning rate lr; batch_loss(indices) is a batch's mean loss. Returns the epoch's mean."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    order = torch.randperm(count, generator=generator)
+    model.train()
+    running, seen = 0.0, 0
+    bar = tqdm(range(0, count, batch_size), desc=desc, disable=not progress, leave=False)
+    for start in bar:
+        idx = order[start : start + batch_size]
+        loss = batch_loss(idx)
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        running += float(loss.detach()) * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{running / seen:.4g}")
+    return running / seen
+
+
 def library_versions() -> dict[str, str]:
     import onnx
 
@@ -160,34 +199,30 @@ def fit(
         start_epoch = state["epoch"]
         print(f"resuming {checkpoint_path} after epoch {start_epoch}")
 
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return loss_terms(model, train_images[idx], config.beta, config.recon_loss)["loss"]
+
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         lr = _learning_rate(config, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
         torch.manual_seed(_epoch_seed(config.seed, epoch))  # reparameterisation noise, dropout
-        order = torch.randperm(len(train_images), generator=generator)
-        model.train()
-        running, seen = 0.0, 0
-        batches = range(0, len(order), config.batch_size)
-        bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False
+        train_loss = train_epoch(
+            model,
+            optimizer,
+            batch_loss,
+            len(train_images),
+            batch_size=config.batch_size,
+            seed=config.seed,
+            epoch=epoch,
+            lr=lr,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            progress=progress,
         )
-        for start in bar:
-            batch = train_images[order[start : start + config.batch_size]]
-            terms = loss_terms(model, batch, config.beta, config.recon_loss)
-            optimizer.zero_grad()
-            terms["loss"].backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            running += float(terms["loss"].detach()) * len(batch)
-            seen += len(batch)
-            bar.set_postfix(loss=f"{running / seen:.2f}")
         val = evaluate(model, val_images, config.beta, 512, config.recon_loss)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": running / seen,
+            "train_loss": train_loss,
             **{f"val_{k}": v for k, v in val.items()},
             "seconds": time.perf_counter() - started,
         }
