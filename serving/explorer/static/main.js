@@ -1,0 +1,476 @@
+// The explorer page: wires the model picker, the latent plane (live decode, pins, walk),
+// the per-dimension sliders, the sampling panel and the drawing pad to the server.
+// Each panel has its own coalescing runner (coalesce.js): at most one request in flight.
+// window.explorer exposes the state for the browser tests.
+
+import { Api, ApiError, floats, median, tensor } from "./api.js";
+import { Latest } from "./coalesce.js";
+import { DIGIT_COLOURS, PIXELS, clearDigit, digitCanvases, paintDigit } from "./digits.js";
+import { DrawPad } from "./draw.js";
+import { Plane, Projection } from "./plane.js";
+
+const WALK_STEPS = 12;
+const PRIOR_LABELS = {
+  standard_normal: "standard normal N(0, I)",
+  fitted_gaussian: "Gaussian fitted to the training latents",
+  bounding_box_uniform: "uniform in the training latents' bounding box",
+};
+
+const $ = (id) => document.getElementById(id);
+
+const api = new Api();
+const plane = new Plane($("plane"), $("overlay"));
+const state = {
+  models: [],
+  model: null, // the explorer's data for the chosen model (GET explorer/models/{name})
+  projection: null,
+  cursor: null, // {z, uv} last decoded point
+  pins: [],
+  drawn: null, // {input: Float32Array(784), latent: [...], uv}
+  samples: null, // {seed, prior, temperature, count, images: Float32Array}
+  errors: new Map(),
+};
+
+// --- errors -----------------------------------------------------------------------------
+
+function showError(source, err) {
+  const message = err instanceof ApiError ? err.message : String(err && err.message ? err.message : err);
+  state.errors.set(source, message);
+  renderErrors();
+}
+
+function clearError(source) {
+  if (state.errors.delete(source)) renderErrors();
+}
+
+function renderErrors() {
+  const box = $("error");
+  box.replaceChildren();
+  for (const [source, message] of state.errors) {
+    const line = document.createElement("div");
+    line.textContent = `${source}: ${message}`;
+    box.appendChild(line);
+  }
+  box.hidden = state.errors.size === 0;
+}
+
+// --- live decode (plane hover and sliders) -----------------------------------------------
+
+const decoder = new Latest(async ({ z, uv }) => {
+  const t0 = performance.now();
+  const out = await api.infer(state.model.v2.decoder, [tensor("latents", "FP32", [1, z.length], z)]);
+  api.decodeTimes.push(performance.now() - t0);
+  clearError("decode");
+  const images = floats(out.images);
+  paintDigit($("decoded"), images.data);
+  $("decoded").dataset.latent = JSON.stringify(z);
+  state.cursor = { z, uv };
+  showCoords($("decoded-at"), z, uv);
+  renderSpeed();
+}, (err) => showError("decode", err));
+
+function renderSpeed() {
+  const t = api.decodeTimes;
+  if (t.length) $("speed").textContent = `decode round trip p50 ${median(t).toFixed(1)} ms (${t.length} calls)`;
+}
+
+function fmt(x) {
+  return (x >= 0 ? " " : "") + x.toFixed(3);
+}
+
+function showCoords(node, z, uv) {
+  if (z.length === 2) {
+    node.textContent = `z = (${fmt(z[0])}, ${fmt(z[1])})`;
+  } else {
+    node.textContent = `plane (${fmt(uv[0])}, ${fmt(uv[1])})  z = [${z.map((x) => x.toFixed(2)).join(", ")}]`;
+  }
+}
+
+function decodeAt(uv) {
+  const z = state.projection.toLatent(uv);
+  plane.setCursor(uv);
+  setSliders(z);
+  decoder.push({ z, uv });
+}
+
+function planePoint(event) {
+  const rect = $("plane").getBoundingClientRect();
+  return [event.clientX - rect.left, event.clientY - rect.top];
+}
+
+$("overlay").addEventListener("pointermove", (event) => {
+  if (!state.model) return;
+  const p = planePoint(event);
+  if (plane.inside(p)) decodeAt(plane.fromPixel(p));
+});
+
+$("overlay").addEventListener("click", (event) => {
+  if (!state.model) return;
+  const p = planePoint(event);
+  if (!plane.inside(p)) return;
+  const uv = plane.fromPixel(p);
+  addPin({ uv, z: state.projection.toLatent(uv) });
+});
+
+// --- sliders (one per latent dimension, for models with more than two) --------------------
+
+function buildSliders(model) {
+  const box = $("sliders");
+  box.replaceChildren();
+  $("sliders-box").hidden = model.latent_dim <= 2;
+  if (model.latent_dim <= 2) return;
+  const [lo, hi] = model.slider_range;
+  for (let i = 0; i < model.latent_dim; i++) {
+    const row = document.createElement("label");
+    row.className = "slider";
+    const name = document.createElement("span");
+    name.textContent = `z${i + 1}`;
+    const input = document.createElement("input");
+    Object.assign(input, { type: "range", min: lo, max: hi, step: 0.01, value: 0 });
+    input.dataset.dim = i;
+    const value = document.createElement("output");
+    value.textContent = "0.00";
+    input.addEventListener("input", () => {
+      value.textContent = Number(input.value).toFixed(2);
+      const z = sliderLatent();
+      const uv = state.projection.project(z);
+      plane.setCursor(uv);
+      decoder.push({ z, uv });
+    });
+    row.append(name, input, value);
+    box.appendChild(row);
+  }
+}
+
+function sliderLatent() {
+  return [...$("sliders").querySelectorAll("input")].map((s) => Number(s.value));
+}
+
+function setSliders(z) {
+  const inputs = $("sliders").querySelectorAll("input");
+  inputs.forEach((input, i) => {
+    input.value = z[i];
+    input.nextElementSibling.textContent = Number(input.value).toFixed(2);
+  });
+}
+
+$("sliders-zero").addEventListener("click", () => {
+  const z = new Array(state.model.latent_dim).fill(0);
+  setSliders(z);
+  const uv = state.projection.project(z);
+  plane.setCursor(uv);
+  decoder.push({ z, uv });
+});
+
+// --- pins and the walk between them ------------------------------------------------------
+
+function addPin(pin) {
+  state.pins = state.pins.length >= 2 ? [pin] : [...state.pins, pin];
+  plane.setPins(state.pins);
+  renderPins();
+  if (state.pins.length === 2) walker.push(state.pins);
+  else {
+    plane.setWalk(null);
+    digitCanvases($("walk"), 0, 0);
+    $("walk-ends").textContent = "(pin two points on the plane)";
+  }
+}
+
+function renderPins() {
+  const box = $("pins");
+  box.replaceChildren();
+  state.pins.forEach((pin, i) => {
+    const row = document.createElement("div");
+    row.className = "pin-row";
+    row.textContent = `${String.fromCharCode(65 + i)}  ` + (pin.z.length === 2
+      ? `(${fmt(pin.z[0])}, ${fmt(pin.z[1])})`
+      : `plane (${fmt(pin.uv[0])}, ${fmt(pin.uv[1])})`);
+    box.appendChild(row);
+  });
+  if (state.pins.length) {
+    const clear = document.createElement("button");
+    clear.type = "button";
+    clear.textContent = "clear pins";
+    clear.addEventListener("click", () => {
+      state.pins = [];
+      plane.setPins([]);
+      plane.setWalk(null);
+      digitCanvases($("walk"), 0, 0);
+      renderPins();
+    });
+    box.appendChild(clear);
+  }
+}
+
+const walker = new Latest(async ([a, b]) => {
+  const zs = [];
+  for (let s = 0; s < WALK_STEPS; s++) {
+    const t = s / (WALK_STEPS - 1);
+    zs.push(a.z.map((x, i) => x + t * (b.z[i] - x)));
+  }
+  const out = await api.infer(state.model.v2.decoder, [tensor("latents", "FP32", [WALK_STEPS, a.z.length], zs.flat())]);
+  clearError("walk");
+  const images = floats(out.images);
+  const canvases = digitCanvases($("walk"), WALK_STEPS, 56);
+  canvases.forEach((c, i) => paintDigit(c, images.data, i));
+  plane.setWalk(zs.map((z) => state.projection.project(z)));
+  $("walk-ends").textContent = "A → B, straight line in the latent space";
+}, (err) => showError("walk", err));
+
+// --- sampling panel ----------------------------------------------------------------------
+
+const sampler = new Latest(async (request) => {
+  const inputs = [
+    tensor("count", "INT64", [1], [request.count]),
+    tensor("seed", "UINT64", [1], [request.seed]),
+    tensor("prior", "BYTES", [1], [request.prior]),
+    tensor("temperature", "FP32", [1], [request.temperature]),
+  ];
+  const out = await api.infer(state.model.v2.sampler, inputs);
+  clearError("sample");
+  const images = floats(out.images);
+  const latents = floats(out.latents);
+  const canvases = digitCanvases($("samples"), request.count, 56);
+  canvases.forEach((c, i) => paintDigit(c, images.data, i));
+  const d = state.model.latent_dim;
+  const uvs = [];
+  for (let i = 0; i < request.count; i++) {
+    uvs.push(state.projection.project(Array.from(latents.data.slice(i * d, (i + 1) * d))));
+  }
+  plane.setSamples(uvs);
+  state.samples = { ...request, images: images.data, latents: latents.data };
+}, (err) => showError("sample", err));
+
+function sampleRequest() {
+  return {
+    prior: $("prior").value,
+    temperature: Number($("temperature").value),
+    seed: Math.max(0, Math.floor(Number($("seed").value))),
+    count: Math.max(1, Math.floor(Number($("count").value))),
+  };
+}
+
+$("sample-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (state.model) sampler.push(sampleRequest());
+});
+
+$("prior").addEventListener("change", () => {
+  drawPlaneBase();
+  renderMix();
+});
+
+function renderMix() {
+  const box = $("mix");
+  box.replaceChildren();
+  const mix = state.model && state.model.digit_mix && state.model.digit_mix[$("prior").value];
+  if (!mix) return;
+  const title = document.createElement("p");
+  title.className = "muted";
+  title.textContent = `classifier's digit mix of ${mix.count} samples from this prior (temperature 1)` +
+    (mix.well_formed_fraction != null ? `, ${(100 * mix.well_formed_fraction).toFixed(0)}% well formed` : "");
+  const bars = document.createElement("div");
+  bars.className = "bars";
+  const top = Math.max(...mix.digit_share, 0.2);
+  mix.digit_share.forEach((share, digit) => {
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.title = `${digit}: ${(100 * share).toFixed(1)}%`;
+    const fill = document.createElement("span");
+    fill.style.height = `${(100 * share) / top}%`;
+    fill.style.background = DIGIT_COLOURS[digit];
+    const label = document.createElement("em");
+    label.textContent = digit;
+    bar.append(fill, label);
+    bars.appendChild(bar);
+  });
+  box.append(title, bars);
+}
+
+// --- drawing pad -------------------------------------------------------------------------
+
+const encoder = new Latest(async (input) => {
+  const out = await api.infer(state.model.v2.encoder, [tensor("images", "FP32", [1, 1, 28, 28], input)]);
+  const latentOut = out.latents || out.mean;
+  const latent = Array.from(floats(latentOut).data);
+  const decoded = await api.infer(state.model.v2.decoder, [tensor("latents", "FP32", [1, latent.length], latent)]);
+  clearError("encode");
+  paintDigit($("draw-recon"), floats(decoded.images).data);
+  const uv = state.projection.project(latent);
+  state.drawn = { input, latent, uv };
+  plane.setDrawn(uv, latent);
+  showCoords($("draw-at"), latent, uv);
+}, (err) => showError("encode", err));
+
+const pad = new DrawPad($("draw"), () => {
+  if (!state.model) return;
+  const input = pad.mnistInput();
+  if (!input) return;
+  paintDigit($("draw-input"), input);
+  encoder.push(input);
+});
+
+$("draw-clear").addEventListener("click", () => {
+  pad.clear();
+  clearDigit($("draw-input"));
+  clearDigit($("draw-recon"));
+  state.drawn = null;
+  plane.setDrawn(null);
+  $("draw-at").textContent = "";
+});
+
+// --- model choice ------------------------------------------------------------------------
+
+function drawPlaneBase() {
+  const m = state.model;
+  const proj = state.projection;
+  const prior = $("prior").value || m.default_prior;
+  const ellipses = [];
+  let box = null;
+  const spec = m.priors[prior];
+  if (spec && spec.covariance) {
+    const centre = proj.project(spec.mean);
+    const cov = proj.projectCovariance(spec.covariance);
+    for (const k of [1, 2, 3]) ellipses.push({ centre, cov, k });
+  } else if (spec && spec.low && m.latent_dim === 2) {
+    box = spec;
+  }
+  plane.draw({ points: m.scatter.points, labels: m.scatter.labels, ellipses, box, axisLabels: proj.labels });
+  $("plane-note").textContent =
+    `${m.scatter.points.length} test digits (${m.scatter.source}); ` +
+    (ellipses.length ? `dashed: the ${PRIOR_LABELS[prior] || prior} at 1, 2, 3 sigma`
+      : box ? `rectangle: the ${PRIOR_LABELS[prior]}` : "");
+}
+
+function fitView(model, proj) {
+  const boxes = [];
+  const spec = model.priors[model.default_prior];
+  if (spec && spec.covariance) {
+    const c = proj.project(spec.mean);
+    const cov = proj.projectCovariance(spec.covariance);
+    const su = 3 * Math.sqrt(cov[0][0]), sv = 3 * Math.sqrt(cov[1][1]);
+    boxes.push({ u0: c[0] - su, u1: c[0] + su, v0: c[1] - sv, v1: c[1] + sv });
+  }
+  plane.fit(model.scatter.points, boxes);
+}
+
+function renderLegend() {
+  const box = $("legend");
+  box.replaceChildren();
+  DIGIT_COLOURS.forEach((colour, digit) => {
+    const item = document.createElement("span");
+    item.className = "key";
+    const swatch = document.createElement("i");
+    swatch.style.background = colour;
+    item.append(swatch, String(digit));
+    box.appendChild(item);
+  });
+}
+
+async function chooseModel(name) {
+  const model = await api.getJson(`explorer/models/${encodeURIComponent(name)}`);
+  clearError("models");
+  state.model = model;
+  state.projection = new Projection(model.plane);
+  state.pins = [];
+  state.drawn = null;
+  state.samples = null;
+  state.cursor = null;
+  $("plane-title").textContent = model.latent_dim === 2
+    ? `Latent plane of ${model.name} (${model.kind.toUpperCase()}, 2-D)`
+    : `PCA plane of ${model.name} (${model.kind.toUpperCase()}, ${model.latent_dim}-D; ` +
+      `${(100 * model.plane.explained_variance_ratio).toFixed(0)}% of the variance)`;
+  const prior = $("prior");
+  prior.replaceChildren();
+  for (const name of Object.keys(model.priors)) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name + (name === model.default_prior ? " (default)" : "");
+    prior.appendChild(option);
+  }
+  prior.value = model.default_prior;
+  fitView(model, state.projection);
+  drawPlaneBase();
+  renderLegend();
+  renderMix();
+  buildSliders(model);
+  plane.setCursor(null);
+  plane.setPins([]);
+  plane.setWalk(null);
+  plane.setSamples(null);
+  plane.setDrawn(null);
+  renderPins();
+  digitCanvases($("walk"), 0, 0);
+  digitCanvases($("samples"), 0, 0);
+  $("walk-ends").textContent = "(pin two points on the plane)";
+  for (const id of ["decoded", "draw-input", "draw-recon"]) clearDigit($(id));
+  $("draw-at").textContent = "";
+  pad.clear();
+  // Start with something to look at: the prior's centre decoded, and a grid of samples.
+  decodeAt(state.projection.project(model.priors[model.default_prior].mean || new Array(model.latent_dim).fill(0)));
+  sampler.push(sampleRequest());
+  await Promise.all([decoder.idle(), sampler.idle()]);
+}
+
+async function loadModels() {
+  let listing;
+  try {
+    listing = await api.getJson("explorer/models");
+  } catch (err) {
+    showError("models", err);
+    return;
+  }
+  clearError("models");
+  state.models = listing.models;
+  const select = $("model");
+  select.replaceChildren();
+  for (const m of listing.models) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = `${m.name} (${m.kind}, ${m.latent_dim}-D)`;
+    select.appendChild(option);
+  }
+  const wanted = new URLSearchParams(location.search).get("model");
+  const names = listing.models.map((m) => m.name);
+  const first = names.includes(wanted) ? wanted : names.includes(listing.default_model) ? listing.default_model : names[0];
+  if (!first) {
+    showError("models", "the server has no ready model");
+    return;
+  }
+  select.value = first;
+  try {
+    await chooseModel(first);
+  } catch (err) {
+    showError("models", err);
+  }
+}
+
+$("model").addEventListener("change", async () => {
+  try {
+    await chooseModel($("model").value);
+  } catch (err) {
+    showError("models", err);
+  }
+});
+
+const tokenInput = $("token");
+tokenInput.value = sessionStorage.getItem("latentserve-token") || "";
+api.token = tokenInput.value.trim();
+tokenInput.addEventListener("change", () => {
+  api.token = tokenInput.value.trim();
+  sessionStorage.setItem("latentserve-token", api.token);
+  loadModels();
+});
+
+window.explorer = {
+  api,
+  plane,
+  state,
+  panels: { decoder, walker, sampler, encoder },
+  pad,
+  chooseModel,
+  async idle() {
+    await Promise.all([decoder.idle(), walker.idle(), sampler.idle(), encoder.idle()]);
+  },
+  ready: loadModels(),
+};
