@@ -27,10 +27,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
+from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 
-from .auth import BearerTokenInterceptor, tokens_from_settings
+from .auth import EXEMPT_PREFIXES, BearerTokenInterceptor, tokens_from_settings
 from .calls import CallTracker
 from .metrics import Metrics
 from .registry import ModelRegistry, ModelState
@@ -38,6 +39,12 @@ from .request_guard import MalformedRequestInterceptor
 from .service import AutoencoderServicer
 from .settings import ServerSettings
 from .startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError
+from .v2 import rest
+from .v2.grpc_servicer import PUBLIC_METHODS as V2_PUBLIC_METHODS
+from .v2.grpc_servicer import SERVICE_NAME as V2_SERVICE_NAME
+from .v2.grpc_servicer import InferenceServicer
+from .v2.http_app import HttpContext, HttpServer, bind_socket, build_app, packaged_routes
+from .v2.inference import V2Api
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,10 @@ class LatentServer:
         # One call tracker for every front end: shared drain state, metrics, error mapping.
         self.calls = CallTracker(self.metrics, lambda: self.registry.default_model)
         self.servicer = AutoencoderServicer(self.registry, settings, self.calls)
+        # The Open Inference Protocol (KServe v2): gRPC on the same port, REST on http_port.
+        self.v2 = V2Api(self.registry, settings, self.calls)
+        self.v2_servicer = InferenceServicer(self.v2)
+        self.http: HttpServer | None = None
         self.health = health_aio.HealthServicer()
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -112,7 +123,9 @@ class LatentServer:
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         tokens = tokens_from_settings(s)
         if tokens:
-            interceptors.append(BearerTokenInterceptor(tokens))
+            interceptors.append(
+                BearerTokenInterceptor(tokens, exempt=(*EXEMPT_PREFIXES, *V2_PUBLIC_METHODS))
+            )
         # Last: it caches the handlers it wraps, so interceptors after it would be skipped.
         interceptors.append(MalformedRequestInterceptor())
         server = grpc.aio.server(
@@ -121,10 +134,12 @@ class LatentServer:
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         pb_grpc.add_AutoencoderServicer_to_server(self.servicer, server)
+        v2_pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.v2_servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 SERVICE_NAME,
+                V2_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -150,6 +165,8 @@ class LatentServer:
         )
         auth = f"bearer token auth on ({len(tokens)} tokens)" if tokens else "no auth"
         log.info("listening on %s (%s, %s)", self.address, transport, auth)
+        if s.http_port:
+            await self._serve_http(tokens)
         if s.metrics_port:
             try:
                 self.metrics.serve_http(s.host, s.metrics_port)
@@ -158,6 +175,23 @@ class LatentServer:
                     f"cannot serve metrics on {s.host}:{s.metrics_port} ({e.strerror}): pass "
                     "--metrics-port (LATENTSERVE_METRICS_PORT) a free port, or 0 for no metrics"
                 ) from None
+
+    async def _serve_http(self, tokens: list[str]) -> None:
+        """The HTTP port (v2 REST, the explorer page), in this event loop; shared by the
+        workers (SO_REUSEPORT) like the gRPC port."""
+        s = self.settings
+        try:
+            sock = bind_socket(s.host, s.http_port, reuse_port=self.shared_port)
+        except OSError as e:
+            raise StartupError(
+                f"cannot bind the HTTP port {s.http_port} on {s.host} ({e.strerror}): pass "
+                "--http-port (LATENTSERVE_HTTP_PORT) a free port, or 0 for no HTTP"
+            ) from None
+        context = HttpContext(self.v2, self.registry, s)
+        app = build_app(context, [*rest.routes(self.v2), *packaged_routes(context)], tokens)
+        self.http = HttpServer(app, s)
+        await self.http.start(sock)
+        log.info("HTTP on %s:%d (Open Inference Protocol REST)", s.host, self.http.port)
 
     async def load_models(self, announce: bool = True) -> None:
         """Load and warm up every model, then report SERVING for what is ready (the whole
@@ -215,6 +249,8 @@ class LatentServer:
             )
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
+        if self.http is not None:
+            await self.http.stop()
         await self.registry.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.metrics.shutdown()

@@ -134,6 +134,13 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables"
     )
+    http_port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        description="HTTP port: the Open Inference Protocol (KServe v2) REST API and the "
+        "explorer page, on host; 0 disables",
+    )
     max_concurrent_streams: int = Field(
         64,
         ge=1,

@@ -59,6 +59,8 @@ class ServerProcess:
             str(models_dir),
             "--metrics-port",
             "0",
+            "--http-port",
+            "0",
             *flags,
         ]
         self.port = 0
