@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -463,7 +463,7 @@ class LatentClient(_Settings):
         ]
 
     def default_model(self) -> str:
-        return self._call(self._stub.ListModels, pb.ListModelsRequest()).default_model
+        return str(self._call(self._stub.ListModels, pb.ListModelsRequest()).default_model)
 
     def get_model(self, name: str = "") -> ModelInfo:
         return _model_info(self._call(self._stub.GetModel, pb.GetModelRequest(model=name)))
@@ -509,8 +509,11 @@ class AsyncLatentClient(_Settings):
             if tls is None
             else grpc.aio.secure_channel(target, tls.credentials(), options=options)
         )
-        self._stub = pb_grpc.AutoencoderStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        # The generated classes serve both channel kinds; the typed view is the async one.
+        self._stub = cast("pb_grpc.AutoencoderAsyncStub", pb_grpc.AutoencoderStub(self._channel))
+        self._health = cast(
+            "health_pb2_grpc.HealthAsyncStub", health_pb2_grpc.HealthStub(self._channel)
+        )
 
     async def __aenter__(self) -> Self:
         return self

@@ -7,227 +7,182 @@ f79adf9d37f73f89703d946e176c1ab4a5c62af4. latentserve serves this service next t
 API; see docs/serving.md, "Open Inference Protocol (KServe v2)".
 """
 
-from collections import abc as _abc
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-import builtins as _builtins
-import sys
-import typing as _typing
+import builtins
+import collections.abc
+import google.protobuf.descriptor
+import google.protobuf.internal.containers
+import google.protobuf.message
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
-else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
-DESCRIPTOR: _descriptor.FileDescriptor
-
-@_typing.final
-class ServerLiveRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ServerLiveRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ServerLiveRequest: _TypeAlias = ServerLiveRequest  # noqa: Y015
+global___ServerLiveRequest = ServerLiveRequest
 
-@_typing.final
-class ServerLiveResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ServerLiveResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    LIVE_FIELD_NUMBER: _builtins.int
-    live: _builtins.bool
+    LIVE_FIELD_NUMBER: builtins.int
+    live: builtins.bool
     """True if the inference server is live, false if not live."""
     def __init__(
         self,
         *,
-        live: _builtins.bool = ...,
+        live: builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["live", b"live"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["live", b"live"]) -> None: ...
 
-Global___ServerLiveResponse: _TypeAlias = ServerLiveResponse  # noqa: Y015
+global___ServerLiveResponse = ServerLiveResponse
 
-@_typing.final
-class ServerReadyRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ServerReadyRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ServerReadyRequest: _TypeAlias = ServerReadyRequest  # noqa: Y015
+global___ServerReadyRequest = ServerReadyRequest
 
-@_typing.final
-class ServerReadyResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ServerReadyResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    READY_FIELD_NUMBER: _builtins.int
-    ready: _builtins.bool
+    READY_FIELD_NUMBER: builtins.int
+    ready: builtins.bool
     """True if the inference server is ready, false if not ready."""
     def __init__(
         self,
         *,
-        ready: _builtins.bool = ...,
+        ready: builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ready", b"ready"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ready", b"ready"]) -> None: ...
 
-Global___ServerReadyResponse: _TypeAlias = ServerReadyResponse  # noqa: Y015
+global___ServerReadyResponse = ServerReadyResponse
 
-@_typing.final
-class ModelReadyRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelReadyRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
+    NAME_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    name: builtins.str
     """The name of the model to check for readiness."""
-    version: _builtins.str
+    version: builtins.str
     """The version of the model to check for readiness. If not given the
     server will choose a version based on the model and internal policy.
     """
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        version: _builtins.str = ...,
+        name: builtins.str = ...,
+        version: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name", "version", b"version"]) -> None: ...
 
-Global___ModelReadyRequest: _TypeAlias = ModelReadyRequest  # noqa: Y015
+global___ModelReadyRequest = ModelReadyRequest
 
-@_typing.final
-class ModelReadyResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelReadyResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    READY_FIELD_NUMBER: _builtins.int
-    ready: _builtins.bool
+    READY_FIELD_NUMBER: builtins.int
+    ready: builtins.bool
     """True if the model is ready, false if not ready."""
     def __init__(
         self,
         *,
-        ready: _builtins.bool = ...,
+        ready: builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ready", b"ready"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ready", b"ready"]) -> None: ...
 
-Global___ModelReadyResponse: _TypeAlias = ModelReadyResponse  # noqa: Y015
+global___ModelReadyResponse = ModelReadyResponse
 
-@_typing.final
-class ServerMetadataRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ServerMetadataRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ServerMetadataRequest: _TypeAlias = ServerMetadataRequest  # noqa: Y015
+global___ServerMetadataRequest = ServerMetadataRequest
 
-@_typing.final
-class ServerMetadataResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ServerMetadataResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    EXTENSIONS_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
+    NAME_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    EXTENSIONS_FIELD_NUMBER: builtins.int
+    name: builtins.str
     """The server name."""
-    version: _builtins.str
+    version: builtins.str
     """The server version."""
-    @_builtins.property
-    def extensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+    @property
+    def extensions(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """The extensions supported by the server."""
 
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        version: _builtins.str = ...,
-        extensions: _abc.Iterable[_builtins.str] | None = ...,
+        name: builtins.str = ...,
+        version: builtins.str = ...,
+        extensions: collections.abc.Iterable[builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["extensions", b"extensions", "name", b"name", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["extensions", b"extensions", "name", b"name", "version", b"version"]) -> None: ...
 
-Global___ServerMetadataResponse: _TypeAlias = ServerMetadataResponse  # noqa: Y015
+global___ServerMetadataResponse = ServerMetadataResponse
 
-@_typing.final
-class ModelMetadataRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelMetadataRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
+    NAME_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    name: builtins.str
     """The name of the model."""
-    version: _builtins.str
+    version: builtins.str
     """The version of the model to check for readiness. If not given the
     server will choose a version based on the model and internal policy.
     """
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        version: _builtins.str = ...,
+        name: builtins.str = ...,
+        version: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["name", b"name", "version", b"version"]) -> None: ...
 
-Global___ModelMetadataRequest: _TypeAlias = ModelMetadataRequest  # noqa: Y015
+global___ModelMetadataRequest = ModelMetadataRequest
 
-@_typing.final
-class ModelMetadataResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelMetadataResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    @_typing.final
-    class TensorMetadata(_message.Message):
+    @typing.final
+    class TensorMetadata(google.protobuf.message.Message):
         """Metadata for a tensor."""
 
-        DESCRIPTOR: _descriptor.Descriptor
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        NAME_FIELD_NUMBER: _builtins.int
-        DATATYPE_FIELD_NUMBER: _builtins.int
-        SHAPE_FIELD_NUMBER: _builtins.int
-        name: _builtins.str
+        NAME_FIELD_NUMBER: builtins.int
+        DATATYPE_FIELD_NUMBER: builtins.int
+        SHAPE_FIELD_NUMBER: builtins.int
+        name: builtins.str
         """The tensor name."""
-        datatype: _builtins.str
+        datatype: builtins.str
         """The tensor data type."""
-        @_builtins.property
-        def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        @property
+        def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
             """The tensor shape. A variable-size dimension is represented
             by a -1 value.
             """
@@ -235,104 +190,93 @@ class ModelMetadataResponse(_message.Message):
         def __init__(
             self,
             *,
-            name: _builtins.str = ...,
-            datatype: _builtins.str = ...,
-            shape: _abc.Iterable[_builtins.int] | None = ...,
+            name: builtins.str = ...,
+            datatype: builtins.str = ...,
+            shape: collections.abc.Iterable[builtins.int] | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["datatype", b"datatype", "name", b"name", "shape", b"shape"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def ClearField(self, field_name: typing.Literal["datatype", b"datatype", "name", b"name", "shape", b"shape"]) -> None: ...
 
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSIONS_FIELD_NUMBER: _builtins.int
-    PLATFORM_FIELD_NUMBER: _builtins.int
-    INPUTS_FIELD_NUMBER: _builtins.int
-    OUTPUTS_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
+    NAME_FIELD_NUMBER: builtins.int
+    VERSIONS_FIELD_NUMBER: builtins.int
+    PLATFORM_FIELD_NUMBER: builtins.int
+    INPUTS_FIELD_NUMBER: builtins.int
+    OUTPUTS_FIELD_NUMBER: builtins.int
+    name: builtins.str
     """The model name."""
-    platform: _builtins.str
+    platform: builtins.str
     """The model's platform. See Platforms."""
-    @_builtins.property
-    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+    @property
+    def versions(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """The versions of the model available on the server."""
 
-    @_builtins.property
-    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelMetadataResponse.TensorMetadata]:
+    @property
+    def inputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ModelMetadataResponse.TensorMetadata]:
         """The model's inputs."""
 
-    @_builtins.property
-    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelMetadataResponse.TensorMetadata]:
+    @property
+    def outputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ModelMetadataResponse.TensorMetadata]:
         """The model's outputs."""
 
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        versions: _abc.Iterable[_builtins.str] | None = ...,
-        platform: _builtins.str = ...,
-        inputs: _abc.Iterable[Global___ModelMetadataResponse.TensorMetadata] | None = ...,
-        outputs: _abc.Iterable[Global___ModelMetadataResponse.TensorMetadata] | None = ...,
+        name: builtins.str = ...,
+        versions: collections.abc.Iterable[builtins.str] | None = ...,
+        platform: builtins.str = ...,
+        inputs: collections.abc.Iterable[global___ModelMetadataResponse.TensorMetadata] | None = ...,
+        outputs: collections.abc.Iterable[global___ModelMetadataResponse.TensorMetadata] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "name", b"name", "outputs", b"outputs", "platform", b"platform", "versions", b"versions"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["inputs", b"inputs", "name", b"name", "outputs", b"outputs", "platform", b"platform", "versions", b"versions"]) -> None: ...
 
-Global___ModelMetadataResponse: _TypeAlias = ModelMetadataResponse  # noqa: Y015
+global___ModelMetadataResponse = ModelMetadataResponse
 
-@_typing.final
-class ModelInferRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelInferRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    @_typing.final
-    class InferInputTensor(_message.Message):
+    @typing.final
+    class InferInputTensor(google.protobuf.message.Message):
         """An input tensor for an inference request."""
 
-        DESCRIPTOR: _descriptor.Descriptor
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        @_typing.final
-        class ParametersEntry(_message.Message):
-            DESCRIPTOR: _descriptor.Descriptor
+        @typing.final
+        class ParametersEntry(google.protobuf.message.Message):
+            DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-            KEY_FIELD_NUMBER: _builtins.int
-            VALUE_FIELD_NUMBER: _builtins.int
-            key: _builtins.str
-            @_builtins.property
-            def value(self) -> Global___InferParameter: ...
+            KEY_FIELD_NUMBER: builtins.int
+            VALUE_FIELD_NUMBER: builtins.int
+            key: builtins.str
+            @property
+            def value(self) -> global___InferParameter: ...
             def __init__(
                 self,
                 *,
-                key: _builtins.str = ...,
-                value: Global___InferParameter | None = ...,
+                key: builtins.str = ...,
+                value: global___InferParameter | None = ...,
             ) -> None: ...
-            _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-            def WhichOneof(self, oneof_group: _Never) -> None: ...
+            def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+            def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-        NAME_FIELD_NUMBER: _builtins.int
-        DATATYPE_FIELD_NUMBER: _builtins.int
-        SHAPE_FIELD_NUMBER: _builtins.int
-        PARAMETERS_FIELD_NUMBER: _builtins.int
-        CONTENTS_FIELD_NUMBER: _builtins.int
-        name: _builtins.str
+        NAME_FIELD_NUMBER: builtins.int
+        DATATYPE_FIELD_NUMBER: builtins.int
+        SHAPE_FIELD_NUMBER: builtins.int
+        PARAMETERS_FIELD_NUMBER: builtins.int
+        CONTENTS_FIELD_NUMBER: builtins.int
+        name: builtins.str
         """The tensor name."""
-        datatype: _builtins.str
+        datatype: builtins.str
         """The tensor data type."""
-        @_builtins.property
-        def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        @property
+        def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
             """The tensor shape."""
 
-        @_builtins.property
-        def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+        @property
+        def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___InferParameter]:
             """Optional inference input tensor parameters."""
 
-        @_builtins.property
-        def contents(self) -> Global___InferTensorContents:
+        @property
+        def contents(self) -> global___InferTensorContents:
             """The tensor contents using a data-type format. This field must
             not be specified if "raw" tensor contents are being used for
             the inference request.
@@ -341,119 +285,106 @@ class ModelInferRequest(_message.Message):
         def __init__(
             self,
             *,
-            name: _builtins.str = ...,
-            datatype: _builtins.str = ...,
-            shape: _abc.Iterable[_builtins.int] | None = ...,
-            parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
-            contents: Global___InferTensorContents | None = ...,
+            name: builtins.str = ...,
+            datatype: builtins.str = ...,
+            shape: collections.abc.Iterable[builtins.int] | None = ...,
+            parameters: collections.abc.Mapping[builtins.str, global___InferParameter] | None = ...,
+            contents: global___InferTensorContents | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "datatype", b"datatype", "name", b"name", "parameters", b"parameters", "shape", b"shape"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def HasField(self, field_name: typing.Literal["contents", b"contents"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["contents", b"contents", "datatype", b"datatype", "name", b"name", "parameters", b"parameters", "shape", b"shape"]) -> None: ...
 
-    @_typing.final
-    class InferRequestedOutputTensor(_message.Message):
+    @typing.final
+    class InferRequestedOutputTensor(google.protobuf.message.Message):
         """An output tensor requested for an inference request."""
 
-        DESCRIPTOR: _descriptor.Descriptor
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        @_typing.final
-        class ParametersEntry(_message.Message):
-            DESCRIPTOR: _descriptor.Descriptor
+        @typing.final
+        class ParametersEntry(google.protobuf.message.Message):
+            DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-            KEY_FIELD_NUMBER: _builtins.int
-            VALUE_FIELD_NUMBER: _builtins.int
-            key: _builtins.str
-            @_builtins.property
-            def value(self) -> Global___InferParameter: ...
+            KEY_FIELD_NUMBER: builtins.int
+            VALUE_FIELD_NUMBER: builtins.int
+            key: builtins.str
+            @property
+            def value(self) -> global___InferParameter: ...
             def __init__(
                 self,
                 *,
-                key: _builtins.str = ...,
-                value: Global___InferParameter | None = ...,
+                key: builtins.str = ...,
+                value: global___InferParameter | None = ...,
             ) -> None: ...
-            _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-            def WhichOneof(self, oneof_group: _Never) -> None: ...
+            def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+            def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-        NAME_FIELD_NUMBER: _builtins.int
-        PARAMETERS_FIELD_NUMBER: _builtins.int
-        name: _builtins.str
+        NAME_FIELD_NUMBER: builtins.int
+        PARAMETERS_FIELD_NUMBER: builtins.int
+        name: builtins.str
         """The tensor name."""
-        @_builtins.property
-        def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+        @property
+        def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___InferParameter]:
             """Optional requested output tensor parameters."""
 
         def __init__(
             self,
             *,
-            name: _builtins.str = ...,
-            parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
+            name: builtins.str = ...,
+            parameters: collections.abc.Mapping[builtins.str, global___InferParameter] | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "parameters", b"parameters"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def ClearField(self, field_name: typing.Literal["name", b"name", "parameters", b"parameters"]) -> None: ...
 
-    @_typing.final
-    class ParametersEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
+    @typing.final
+    class ParametersEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> Global___InferParameter: ...
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> global___InferParameter: ...
         def __init__(
             self,
             *,
-            key: _builtins.str = ...,
-            value: Global___InferParameter | None = ...,
+            key: builtins.str = ...,
+            value: global___InferParameter | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-    MODEL_NAME_FIELD_NUMBER: _builtins.int
-    MODEL_VERSION_FIELD_NUMBER: _builtins.int
-    ID_FIELD_NUMBER: _builtins.int
-    PARAMETERS_FIELD_NUMBER: _builtins.int
-    INPUTS_FIELD_NUMBER: _builtins.int
-    OUTPUTS_FIELD_NUMBER: _builtins.int
-    RAW_INPUT_CONTENTS_FIELD_NUMBER: _builtins.int
-    model_name: _builtins.str
+    MODEL_NAME_FIELD_NUMBER: builtins.int
+    MODEL_VERSION_FIELD_NUMBER: builtins.int
+    ID_FIELD_NUMBER: builtins.int
+    PARAMETERS_FIELD_NUMBER: builtins.int
+    INPUTS_FIELD_NUMBER: builtins.int
+    OUTPUTS_FIELD_NUMBER: builtins.int
+    RAW_INPUT_CONTENTS_FIELD_NUMBER: builtins.int
+    model_name: builtins.str
     """The name of the model to use for inferencing."""
-    model_version: _builtins.str
+    model_version: builtins.str
     """The version of the model to use for inference. If not given the
     server will choose a version based on the model and internal policy.
     """
-    id: _builtins.str
+    id: builtins.str
     """Optional identifier for the request. If specified will be
     returned in the response.
     """
-    @_builtins.property
-    def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+    @property
+    def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___InferParameter]:
         """Optional inference parameters."""
 
-    @_builtins.property
-    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInferRequest.InferInputTensor]:
+    @property
+    def inputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ModelInferRequest.InferInputTensor]:
         """The input tensors for the inference."""
 
-    @_builtins.property
-    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInferRequest.InferRequestedOutputTensor]:
+    @property
+    def outputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ModelInferRequest.InferRequestedOutputTensor]:
         """The requested output tensors for the inference. Optional, if not
         specified all outputs produced by the model will be returned.
         """
 
-    @_builtins.property
-    def raw_input_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+    @property
+    def raw_input_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
         """The data contained in an input tensor can be represented in "raw"
         bytes form or in the repeated type that matches the tensor's data
         type. To use the raw representation 'raw_input_contents' must be
@@ -473,72 +404,65 @@ class ModelInferRequest(_message.Message):
     def __init__(
         self,
         *,
-        model_name: _builtins.str = ...,
-        model_version: _builtins.str = ...,
-        id: _builtins.str = ...,
-        parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
-        inputs: _abc.Iterable[Global___ModelInferRequest.InferInputTensor] | None = ...,
-        outputs: _abc.Iterable[Global___ModelInferRequest.InferRequestedOutputTensor] | None = ...,
-        raw_input_contents: _abc.Iterable[_builtins.bytes] | None = ...,
+        model_name: builtins.str = ...,
+        model_version: builtins.str = ...,
+        id: builtins.str = ...,
+        parameters: collections.abc.Mapping[builtins.str, global___InferParameter] | None = ...,
+        inputs: collections.abc.Iterable[global___ModelInferRequest.InferInputTensor] | None = ...,
+        outputs: collections.abc.Iterable[global___ModelInferRequest.InferRequestedOutputTensor] | None = ...,
+        raw_input_contents: collections.abc.Iterable[builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "inputs", b"inputs", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "parameters", b"parameters", "raw_input_contents", b"raw_input_contents"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["id", b"id", "inputs", b"inputs", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "parameters", b"parameters", "raw_input_contents", b"raw_input_contents"]) -> None: ...
 
-Global___ModelInferRequest: _TypeAlias = ModelInferRequest  # noqa: Y015
+global___ModelInferRequest = ModelInferRequest
 
-@_typing.final
-class ModelInferResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelInferResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    @_typing.final
-    class InferOutputTensor(_message.Message):
+    @typing.final
+    class InferOutputTensor(google.protobuf.message.Message):
         """An output tensor returned for an inference request."""
 
-        DESCRIPTOR: _descriptor.Descriptor
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        @_typing.final
-        class ParametersEntry(_message.Message):
-            DESCRIPTOR: _descriptor.Descriptor
+        @typing.final
+        class ParametersEntry(google.protobuf.message.Message):
+            DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-            KEY_FIELD_NUMBER: _builtins.int
-            VALUE_FIELD_NUMBER: _builtins.int
-            key: _builtins.str
-            @_builtins.property
-            def value(self) -> Global___InferParameter: ...
+            KEY_FIELD_NUMBER: builtins.int
+            VALUE_FIELD_NUMBER: builtins.int
+            key: builtins.str
+            @property
+            def value(self) -> global___InferParameter: ...
             def __init__(
                 self,
                 *,
-                key: _builtins.str = ...,
-                value: Global___InferParameter | None = ...,
+                key: builtins.str = ...,
+                value: global___InferParameter | None = ...,
             ) -> None: ...
-            _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-            def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-            _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-            def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-            def WhichOneof(self, oneof_group: _Never) -> None: ...
+            def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+            def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-        NAME_FIELD_NUMBER: _builtins.int
-        DATATYPE_FIELD_NUMBER: _builtins.int
-        SHAPE_FIELD_NUMBER: _builtins.int
-        PARAMETERS_FIELD_NUMBER: _builtins.int
-        CONTENTS_FIELD_NUMBER: _builtins.int
-        name: _builtins.str
+        NAME_FIELD_NUMBER: builtins.int
+        DATATYPE_FIELD_NUMBER: builtins.int
+        SHAPE_FIELD_NUMBER: builtins.int
+        PARAMETERS_FIELD_NUMBER: builtins.int
+        CONTENTS_FIELD_NUMBER: builtins.int
+        name: builtins.str
         """The tensor name."""
-        datatype: _builtins.str
+        datatype: builtins.str
         """The tensor data type."""
-        @_builtins.property
-        def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        @property
+        def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
             """The tensor shape."""
 
-        @_builtins.property
-        def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+        @property
+        def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___InferParameter]:
             """Optional output tensor parameters."""
 
-        @_builtins.property
-        def contents(self) -> Global___InferTensorContents:
+        @property
+        def contents(self) -> global___InferTensorContents:
             """The tensor contents using a data-type format. This field must
             not be specified if "raw" tensor contents are being used for
             the inference response.
@@ -547,61 +471,55 @@ class ModelInferResponse(_message.Message):
         def __init__(
             self,
             *,
-            name: _builtins.str = ...,
-            datatype: _builtins.str = ...,
-            shape: _abc.Iterable[_builtins.int] | None = ...,
-            parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
-            contents: Global___InferTensorContents | None = ...,
+            name: builtins.str = ...,
+            datatype: builtins.str = ...,
+            shape: collections.abc.Iterable[builtins.int] | None = ...,
+            parameters: collections.abc.Mapping[builtins.str, global___InferParameter] | None = ...,
+            contents: global___InferTensorContents | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "datatype", b"datatype", "name", b"name", "parameters", b"parameters", "shape", b"shape"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def HasField(self, field_name: typing.Literal["contents", b"contents"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["contents", b"contents", "datatype", b"datatype", "name", b"name", "parameters", b"parameters", "shape", b"shape"]) -> None: ...
 
-    @_typing.final
-    class ParametersEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
+    @typing.final
+    class ParametersEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> Global___InferParameter: ...
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> global___InferParameter: ...
         def __init__(
             self,
             *,
-            key: _builtins.str = ...,
-            value: Global___InferParameter | None = ...,
+            key: builtins.str = ...,
+            value: global___InferParameter | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-    MODEL_NAME_FIELD_NUMBER: _builtins.int
-    MODEL_VERSION_FIELD_NUMBER: _builtins.int
-    ID_FIELD_NUMBER: _builtins.int
-    PARAMETERS_FIELD_NUMBER: _builtins.int
-    OUTPUTS_FIELD_NUMBER: _builtins.int
-    RAW_OUTPUT_CONTENTS_FIELD_NUMBER: _builtins.int
-    model_name: _builtins.str
+    MODEL_NAME_FIELD_NUMBER: builtins.int
+    MODEL_VERSION_FIELD_NUMBER: builtins.int
+    ID_FIELD_NUMBER: builtins.int
+    PARAMETERS_FIELD_NUMBER: builtins.int
+    OUTPUTS_FIELD_NUMBER: builtins.int
+    RAW_OUTPUT_CONTENTS_FIELD_NUMBER: builtins.int
+    model_name: builtins.str
     """The name of the model used for inference."""
-    model_version: _builtins.str
+    model_version: builtins.str
     """The version of the model used for inference."""
-    id: _builtins.str
+    id: builtins.str
     """The id of the inference request if one was specified."""
-    @_builtins.property
-    def parameters(self) -> _containers.MessageMap[_builtins.str, Global___InferParameter]:
+    @property
+    def parameters(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___InferParameter]:
         """Optional inference response parameters."""
 
-    @_builtins.property
-    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInferResponse.InferOutputTensor]:
+    @property
+    def outputs(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ModelInferResponse.InferOutputTensor]:
         """The output tensors holding inference results."""
 
-    @_builtins.property
-    def raw_output_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+    @property
+    def raw_output_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
         """The data contained in an output tensor can be represented in
         "raw" bytes form or in the repeated type that matches the tensor's
         data type. To use the raw representation 'raw_output_contents'
@@ -621,127 +539,119 @@ class ModelInferResponse(_message.Message):
     def __init__(
         self,
         *,
-        model_name: _builtins.str = ...,
-        model_version: _builtins.str = ...,
-        id: _builtins.str = ...,
-        parameters: _abc.Mapping[_builtins.str, Global___InferParameter] | None = ...,
-        outputs: _abc.Iterable[Global___ModelInferResponse.InferOutputTensor] | None = ...,
-        raw_output_contents: _abc.Iterable[_builtins.bytes] | None = ...,
+        model_name: builtins.str = ...,
+        model_version: builtins.str = ...,
+        id: builtins.str = ...,
+        parameters: collections.abc.Mapping[builtins.str, global___InferParameter] | None = ...,
+        outputs: collections.abc.Iterable[global___ModelInferResponse.InferOutputTensor] | None = ...,
+        raw_output_contents: collections.abc.Iterable[builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "parameters", b"parameters", "raw_output_contents", b"raw_output_contents"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["id", b"id", "model_name", b"model_name", "model_version", b"model_version", "outputs", b"outputs", "parameters", b"parameters", "raw_output_contents", b"raw_output_contents"]) -> None: ...
 
-Global___ModelInferResponse: _TypeAlias = ModelInferResponse  # noqa: Y015
+global___ModelInferResponse = ModelInferResponse
 
-@_typing.final
-class InferParameter(_message.Message):
+@typing.final
+class InferParameter(google.protobuf.message.Message):
     """An inference parameter value. The Parameters message describes a 
     “name”/”value” pair, where the “name” is the name of the parameter
     and the “value” is a boolean, integer, or string corresponding to 
     the parameter.
     """
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    BOOL_PARAM_FIELD_NUMBER: _builtins.int
-    INT64_PARAM_FIELD_NUMBER: _builtins.int
-    STRING_PARAM_FIELD_NUMBER: _builtins.int
-    bool_param: _builtins.bool
+    BOOL_PARAM_FIELD_NUMBER: builtins.int
+    INT64_PARAM_FIELD_NUMBER: builtins.int
+    STRING_PARAM_FIELD_NUMBER: builtins.int
+    bool_param: builtins.bool
     """A boolean parameter value."""
-    int64_param: _builtins.int
+    int64_param: builtins.int
     """An int64 parameter value."""
-    string_param: _builtins.str
+    string_param: builtins.str
     """A string parameter value."""
     def __init__(
         self,
         *,
-        bool_param: _builtins.bool = ...,
-        int64_param: _builtins.int = ...,
-        string_param: _builtins.str = ...,
+        bool_param: builtins.bool = ...,
+        int64_param: builtins.int = ...,
+        string_param: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bool_param", b"bool_param", "int64_param", b"int64_param", "parameter_choice", b"parameter_choice", "string_param", b"string_param"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_param", b"bool_param", "int64_param", b"int64_param", "parameter_choice", b"parameter_choice", "string_param", b"string_param"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_parameter_choice: _TypeAlias = _typing.Literal["bool_param", "int64_param", "string_param"]  # noqa: Y015
-    _WhichOneofArgType_parameter_choice: _TypeAlias = _typing.Literal["parameter_choice", b"parameter_choice"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_parameter_choice) -> _WhichOneofReturnType_parameter_choice | None: ...
+    def HasField(self, field_name: typing.Literal["bool_param", b"bool_param", "int64_param", b"int64_param", "parameter_choice", b"parameter_choice", "string_param", b"string_param"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["bool_param", b"bool_param", "int64_param", b"int64_param", "parameter_choice", b"parameter_choice", "string_param", b"string_param"]) -> None: ...
+    def WhichOneof(self, oneof_group: typing.Literal["parameter_choice", b"parameter_choice"]) -> typing.Literal["bool_param", "int64_param", "string_param"] | None: ...
 
-Global___InferParameter: _TypeAlias = InferParameter  # noqa: Y015
+global___InferParameter = InferParameter
 
-@_typing.final
-class InferTensorContents(_message.Message):
+@typing.final
+class InferTensorContents(google.protobuf.message.Message):
     """The data contained in a tensor represented by the repeated type
     that matches the tensor's data type. Protobuf oneof is not used
     because oneofs cannot contain repeated fields.
     """
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    BOOL_CONTENTS_FIELD_NUMBER: _builtins.int
-    INT_CONTENTS_FIELD_NUMBER: _builtins.int
-    INT64_CONTENTS_FIELD_NUMBER: _builtins.int
-    UINT_CONTENTS_FIELD_NUMBER: _builtins.int
-    UINT64_CONTENTS_FIELD_NUMBER: _builtins.int
-    FP32_CONTENTS_FIELD_NUMBER: _builtins.int
-    FP64_CONTENTS_FIELD_NUMBER: _builtins.int
-    BYTES_CONTENTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def bool_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+    BOOL_CONTENTS_FIELD_NUMBER: builtins.int
+    INT_CONTENTS_FIELD_NUMBER: builtins.int
+    INT64_CONTENTS_FIELD_NUMBER: builtins.int
+    UINT_CONTENTS_FIELD_NUMBER: builtins.int
+    UINT64_CONTENTS_FIELD_NUMBER: builtins.int
+    FP32_CONTENTS_FIELD_NUMBER: builtins.int
+    FP64_CONTENTS_FIELD_NUMBER: builtins.int
+    BYTES_CONTENTS_FIELD_NUMBER: builtins.int
+    @property
+    def bool_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bool]:
         """Representation for BOOL data type. The size must match what is
         expected by the tensor's shape. The contents must be the flattened,
         one-dimensional, row-major order of the tensor elements.
         """
 
-    @_builtins.property
-    def int_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+    @property
+    def int_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Representation for INT8, INT16, and INT32 data types. The size
         must match what is expected by the tensor's shape. The contents
         must be the flattened, one-dimensional, row-major order of the
         tensor elements.
         """
 
-    @_builtins.property
-    def int64_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+    @property
+    def int64_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Representation for INT64 data types. The size must match what
         is expected by the tensor's shape. The contents must be the
         flattened, one-dimensional, row-major order of the tensor elements.
         """
 
-    @_builtins.property
-    def uint_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+    @property
+    def uint_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Representation for UINT8, UINT16, and UINT32 data types. The size
         must match what is expected by the tensor's shape. The contents
         must be the flattened, one-dimensional, row-major order of the
         tensor elements.
         """
 
-    @_builtins.property
-    def uint64_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+    @property
+    def uint64_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Representation for UINT64 data types. The size must match what
         is expected by the tensor's shape. The contents must be the
         flattened, one-dimensional, row-major order of the tensor elements.
         """
 
-    @_builtins.property
-    def fp32_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+    @property
+    def fp32_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.float]:
         """Representation for FP32 data type. The size must match what is
         expected by the tensor's shape. The contents must be the flattened,
         one-dimensional, row-major order of the tensor elements.
         """
 
-    @_builtins.property
-    def fp64_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+    @property
+    def fp64_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.float]:
         """Representation for FP64 data type. The size must match what is
         expected by the tensor's shape. The contents must be the flattened,
         one-dimensional, row-major order of the tensor elements.
         """
 
-    @_builtins.property
-    def bytes_contents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+    @property
+    def bytes_contents(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
         """Representation for BYTES data type. The size must match what is
         expected by the tensor's shape. The contents must be the flattened,
         one-dimensional, row-major order of the tensor elements.
@@ -750,19 +660,15 @@ class InferTensorContents(_message.Message):
     def __init__(
         self,
         *,
-        bool_contents: _abc.Iterable[_builtins.bool] | None = ...,
-        int_contents: _abc.Iterable[_builtins.int] | None = ...,
-        int64_contents: _abc.Iterable[_builtins.int] | None = ...,
-        uint_contents: _abc.Iterable[_builtins.int] | None = ...,
-        uint64_contents: _abc.Iterable[_builtins.int] | None = ...,
-        fp32_contents: _abc.Iterable[_builtins.float] | None = ...,
-        fp64_contents: _abc.Iterable[_builtins.float] | None = ...,
-        bytes_contents: _abc.Iterable[_builtins.bytes] | None = ...,
+        bool_contents: collections.abc.Iterable[builtins.bool] | None = ...,
+        int_contents: collections.abc.Iterable[builtins.int] | None = ...,
+        int64_contents: collections.abc.Iterable[builtins.int] | None = ...,
+        uint_contents: collections.abc.Iterable[builtins.int] | None = ...,
+        uint64_contents: collections.abc.Iterable[builtins.int] | None = ...,
+        fp32_contents: collections.abc.Iterable[builtins.float] | None = ...,
+        fp64_contents: collections.abc.Iterable[builtins.float] | None = ...,
+        bytes_contents: collections.abc.Iterable[builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bool_contents", b"bool_contents", "bytes_contents", b"bytes_contents", "fp32_contents", b"fp32_contents", "fp64_contents", b"fp64_contents", "int64_contents", b"int64_contents", "int_contents", b"int_contents", "uint64_contents", b"uint64_contents", "uint_contents", b"uint_contents"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["bool_contents", b"bool_contents", "bytes_contents", b"bytes_contents", "fp32_contents", b"fp32_contents", "fp64_contents", b"fp64_contents", "int64_contents", b"int64_contents", "int_contents", b"int_contents", "uint64_contents", b"uint64_contents", "uint_contents", b"uint_contents"]) -> None: ...
 
-Global___InferTensorContents: _TypeAlias = InferTensorContents  # noqa: Y015
+global___InferTensorContents = InferTensorContents

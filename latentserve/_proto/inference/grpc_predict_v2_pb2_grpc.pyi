@@ -7,149 +7,181 @@ f79adf9d37f73f89703d946e176c1ab4a5c62af4. latentserve serves this service next t
 API; see docs/serving.md, "Open Inference Protocol (KServe v2)".
 """
 
-from collections import abc as _abc
-from grpc import aio as _aio
-from . import grpc_predict_v2_pb2 as _grpc_predict_v2_pb2
-import abc as _abc_1
-import grpc as _grpc
-import sys
-import typing as _typing
+import abc
+import collections.abc
+import grpc
+import grpc.aio
+from . import grpc_predict_v2_pb2
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import Self as _Self
-else:
-    from typing_extensions import Self as _Self
+_T = typing.TypeVar("_T")
 
-_T = _typing.TypeVar("_T")
+class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Iterator[_T], metaclass=abc.ABCMeta): ...
 
-class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
-
-class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
-
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
 
 class GRPCInferenceServiceStub:
     """Inference Server GRPC endpoints."""
 
-    @_typing.overload
-    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
-    @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> GRPCInferenceServiceAsyncStub: ...
-    ServerLive: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ServerLiveRequest, _grpc_predict_v2_pb2.ServerLiveResponse]
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    ServerLive: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ServerLiveRequest,
+        inference.grpc_predict_v2_pb2.ServerLiveResponse,
+    ]
     """The ServerLive API indicates if the inference server is able to receive 
     and respond to metadata and inference requests.
     """
-    ServerReady: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ServerReadyRequest, _grpc_predict_v2_pb2.ServerReadyResponse]
+
+    ServerReady: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ServerReadyRequest,
+        inference.grpc_predict_v2_pb2.ServerReadyResponse,
+    ]
     """The ServerReady API indicates if the server is ready for inferencing."""
-    ModelReady: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelReadyRequest, _grpc_predict_v2_pb2.ModelReadyResponse]
+
+    ModelReady: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelReadyRequest,
+        inference.grpc_predict_v2_pb2.ModelReadyResponse,
+    ]
     """The ModelReady API indicates if a specific model is ready for inferencing."""
-    ServerMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ServerMetadataRequest, _grpc_predict_v2_pb2.ServerMetadataResponse]
+
+    ServerMetadata: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ServerMetadataRequest,
+        inference.grpc_predict_v2_pb2.ServerMetadataResponse,
+    ]
     """The ServerMetadata API provides information about the server. Errors are 
     indicated by the google.rpc.Status returned for the request. The OK code 
     indicates success and other codes indicate failure.
     """
-    ModelMetadata: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelMetadataRequest, _grpc_predict_v2_pb2.ModelMetadataResponse]
+
+    ModelMetadata: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelMetadataRequest,
+        inference.grpc_predict_v2_pb2.ModelMetadataResponse,
+    ]
     """The per-model metadata API provides information about a model. Errors are 
     indicated by the google.rpc.Status returned for the request. The OK code 
     indicates success and other codes indicate failure.
     """
-    ModelInfer: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelInferResponse]
+
+    ModelInfer: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelInferRequest,
+        inference.grpc_predict_v2_pb2.ModelInferResponse,
+    ]
     """The ModelInfer API performs inference using the specified model. Errors are
     indicated by the google.rpc.Status returned for the request. The OK code 
     indicates success and other codes indicate failure.
     """
 
-@_typing.type_check_only
-class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
+class GRPCInferenceServiceAsyncStub:
     """Inference Server GRPC endpoints."""
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    ServerLive: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ServerLiveRequest, _grpc_predict_v2_pb2.ServerLiveResponse]  # type: ignore[assignment]
+    ServerLive: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ServerLiveRequest,
+        inference.grpc_predict_v2_pb2.ServerLiveResponse,
+    ]
     """The ServerLive API indicates if the inference server is able to receive 
     and respond to metadata and inference requests.
     """
-    ServerReady: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ServerReadyRequest, _grpc_predict_v2_pb2.ServerReadyResponse]  # type: ignore[assignment]
+
+    ServerReady: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ServerReadyRequest,
+        inference.grpc_predict_v2_pb2.ServerReadyResponse,
+    ]
     """The ServerReady API indicates if the server is ready for inferencing."""
-    ModelReady: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelReadyRequest, _grpc_predict_v2_pb2.ModelReadyResponse]  # type: ignore[assignment]
+
+    ModelReady: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelReadyRequest,
+        inference.grpc_predict_v2_pb2.ModelReadyResponse,
+    ]
     """The ModelReady API indicates if a specific model is ready for inferencing."""
-    ServerMetadata: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ServerMetadataRequest, _grpc_predict_v2_pb2.ServerMetadataResponse]  # type: ignore[assignment]
+
+    ServerMetadata: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ServerMetadataRequest,
+        inference.grpc_predict_v2_pb2.ServerMetadataResponse,
+    ]
     """The ServerMetadata API provides information about the server. Errors are 
     indicated by the google.rpc.Status returned for the request. The OK code 
     indicates success and other codes indicate failure.
     """
-    ModelMetadata: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelMetadataRequest, _grpc_predict_v2_pb2.ModelMetadataResponse]  # type: ignore[assignment]
+
+    ModelMetadata: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelMetadataRequest,
+        inference.grpc_predict_v2_pb2.ModelMetadataResponse,
+    ]
     """The per-model metadata API provides information about a model. Errors are 
     indicated by the google.rpc.Status returned for the request. The OK code 
     indicates success and other codes indicate failure.
     """
-    ModelInfer: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelInferResponse]  # type: ignore[assignment]
+
+    ModelInfer: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelInferRequest,
+        inference.grpc_predict_v2_pb2.ModelInferResponse,
+    ]
     """The ModelInfer API performs inference using the specified model. Errors are
     indicated by the google.rpc.Status returned for the request. The OK code 
     indicates success and other codes indicate failure.
     """
 
-class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
+class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
     """Inference Server GRPC endpoints."""
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ServerLive(
         self,
-        request: _grpc_predict_v2_pb2.ServerLiveRequest,
+        request: inference.grpc_predict_v2_pb2.ServerLiveRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_predict_v2_pb2.ServerLiveResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ServerLiveResponse]]:
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ServerLiveResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ServerLiveResponse]]:
         """The ServerLive API indicates if the inference server is able to receive 
         and respond to metadata and inference requests.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ServerReady(
         self,
-        request: _grpc_predict_v2_pb2.ServerReadyRequest,
+        request: inference.grpc_predict_v2_pb2.ServerReadyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_predict_v2_pb2.ServerReadyResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ServerReadyResponse]]:
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ServerReadyResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ServerReadyResponse]]:
         """The ServerReady API indicates if the server is ready for inferencing."""
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ModelReady(
         self,
-        request: _grpc_predict_v2_pb2.ModelReadyRequest,
+        request: inference.grpc_predict_v2_pb2.ModelReadyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_predict_v2_pb2.ModelReadyResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ModelReadyResponse]]:
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ModelReadyResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ModelReadyResponse]]:
         """The ModelReady API indicates if a specific model is ready for inferencing."""
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ServerMetadata(
         self,
-        request: _grpc_predict_v2_pb2.ServerMetadataRequest,
+        request: inference.grpc_predict_v2_pb2.ServerMetadataRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_predict_v2_pb2.ServerMetadataResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ServerMetadataResponse]]:
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ServerMetadataResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ServerMetadataResponse]]:
         """The ServerMetadata API provides information about the server. Errors are 
         indicated by the google.rpc.Status returned for the request. The OK code 
         indicates success and other codes indicate failure.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ModelMetadata(
         self,
-        request: _grpc_predict_v2_pb2.ModelMetadataRequest,
+        request: inference.grpc_predict_v2_pb2.ModelMetadataRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_predict_v2_pb2.ModelMetadataResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ModelMetadataResponse]]:
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ModelMetadataResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ModelMetadataResponse]]:
         """The per-model metadata API provides information about a model. Errors are 
         indicated by the google.rpc.Status returned for the request. The OK code 
         indicates success and other codes indicate failure.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ModelInfer(
         self,
-        request: _grpc_predict_v2_pb2.ModelInferRequest,
+        request: inference.grpc_predict_v2_pb2.ModelInferRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_grpc_predict_v2_pb2.ModelInferResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ModelInferResponse]]:
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ModelInferResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ModelInferResponse]]:
         """The ModelInfer API performs inference using the specified model. Errors are
         indicated by the google.rpc.Status returned for the request. The OK code 
         indicates success and other codes indicate failure.
         """
 
-def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

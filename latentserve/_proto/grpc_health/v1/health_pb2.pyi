@@ -9,51 +9,47 @@ same file twice, which protobuf accepts, instead of two files defining one symbo
 tests/integration/test_proto_drift.py checks that both describe the same file.
 """
 
-from collections import abc as _abc
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-import builtins as _builtins
+import builtins
+import collections.abc
+import google.protobuf.descriptor
+import google.protobuf.internal.containers
+import google.protobuf.internal.enum_type_wrapper
+import google.protobuf.message
 import sys
-import typing as _typing
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    import typing as typing_extensions
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    import typing_extensions
 
-DESCRIPTOR: _descriptor.FileDescriptor
+DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
-@_typing.final
-class HealthCheckRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class HealthCheckRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    SERVICE_FIELD_NUMBER: _builtins.int
-    service: _builtins.str
+    SERVICE_FIELD_NUMBER: builtins.int
+    service: builtins.str
     def __init__(
         self,
         *,
-        service: _builtins.str = ...,
+        service: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["service", b"service"]) -> None: ...
 
-Global___HealthCheckRequest: _TypeAlias = HealthCheckRequest  # noqa: Y015
+global___HealthCheckRequest = HealthCheckRequest
 
-@_typing.final
-class HealthCheckResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class HealthCheckResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     class _ServingStatus:
-        ValueType = _typing.NewType("ValueType", _builtins.int)
-        V: _TypeAlias = ValueType  # noqa: Y015
+        ValueType = typing.NewType("ValueType", builtins.int)
+        V: typing_extensions.TypeAlias = ValueType
 
-    class _ServingStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[HealthCheckResponse._ServingStatus.ValueType], _builtins.type):
-        DESCRIPTOR: _descriptor.EnumDescriptor
+    class _ServingStatusEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[HealthCheckResponse._ServingStatus.ValueType], builtins.type):
+        DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
         UNKNOWN: HealthCheckResponse._ServingStatus.ValueType  # 0
         SERVING: HealthCheckResponse._ServingStatus.ValueType  # 1
         NOT_SERVING: HealthCheckResponse._ServingStatus.ValueType  # 2
@@ -67,75 +63,59 @@ class HealthCheckResponse(_message.Message):
     SERVICE_UNKNOWN: HealthCheckResponse.ServingStatus.ValueType  # 3
     """Used only by the Watch method."""
 
-    STATUS_FIELD_NUMBER: _builtins.int
-    status: Global___HealthCheckResponse.ServingStatus.ValueType
+    STATUS_FIELD_NUMBER: builtins.int
+    status: global___HealthCheckResponse.ServingStatus.ValueType
     def __init__(
         self,
         *,
-        status: Global___HealthCheckResponse.ServingStatus.ValueType = ...,
+        status: global___HealthCheckResponse.ServingStatus.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["status", b"status"]) -> None: ...
 
-Global___HealthCheckResponse: _TypeAlias = HealthCheckResponse  # noqa: Y015
+global___HealthCheckResponse = HealthCheckResponse
 
-@_typing.final
-class HealthListRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class HealthListRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___HealthListRequest: _TypeAlias = HealthListRequest  # noqa: Y015
+global___HealthListRequest = HealthListRequest
 
-@_typing.final
-class HealthListResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class HealthListResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    @_typing.final
-    class StatusesEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
+    @typing.final
+    class StatusesEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        @_builtins.property
-        def value(self) -> Global___HealthCheckResponse: ...
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        @property
+        def value(self) -> global___HealthCheckResponse: ...
         def __init__(
             self,
             *,
-            key: _builtins.str = ...,
-            value: Global___HealthCheckResponse | None = ...,
+            key: builtins.str = ...,
+            value: global___HealthCheckResponse | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def HasField(self, field_name: typing.Literal["value", b"value"]) -> builtins.bool: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-    STATUSES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def statuses(self) -> _containers.MessageMap[_builtins.str, Global___HealthCheckResponse]:
+    STATUSES_FIELD_NUMBER: builtins.int
+    @property
+    def statuses(self) -> google.protobuf.internal.containers.MessageMap[builtins.str, global___HealthCheckResponse]:
         """Contains all the services and their respective status."""
 
     def __init__(
         self,
         *,
-        statuses: _abc.Mapping[_builtins.str, Global___HealthCheckResponse] | None = ...,
+        statuses: collections.abc.Mapping[builtins.str, global___HealthCheckResponse] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["statuses", b"statuses"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["statuses", b"statuses"]) -> None: ...
 
-Global___HealthListResponse: _TypeAlias = HealthListResponse  # noqa: Y015
+global___HealthListResponse = HealthListResponse

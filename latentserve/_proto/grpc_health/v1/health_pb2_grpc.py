@@ -5,8 +5,10 @@ import warnings
 
 from . import health_pb2 as grpc__health_dot_v1_dot_health__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in grpc_health/v1/health_pb2_grpc.py depends on'
+        + f' but the generated code in grpc_health/v1/health_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class HealthStub:
+class HealthStub(object):
     """Health is gRPC's mechanism for checking whether a server is able to handle
     RPCs. Its semantics are documented in
     https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
@@ -54,7 +59,7 @@ class HealthStub:
                 _registered_method=True)
 
 
-class HealthServicer:
+class HealthServicer(object):
     """Health is gRPC's mechanism for checking whether a server is able to handle
     RPCs. Its semantics are documented in
     https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
@@ -136,11 +141,10 @@ def add_HealthServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'grpc.health.v1.Health', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('grpc.health.v1.Health', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Health:
+class Health(object):
     """Health is gRPC's mechanism for checking whether a server is able to handle
     RPCs. Its semantics are documented in
     https://github.com/grpc/grpc/blob/master/doc/health-checking.md.

@@ -9,28 +9,19 @@ same file twice, which protobuf accepts, instead of two files defining one symbo
 tests/integration/test_proto_drift.py checks that both describe the same file.
 """
 
-from collections import abc as _abc
-from grpc import aio as _aio
-from . import health_pb2 as _health_pb2
-import abc as _abc_1
-import grpc as _grpc
-import sys
-import typing as _typing
+import abc
+import collections.abc
+import grpc
+import grpc.aio
+from . import health_pb2
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import Self as _Self
-else:
-    from typing_extensions import Self as _Self
+_T = typing.TypeVar("_T")
 
-_T = _typing.TypeVar("_T")
+class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Iterator[_T], metaclass=abc.ABCMeta): ...
 
-class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
-
-class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
-
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
 
 class HealthStub:
     """Health is gRPC's mechanism for checking whether a server is able to handle
@@ -38,11 +29,11 @@ class HealthStub:
     https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
     """
 
-    @_typing.overload
-    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
-    @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> HealthAsyncStub: ...
-    Check: _grpc.UnaryUnaryMultiCallable[_health_pb2.HealthCheckRequest, _health_pb2.HealthCheckResponse]
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    Check: grpc.UnaryUnaryMultiCallable[
+        grpc_health.v1.health_pb2.HealthCheckRequest,
+        grpc_health.v1.health_pb2.HealthCheckResponse,
+    ]
     """Check gets the health of the specified service. If the requested service
     is unknown, the call will fail with status NOT_FOUND. If the caller does
     not specify a service name, the server should respond with its overall
@@ -53,7 +44,11 @@ class HealthStub:
 
     Check implementations should be idempotent and side effect free.
     """
-    List: _grpc.UnaryUnaryMultiCallable[_health_pb2.HealthListRequest, _health_pb2.HealthListResponse]
+
+    List: grpc.UnaryUnaryMultiCallable[
+        grpc_health.v1.health_pb2.HealthListRequest,
+        grpc_health.v1.health_pb2.HealthListResponse,
+    ]
     """List provides a non-atomic snapshot of the health of all the available services.
 
     The maximum number of services to return is 100; responses exceeding this limit will result in a RESOURCE_EXHAUSTED
@@ -67,7 +62,11 @@ class HealthStub:
 
     List implementations should be idempotent and side effect free.
     """
-    Watch: _grpc.UnaryStreamMultiCallable[_health_pb2.HealthCheckRequest, _health_pb2.HealthCheckResponse]
+
+    Watch: grpc.UnaryStreamMultiCallable[
+        grpc_health.v1.health_pb2.HealthCheckRequest,
+        grpc_health.v1.health_pb2.HealthCheckResponse,
+    ]
     """Performs a watch for the serving status of the requested service.
     The server will immediately send back a message indicating the current
     serving status.  It will then subsequently send a new message whenever
@@ -85,15 +84,16 @@ class HealthStub:
     clients should retry the call with appropriate exponential backoff.
     """
 
-@_typing.type_check_only
-class HealthAsyncStub(HealthStub):
+class HealthAsyncStub:
     """Health is gRPC's mechanism for checking whether a server is able to handle
     RPCs. Its semantics are documented in
     https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
     """
 
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    Check: _aio.UnaryUnaryMultiCallable[_health_pb2.HealthCheckRequest, _health_pb2.HealthCheckResponse]  # type: ignore[assignment]
+    Check: grpc.aio.UnaryUnaryMultiCallable[
+        grpc_health.v1.health_pb2.HealthCheckRequest,
+        grpc_health.v1.health_pb2.HealthCheckResponse,
+    ]
     """Check gets the health of the specified service. If the requested service
     is unknown, the call will fail with status NOT_FOUND. If the caller does
     not specify a service name, the server should respond with its overall
@@ -104,7 +104,11 @@ class HealthAsyncStub(HealthStub):
 
     Check implementations should be idempotent and side effect free.
     """
-    List: _aio.UnaryUnaryMultiCallable[_health_pb2.HealthListRequest, _health_pb2.HealthListResponse]  # type: ignore[assignment]
+
+    List: grpc.aio.UnaryUnaryMultiCallable[
+        grpc_health.v1.health_pb2.HealthListRequest,
+        grpc_health.v1.health_pb2.HealthListResponse,
+    ]
     """List provides a non-atomic snapshot of the health of all the available services.
 
     The maximum number of services to return is 100; responses exceeding this limit will result in a RESOURCE_EXHAUSTED
@@ -118,7 +122,11 @@ class HealthAsyncStub(HealthStub):
 
     List implementations should be idempotent and side effect free.
     """
-    Watch: _aio.UnaryStreamMultiCallable[_health_pb2.HealthCheckRequest, _health_pb2.HealthCheckResponse]  # type: ignore[assignment]
+
+    Watch: grpc.aio.UnaryStreamMultiCallable[
+        grpc_health.v1.health_pb2.HealthCheckRequest,
+        grpc_health.v1.health_pb2.HealthCheckResponse,
+    ]
     """Performs a watch for the serving status of the requested service.
     The server will immediately send back a message indicating the current
     serving status.  It will then subsequently send a new message whenever
@@ -136,18 +144,18 @@ class HealthAsyncStub(HealthStub):
     clients should retry the call with appropriate exponential backoff.
     """
 
-class HealthServicer(metaclass=_abc_1.ABCMeta):
+class HealthServicer(metaclass=abc.ABCMeta):
     """Health is gRPC's mechanism for checking whether a server is able to handle
     RPCs. Its semantics are documented in
     https://github.com/grpc/grpc/blob/master/doc/health-checking.md.
     """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def Check(
         self,
-        request: _health_pb2.HealthCheckRequest,
+        request: grpc_health.v1.health_pb2.HealthCheckRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_health_pb2.HealthCheckResponse, _abc.Awaitable[_health_pb2.HealthCheckResponse]]:
+    ) -> typing.Union[grpc_health.v1.health_pb2.HealthCheckResponse, collections.abc.Awaitable[grpc_health.v1.health_pb2.HealthCheckResponse]]:
         """Check gets the health of the specified service. If the requested service
         is unknown, the call will fail with status NOT_FOUND. If the caller does
         not specify a service name, the server should respond with its overall
@@ -159,12 +167,12 @@ class HealthServicer(metaclass=_abc_1.ABCMeta):
         Check implementations should be idempotent and side effect free.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def List(
         self,
-        request: _health_pb2.HealthListRequest,
+        request: grpc_health.v1.health_pb2.HealthListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_health_pb2.HealthListResponse, _abc.Awaitable[_health_pb2.HealthListResponse]]:
+    ) -> typing.Union[grpc_health.v1.health_pb2.HealthListResponse, collections.abc.Awaitable[grpc_health.v1.health_pb2.HealthListResponse]]:
         """List provides a non-atomic snapshot of the health of all the available services.
 
         The maximum number of services to return is 100; responses exceeding this limit will result in a RESOURCE_EXHAUSTED
@@ -179,12 +187,12 @@ class HealthServicer(metaclass=_abc_1.ABCMeta):
         List implementations should be idempotent and side effect free.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def Watch(
         self,
-        request: _health_pb2.HealthCheckRequest,
+        request: grpc_health.v1.health_pb2.HealthCheckRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_health_pb2.HealthCheckResponse], _abc.AsyncIterator[_health_pb2.HealthCheckResponse]]:
+    ) -> typing.Union[collections.abc.Iterator[grpc_health.v1.health_pb2.HealthCheckResponse], collections.abc.AsyncIterator[grpc_health.v1.health_pb2.HealthCheckResponse]]:
         """Performs a watch for the serving status of the requested service.
         The server will immediately send back a message indicating the current
         serving status.  It will then subsequently send a new message whenever
@@ -202,4 +210,4 @@ class HealthServicer(metaclass=_abc_1.ABCMeta):
         clients should retry the call with appropriate exponential backoff.
         """
 
-def add_HealthServicer_to_server(servicer: HealthServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_HealthServicer_to_server(servicer: HealthServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

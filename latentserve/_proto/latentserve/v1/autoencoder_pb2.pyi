@@ -9,28 +9,28 @@ raw_*_contents do), never as repeated floats: large batches stay cheap.
 An empty `model` field means the server's default model.
 """
 
-from collections import abc as _abc
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
-from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-import builtins as _builtins
+import builtins
+import collections.abc
+import google.protobuf.descriptor
+import google.protobuf.internal.containers
+import google.protobuf.internal.enum_type_wrapper
+import google.protobuf.message
 import sys
-import typing as _typing
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import TypeAlias as _TypeAlias, Never as _Never
+if sys.version_info >= (3, 10):
+    import typing as typing_extensions
 else:
-    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+    import typing_extensions
 
-DESCRIPTOR: _descriptor.FileDescriptor
+DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
 class _Prior:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
 
-class _PriorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Prior.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
+class _PriorEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_Prior.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     PRIOR_UNSPECIFIED: _Prior.ValueType  # 0
     """The model's own default: standard normal for a VAE, the fitted Gaussian
     for a plain AE (which has no prior of its own).
@@ -59,14 +59,14 @@ PRIOR_BOUNDING_BOX_UNIFORM: Prior.ValueType  # 3
 """Uniform over the bounding box of the training-set latents: the
 walkthrough's naive "pick a random point" experiment.
 """
-Global___Prior: _TypeAlias = Prior  # noqa: Y015
+global___Prior = Prior
 
 class _ModelState:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
 
-class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
+class _ModelStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
     MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
     MODEL_STATE_READY: _ModelState.ValueType  # 1
     """Loaded, warmed up, answering requests."""
@@ -84,51 +84,47 @@ MODEL_STATE_FAILED: ModelState.ValueType  # 2
 """Found but refused (bad manifest, missing or corrupt graph, hash
 mismatch, ...); `error` says why.
 """
-Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+global___ModelState = ModelState
 
-@_typing.final
-class Tensor(_message.Message):
+@typing.final
+class Tensor(google.protobuf.message.Message):
     """A dense float32 tensor."""
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    SHAPE_FIELD_NUMBER: _builtins.int
-    RAW_DATA_FIELD_NUMBER: _builtins.int
-    raw_data: _builtins.bytes
+    SHAPE_FIELD_NUMBER: builtins.int
+    RAW_DATA_FIELD_NUMBER: builtins.int
+    raw_data: builtins.bytes
     """Little-endian float32 values, C order; length must be 4 * prod(shape)."""
-    @_builtins.property
-    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+    @property
+    def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Dimensions, outermost first (C order). Every entry must be >= 0."""
 
     def __init__(
         self,
         *,
-        shape: _abc.Iterable[_builtins.int] | None = ...,
-        raw_data: _builtins.bytes = ...,
+        shape: collections.abc.Iterable[builtins.int] | None = ...,
+        raw_data: builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["raw_data", b"raw_data", "shape", b"shape"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["raw_data", b"raw_data", "shape", b"shape"]) -> None: ...
 
-Global___Tensor: _TypeAlias = Tensor  # noqa: Y015
+global___Tensor = Tensor
 
-@_typing.final
-class EncodedImages(_message.Message):
+@typing.final
+class EncodedImages(google.protobuf.message.Message):
     """Images in an encoded file format, one file per image."""
 
-    DESCRIPTOR: _descriptor.Descriptor
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    DATA_FIELD_NUMBER: _builtins.int
-    RESIZE_FIELD_NUMBER: _builtins.int
-    resize: _builtins.bool
+    DATA_FIELD_NUMBER: builtins.int
+    RESIZE_FIELD_NUMBER: builtins.int
+    resize: builtins.bool
     """Resize images of another size to 28 x 28 (bilinear, aspect ratio not
     kept). Off by default, so that a wrong-sized image is an error, not a
     silent distortion.
     """
-    @_builtins.property
-    def data(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+    @property
+    def data(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
         """PNG or JPEG files. Each is converted to 8-bit grayscale and scaled to
         [0, 1]; it must already be 28 x 28 pixels unless `resize` is set.
         """
@@ -136,434 +132,385 @@ class EncodedImages(_message.Message):
     def __init__(
         self,
         *,
-        data: _abc.Iterable[_builtins.bytes] | None = ...,
-        resize: _builtins.bool = ...,
+        data: collections.abc.Iterable[builtins.bytes] | None = ...,
+        resize: builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "resize", b"resize"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["data", b"data", "resize", b"resize"]) -> None: ...
 
-Global___EncodedImages: _TypeAlias = EncodedImages  # noqa: Y015
+global___EncodedImages = EncodedImages
 
-@_typing.final
-class EncodeRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class EncodeRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    IMAGES_FIELD_NUMBER: _builtins.int
-    ENCODED_IMAGES_FIELD_NUMBER: _builtins.int
-    SAMPLE_Z_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
+    MODEL_FIELD_NUMBER: builtins.int
+    IMAGES_FIELD_NUMBER: builtins.int
+    ENCODED_IMAGES_FIELD_NUMBER: builtins.int
+    SAMPLE_Z_FIELD_NUMBER: builtins.int
+    SEED_FIELD_NUMBER: builtins.int
+    model: builtins.str
     """Model name; empty selects the server's default model."""
-    sample_z: _builtins.bool
+    sample_z: builtins.bool
     """VAE only: also return z sampled with the reparameterisation trick."""
-    seed: _builtins.int
+    seed: builtins.int
     """Seed for `sample_z`; same seed and inputs give the same z. When unset the
     server picks one and returns it in EncodeResponse.seed.
     """
-    @_builtins.property
-    def images(self) -> Global___Tensor:
+    @property
+    def images(self) -> global___Tensor:
         """N x 28 x 28 or N x 1 x 28 x 28 float32 in [0, 1]; N >= 1."""
 
-    @_builtins.property
-    def encoded_images(self) -> Global___EncodedImages:
+    @property
+    def encoded_images(self) -> global___EncodedImages:
         """N >= 1 encoded image files."""
 
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
-        images: Global___Tensor | None = ...,
-        encoded_images: Global___EncodedImages | None = ...,
-        sample_z: _builtins.bool = ...,
-        seed: _builtins.int | None = ...,
+        model: builtins.str = ...,
+        images: global___Tensor | None = ...,
+        encoded_images: global___EncodedImages | None = ...,
+        sample_z: builtins.bool = ...,
+        seed: builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "seed", b"seed"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "model", b"model", "sample_z", b"sample_z", "seed", b"seed"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
-    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
-    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["images", "encoded_images"]  # noqa: Y015
-    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+    def HasField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "seed", b"seed"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "model", b"model", "sample_z", b"sample_z", "seed", b"seed"]) -> None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["input", b"input"]) -> typing.Literal["images", "encoded_images"] | None: ...
 
-Global___EncodeRequest: _TypeAlias = EncodeRequest  # noqa: Y015
+global___EncodeRequest = EncodeRequest
 
-@_typing.final
-class EncodeResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class EncodeResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    MODEL_VERSION_FIELD_NUMBER: _builtins.int
-    LATENTS_FIELD_NUMBER: _builtins.int
-    LOG_VAR_FIELD_NUMBER: _builtins.int
-    Z_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
+    MODEL_FIELD_NUMBER: builtins.int
+    MODEL_VERSION_FIELD_NUMBER: builtins.int
+    LATENTS_FIELD_NUMBER: builtins.int
+    LOG_VAR_FIELD_NUMBER: builtins.int
+    Z_FIELD_NUMBER: builtins.int
+    SEED_FIELD_NUMBER: builtins.int
+    model: builtins.str
     """The model that answered (resolved from an empty request field) and its version."""
-    model_version: _builtins.str
-    seed: _builtins.int
+    model_version: builtins.str
+    seed: builtins.int
     """The seed used for z (when sample_z was requested)."""
-    @_builtins.property
-    def latents(self) -> Global___Tensor:
+    @property
+    def latents(self) -> global___Tensor:
         """N x D. AE: the latent code. VAE: the posterior mean."""
 
-    @_builtins.property
-    def log_var(self) -> Global___Tensor:
+    @property
+    def log_var(self) -> global___Tensor:
         """N x D, VAE only: the posterior log-variance."""
 
-    @_builtins.property
-    def z(self) -> Global___Tensor:
+    @property
+    def z(self) -> global___Tensor:
         """N x D, only when sample_z was requested."""
 
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
-        model_version: _builtins.str = ...,
-        latents: Global___Tensor | None = ...,
-        log_var: Global___Tensor | None = ...,
-        z: Global___Tensor | None = ...,
-        seed: _builtins.int = ...,
+        model: builtins.str = ...,
+        model_version: builtins.str = ...,
+        latents: global___Tensor | None = ...,
+        log_var: global___Tensor | None = ...,
+        z: global___Tensor | None = ...,
+        seed: builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents", "log_var", b"log_var", "z", b"z"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents", "log_var", b"log_var", "model", b"model", "model_version", b"model_version", "seed", b"seed", "z", b"z"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def HasField(self, field_name: typing.Literal["latents", b"latents", "log_var", b"log_var", "z", b"z"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["latents", b"latents", "log_var", b"log_var", "model", b"model", "model_version", b"model_version", "seed", b"seed", "z", b"z"]) -> None: ...
 
-Global___EncodeResponse: _TypeAlias = EncodeResponse  # noqa: Y015
+global___EncodeResponse = EncodeResponse
 
-@_typing.final
-class DecodeRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class DecodeRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    LATENTS_FIELD_NUMBER: _builtins.int
-    RETURN_PNG_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    return_png: _builtins.bool
+    MODEL_FIELD_NUMBER: builtins.int
+    LATENTS_FIELD_NUMBER: builtins.int
+    RETURN_PNG_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    return_png: builtins.bool
     """Also return each image as an 8-bit grayscale PNG."""
-    @_builtins.property
-    def latents(self) -> Global___Tensor:
+    @property
+    def latents(self) -> global___Tensor:
         """N x D float32 latents, D = the model's latent_dim; N >= 1; finite values."""
 
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
-        latents: Global___Tensor | None = ...,
-        return_png: _builtins.bool = ...,
+        model: builtins.str = ...,
+        latents: global___Tensor | None = ...,
+        return_png: builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["latents", b"latents", "model", b"model", "return_png", b"return_png"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def HasField(self, field_name: typing.Literal["latents", b"latents"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["latents", b"latents", "model", b"model", "return_png", b"return_png"]) -> None: ...
 
-Global___DecodeRequest: _TypeAlias = DecodeRequest  # noqa: Y015
+global___DecodeRequest = DecodeRequest
 
-@_typing.final
-class DecodeResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class DecodeResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    MODEL_VERSION_FIELD_NUMBER: _builtins.int
-    IMAGES_FIELD_NUMBER: _builtins.int
-    PNG_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    model_version: _builtins.str
-    @_builtins.property
-    def images(self) -> Global___Tensor:
+    MODEL_FIELD_NUMBER: builtins.int
+    MODEL_VERSION_FIELD_NUMBER: builtins.int
+    IMAGES_FIELD_NUMBER: builtins.int
+    PNG_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    model_version: builtins.str
+    @property
+    def images(self) -> global___Tensor:
         """N x 1 x 28 x 28 float32 in [0, 1]."""
 
-    @_builtins.property
-    def png(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+    @property
+    def png(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
         """N PNG files, when return_png was set."""
 
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
-        model_version: _builtins.str = ...,
-        images: Global___Tensor | None = ...,
-        png: _abc.Iterable[_builtins.bytes] | None = ...,
+        model: builtins.str = ...,
+        model_version: builtins.str = ...,
+        images: global___Tensor | None = ...,
+        png: collections.abc.Iterable[builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["images", b"images"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model", b"model", "model_version", b"model_version", "png", b"png"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def HasField(self, field_name: typing.Literal["images", b"images"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["images", b"images", "model", b"model", "model_version", b"model_version", "png", b"png"]) -> None: ...
 
-Global___DecodeResponse: _TypeAlias = DecodeResponse  # noqa: Y015
+global___DecodeResponse = DecodeResponse
 
-@_typing.final
-class SampleRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class SampleRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    PRIOR_FIELD_NUMBER: _builtins.int
-    TEMPERATURE_FIELD_NUMBER: _builtins.int
-    RETURN_LATENTS_FIELD_NUMBER: _builtins.int
-    RETURN_PNG_FIELD_NUMBER: _builtins.int
-    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    count: _builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    COUNT_FIELD_NUMBER: builtins.int
+    SEED_FIELD_NUMBER: builtins.int
+    PRIOR_FIELD_NUMBER: builtins.int
+    TEMPERATURE_FIELD_NUMBER: builtins.int
+    RETURN_LATENTS_FIELD_NUMBER: builtins.int
+    RETURN_PNG_FIELD_NUMBER: builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    count: builtins.int
     """Number of images, >= 1. SampleRandom allows up to the server's max
     samples per request; SampleRandomStream up to its max stream samples.
     """
-    seed: _builtins.int
+    seed: builtins.int
     """Same seed, model and request fields -> the same latents and images. When
     unset the server picks a seed and returns it in SampleResponse.seed.
     """
-    prior: Global___Prior.ValueType
-    temperature: _builtins.float
+    prior: global___Prior.ValueType
+    temperature: builtins.float
     """Scales the spread of Gaussian priors around their mean (0 < t <= 10,
     default 1). Ignored by PRIOR_BOUNDING_BOX_UNIFORM.
     """
-    return_latents: _builtins.bool
+    return_latents: builtins.bool
     """Also return the N x D latents that were decoded."""
-    return_png: _builtins.bool
+    return_png: builtins.bool
     """Also return each image as a PNG."""
-    chunk_size: _builtins.int
+    chunk_size: builtins.int
     """SampleRandomStream only: images per message (default and maximum set by
     the server; 0 means the default).
     """
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
-        count: _builtins.int = ...,
-        seed: _builtins.int | None = ...,
-        prior: Global___Prior.ValueType = ...,
-        temperature: _builtins.float | None = ...,
-        return_latents: _builtins.bool = ...,
-        return_png: _builtins.bool = ...,
-        chunk_size: _builtins.int = ...,
+        model: builtins.str = ...,
+        count: builtins.int = ...,
+        seed: builtins.int | None = ...,
+        prior: global___Prior.ValueType = ...,
+        temperature: builtins.float | None = ...,
+        return_latents: builtins.bool = ...,
+        return_png: builtins.bool = ...,
+        chunk_size: builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
-    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
-    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
-    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    def HasField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "seed", b"seed", "temperature", b"temperature"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature"]) -> None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_temperature", b"_temperature"]) -> typing.Literal["temperature"] | None: ...
 
-Global___SampleRequest: _TypeAlias = SampleRequest  # noqa: Y015
+global___SampleRequest = SampleRequest
 
-@_typing.final
-class SampleResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class SampleResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    MODEL_VERSION_FIELD_NUMBER: _builtins.int
-    IMAGES_FIELD_NUMBER: _builtins.int
-    LATENTS_FIELD_NUMBER: _builtins.int
-    PNG_FIELD_NUMBER: _builtins.int
-    SEED_FIELD_NUMBER: _builtins.int
-    OFFSET_FIELD_NUMBER: _builtins.int
-    PRIOR_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
-    model_version: _builtins.str
-    seed: _builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    MODEL_VERSION_FIELD_NUMBER: builtins.int
+    IMAGES_FIELD_NUMBER: builtins.int
+    LATENTS_FIELD_NUMBER: builtins.int
+    PNG_FIELD_NUMBER: builtins.int
+    SEED_FIELD_NUMBER: builtins.int
+    OFFSET_FIELD_NUMBER: builtins.int
+    PRIOR_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    model_version: builtins.str
+    seed: builtins.int
     """The seed used (the request's, or the one the server picked)."""
-    offset: _builtins.int
+    offset: builtins.int
     """Index of this message's first image within the whole request (streaming)."""
-    prior: Global___Prior.ValueType
+    prior: global___Prior.ValueType
     """The prior that was actually used (never PRIOR_UNSPECIFIED)."""
-    @_builtins.property
-    def images(self) -> Global___Tensor:
+    @property
+    def images(self) -> global___Tensor:
         """n x 1 x 28 x 28 float32 (n = count, or this chunk's size when streaming)."""
 
-    @_builtins.property
-    def latents(self) -> Global___Tensor:
+    @property
+    def latents(self) -> global___Tensor:
         """n x D, when return_latents was set."""
 
-    @_builtins.property
-    def png(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+    @property
+    def png(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
         """n PNG files, when return_png was set."""
 
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
-        model_version: _builtins.str = ...,
-        images: Global___Tensor | None = ...,
-        latents: Global___Tensor | None = ...,
-        png: _abc.Iterable[_builtins.bytes] | None = ...,
-        seed: _builtins.int = ...,
-        offset: _builtins.int = ...,
-        prior: Global___Prior.ValueType = ...,
+        model: builtins.str = ...,
+        model_version: builtins.str = ...,
+        images: global___Tensor | None = ...,
+        latents: global___Tensor | None = ...,
+        png: collections.abc.Iterable[builtins.bytes] | None = ...,
+        seed: builtins.int = ...,
+        offset: builtins.int = ...,
+        prior: global___Prior.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "latents", b"latents"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "latents", b"latents", "model", b"model", "model_version", b"model_version", "offset", b"offset", "png", b"png", "prior", b"prior", "seed", b"seed"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def HasField(self, field_name: typing.Literal["images", b"images", "latents", b"latents"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["images", b"images", "latents", b"latents", "model", b"model", "model_version", b"model_version", "offset", b"offset", "png", b"png", "prior", b"prior", "seed", b"seed"]) -> None: ...
 
-Global___SampleResponse: _TypeAlias = SampleResponse  # noqa: Y015
+global___SampleResponse = SampleResponse
 
-@_typing.final
-class ListModelsRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ListModelsRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     def __init__(
         self,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+global___ListModelsRequest = ListModelsRequest
 
-@_typing.final
-class ListModelsResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ListModelsResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODELS_FIELD_NUMBER: _builtins.int
-    DEFAULT_MODEL_FIELD_NUMBER: _builtins.int
-    default_model: _builtins.str
+    MODELS_FIELD_NUMBER: builtins.int
+    DEFAULT_MODEL_FIELD_NUMBER: builtins.int
+    default_model: builtins.str
     """Name served when a request's model field is empty."""
-    @_builtins.property
-    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]: ...
+    @property
+    def models(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___ModelInfo]: ...
     def __init__(
         self,
         *,
-        models: _abc.Iterable[Global___ModelInfo] | None = ...,
-        default_model: _builtins.str = ...,
+        models: collections.abc.Iterable[global___ModelInfo] | None = ...,
+        default_model: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_model", b"default_model", "models", b"models"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["default_model", b"default_model", "models", b"models"]) -> None: ...
 
-Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+global___ListModelsResponse = ListModelsResponse
 
-@_typing.final
-class GetModelRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class GetModelRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    model: _builtins.str
+    MODEL_FIELD_NUMBER: builtins.int
+    model: builtins.str
     """Empty selects the default model."""
     def __init__(
         self,
         *,
-        model: _builtins.str = ...,
+        model: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model", b"model"]) -> None: ...
 
-Global___GetModelRequest: _TypeAlias = GetModelRequest  # noqa: Y015
+global___GetModelRequest = GetModelRequest
 
-@_typing.final
-class ModelInfo(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+@typing.final
+class ModelInfo(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-    @_typing.final
-    class MetricsEntry(_message.Message):
-        DESCRIPTOR: _descriptor.Descriptor
+    @typing.final
+    class MetricsEntry(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
-        KEY_FIELD_NUMBER: _builtins.int
-        VALUE_FIELD_NUMBER: _builtins.int
-        key: _builtins.str
-        value: _builtins.float
+        KEY_FIELD_NUMBER: builtins.int
+        VALUE_FIELD_NUMBER: builtins.int
+        key: builtins.str
+        value: builtins.float
         def __init__(
             self,
             *,
-            key: _builtins.str = ...,
-            value: _builtins.float = ...,
+            key: builtins.str = ...,
+            value: builtins.float = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
-        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        def ClearField(self, field_name: typing.Literal["key", b"key", "value", b"value"]) -> None: ...
 
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    LATENT_DIM_FIELD_NUMBER: _builtins.int
-    IMAGE_SHAPE_FIELD_NUMBER: _builtins.int
-    DESCRIPTION_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
-    PROVIDERS_FIELD_NUMBER: _builtins.int
-    DEFAULT_PRIOR_FIELD_NUMBER: _builtins.int
-    METRICS_FIELD_NUMBER: _builtins.int
-    ENCODER_SHA256_FIELD_NUMBER: _builtins.int
-    DECODER_SHA256_FIELD_NUMBER: _builtins.int
-    PROVENANCE_JSON_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    version: _builtins.str
-    kind: _builtins.str
+    NAME_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    KIND_FIELD_NUMBER: builtins.int
+    LATENT_DIM_FIELD_NUMBER: builtins.int
+    IMAGE_SHAPE_FIELD_NUMBER: builtins.int
+    DESCRIPTION_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    ERROR_FIELD_NUMBER: builtins.int
+    PROVIDERS_FIELD_NUMBER: builtins.int
+    DEFAULT_PRIOR_FIELD_NUMBER: builtins.int
+    METRICS_FIELD_NUMBER: builtins.int
+    ENCODER_SHA256_FIELD_NUMBER: builtins.int
+    DECODER_SHA256_FIELD_NUMBER: builtins.int
+    PROVENANCE_JSON_FIELD_NUMBER: builtins.int
+    name: builtins.str
+    version: builtins.str
+    kind: builtins.str
     """"ae" or "vae"; empty when the manifest could not be read."""
-    latent_dim: _builtins.int
-    description: _builtins.str
-    state: Global___ModelState.ValueType
-    error: _builtins.str
+    latent_dim: builtins.int
+    description: builtins.str
+    state: global___ModelState.ValueType
+    error: builtins.str
     """Why the model was refused (state FAILED)."""
-    default_prior: Global___Prior.ValueType
+    default_prior: global___Prior.ValueType
     """The prior used for PRIOR_UNSPECIFIED."""
-    encoder_sha256: _builtins.str
+    encoder_sha256: builtins.str
     """sha256 of encoder.onnx and decoder.onnx."""
-    decoder_sha256: _builtins.str
-    provenance_json: _builtins.str
+    decoder_sha256: builtins.str
+    provenance_json: builtins.str
     """Training provenance from model.json, as JSON text."""
-    @_builtins.property
-    def image_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+    @property
+    def image_shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Image shape, [1, 28, 28]."""
 
-    @_builtins.property
-    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+    @property
+    def providers(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
         """onnxruntime execution providers in use, in priority order."""
 
-    @_builtins.property
-    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+    @property
+    def metrics(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.float]:
         """Test-set metrics from model.json (e.g. test_mse_per_pixel)."""
 
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        version: _builtins.str = ...,
-        kind: _builtins.str = ...,
-        latent_dim: _builtins.int = ...,
-        image_shape: _abc.Iterable[_builtins.int] | None = ...,
-        description: _builtins.str = ...,
-        state: Global___ModelState.ValueType = ...,
-        error: _builtins.str = ...,
-        providers: _abc.Iterable[_builtins.str] | None = ...,
-        default_prior: Global___Prior.ValueType = ...,
-        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
-        encoder_sha256: _builtins.str = ...,
-        decoder_sha256: _builtins.str = ...,
-        provenance_json: _builtins.str = ...,
+        name: builtins.str = ...,
+        version: builtins.str = ...,
+        kind: builtins.str = ...,
+        latent_dim: builtins.int = ...,
+        image_shape: collections.abc.Iterable[builtins.int] | None = ...,
+        description: builtins.str = ...,
+        state: global___ModelState.ValueType = ...,
+        error: builtins.str = ...,
+        providers: collections.abc.Iterable[builtins.str] | None = ...,
+        default_prior: global___Prior.ValueType = ...,
+        metrics: collections.abc.Mapping[builtins.str, builtins.float] | None = ...,
+        encoder_sha256: builtins.str = ...,
+        decoder_sha256: builtins.str = ...,
+        provenance_json: builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "metrics", b"metrics", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "state", b"state", "version", b"version"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "metrics", b"metrics", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "state", b"state", "version", b"version"]) -> None: ...
 
-Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+global___ModelInfo = ModelInfo

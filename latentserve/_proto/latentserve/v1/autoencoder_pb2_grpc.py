@@ -5,8 +5,10 @@ import warnings
 
 from . import autoencoder_pb2 as latentserve_dot_v1_dot_autoencoder__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in latentserve/v1/autoencoder_pb2_grpc.py depends on'
+        + f' but the generated code in latentserve/v1/autoencoder_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class AutoencoderStub:
+class AutoencoderStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -66,7 +71,7 @@ class AutoencoderStub:
                 _registered_method=True)
 
 
-class AutoencoderServicer:
+class AutoencoderServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Encode(self, request, context):
@@ -152,11 +157,10 @@ def add_AutoencoderServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'latentserve.v1.Autoencoder', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('latentserve.v1.Autoencoder', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Autoencoder:
+class Autoencoder(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

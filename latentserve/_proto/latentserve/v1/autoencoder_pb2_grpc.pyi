@@ -9,131 +9,163 @@ raw_*_contents do), never as repeated floats: large batches stay cheap.
 An empty `model` field means the server's default model.
 """
 
-from collections import abc as _abc
-from grpc import aio as _aio
-from . import autoencoder_pb2 as _autoencoder_pb2
-import abc as _abc_1
-import grpc as _grpc
-import sys
-import typing as _typing
+import abc
+import collections.abc
+import grpc
+import grpc.aio
+from . import autoencoder_pb2
+import typing
 
-if sys.version_info >= (3, 11):
-    from typing import Self as _Self
-else:
-    from typing_extensions import Self as _Self
+_T = typing.TypeVar("_T")
 
-_T = _typing.TypeVar("_T")
+class _MaybeAsyncIterator(collections.abc.AsyncIterator[_T], collections.abc.Iterator[_T], metaclass=abc.ABCMeta): ...
 
-class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
-
-class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
+class _ServicerContext(grpc.ServicerContext, grpc.aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
-GRPC_GENERATED_VERSION: str
-GRPC_VERSION: str
-
 class AutoencoderStub:
-    @_typing.overload
-    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
-    @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> AutoencoderAsyncStub: ...
-    Encode: _grpc.UnaryUnaryMultiCallable[_autoencoder_pb2.EncodeRequest, _autoencoder_pb2.EncodeResponse]
+    def __init__(self, channel: typing.Union[grpc.Channel, grpc.aio.Channel]) -> None: ...
+    Encode: grpc.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.EncodeRequest,
+        latentserve.v1.autoencoder_pb2.EncodeResponse,
+    ]
     """Images -> latents. VAE models return mean and log-variance, and a sampled
     z = mean + exp(log_var / 2) * eps when `sample_z` is set.
     """
-    Decode: _grpc.UnaryUnaryMultiCallable[_autoencoder_pb2.DecodeRequest, _autoencoder_pb2.DecodeResponse]
+
+    Decode: grpc.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.DecodeRequest,
+        latentserve.v1.autoencoder_pb2.DecodeResponse,
+    ]
     """Latents -> images (float32, optionally also PNG-encoded)."""
-    SampleRandom: _grpc.UnaryUnaryMultiCallable[_autoencoder_pb2.SampleRequest, _autoencoder_pb2.SampleResponse]
+
+    SampleRandom: grpc.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.SampleRequest,
+        latentserve.v1.autoencoder_pb2.SampleResponse,
+    ]
     """Draw `count` latents from a prior and decode them, in one response.
     Limited to the server's max samples per request; use SampleRandomStream
     for more.
     """
-    SampleRandomStream: _grpc.UnaryStreamMultiCallable[_autoencoder_pb2.SampleRequest, _autoencoder_pb2.SampleResponse]
+
+    SampleRandomStream: grpc.UnaryStreamMultiCallable[
+        latentserve.v1.autoencoder_pb2.SampleRequest,
+        latentserve.v1.autoencoder_pb2.SampleResponse,
+    ]
     """The same draws as SampleRandom with the same request, delivered in chunks
     of at most `chunk_size` images, so any count fits the message size limit.
     """
-    ListModels: _grpc.UnaryUnaryMultiCallable[_autoencoder_pb2.ListModelsRequest, _autoencoder_pb2.ListModelsResponse]
+
+    ListModels: grpc.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.ListModelsRequest,
+        latentserve.v1.autoencoder_pb2.ListModelsResponse,
+    ]
     """Every model folder the server found, including refused ones (with reason)."""
-    GetModel: _grpc.UnaryUnaryMultiCallable[_autoencoder_pb2.GetModelRequest, _autoencoder_pb2.ModelInfo]
+
+    GetModel: grpc.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.GetModelRequest,
+        latentserve.v1.autoencoder_pb2.ModelInfo,
+    ]
     """One model's manifest facts and runtime state."""
 
-@_typing.type_check_only
-class AutoencoderAsyncStub(AutoencoderStub):
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    Encode: _aio.UnaryUnaryMultiCallable[_autoencoder_pb2.EncodeRequest, _autoencoder_pb2.EncodeResponse]  # type: ignore[assignment]
+class AutoencoderAsyncStub:
+    Encode: grpc.aio.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.EncodeRequest,
+        latentserve.v1.autoencoder_pb2.EncodeResponse,
+    ]
     """Images -> latents. VAE models return mean and log-variance, and a sampled
     z = mean + exp(log_var / 2) * eps when `sample_z` is set.
     """
-    Decode: _aio.UnaryUnaryMultiCallable[_autoencoder_pb2.DecodeRequest, _autoencoder_pb2.DecodeResponse]  # type: ignore[assignment]
+
+    Decode: grpc.aio.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.DecodeRequest,
+        latentserve.v1.autoencoder_pb2.DecodeResponse,
+    ]
     """Latents -> images (float32, optionally also PNG-encoded)."""
-    SampleRandom: _aio.UnaryUnaryMultiCallable[_autoencoder_pb2.SampleRequest, _autoencoder_pb2.SampleResponse]  # type: ignore[assignment]
+
+    SampleRandom: grpc.aio.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.SampleRequest,
+        latentserve.v1.autoencoder_pb2.SampleResponse,
+    ]
     """Draw `count` latents from a prior and decode them, in one response.
     Limited to the server's max samples per request; use SampleRandomStream
     for more.
     """
-    SampleRandomStream: _aio.UnaryStreamMultiCallable[_autoencoder_pb2.SampleRequest, _autoencoder_pb2.SampleResponse]  # type: ignore[assignment]
+
+    SampleRandomStream: grpc.aio.UnaryStreamMultiCallable[
+        latentserve.v1.autoencoder_pb2.SampleRequest,
+        latentserve.v1.autoencoder_pb2.SampleResponse,
+    ]
     """The same draws as SampleRandom with the same request, delivered in chunks
     of at most `chunk_size` images, so any count fits the message size limit.
     """
-    ListModels: _aio.UnaryUnaryMultiCallable[_autoencoder_pb2.ListModelsRequest, _autoencoder_pb2.ListModelsResponse]  # type: ignore[assignment]
+
+    ListModels: grpc.aio.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.ListModelsRequest,
+        latentserve.v1.autoencoder_pb2.ListModelsResponse,
+    ]
     """Every model folder the server found, including refused ones (with reason)."""
-    GetModel: _aio.UnaryUnaryMultiCallable[_autoencoder_pb2.GetModelRequest, _autoencoder_pb2.ModelInfo]  # type: ignore[assignment]
+
+    GetModel: grpc.aio.UnaryUnaryMultiCallable[
+        latentserve.v1.autoencoder_pb2.GetModelRequest,
+        latentserve.v1.autoencoder_pb2.ModelInfo,
+    ]
     """One model's manifest facts and runtime state."""
 
-class AutoencoderServicer(metaclass=_abc_1.ABCMeta):
-    @_abc_1.abstractmethod
+class AutoencoderServicer(metaclass=abc.ABCMeta):
+    @abc.abstractmethod
     def Encode(
         self,
-        request: _autoencoder_pb2.EncodeRequest,
+        request: latentserve.v1.autoencoder_pb2.EncodeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_autoencoder_pb2.EncodeResponse, _abc.Awaitable[_autoencoder_pb2.EncodeResponse]]:
+    ) -> typing.Union[latentserve.v1.autoencoder_pb2.EncodeResponse, collections.abc.Awaitable[latentserve.v1.autoencoder_pb2.EncodeResponse]]:
         """Images -> latents. VAE models return mean and log-variance, and a sampled
         z = mean + exp(log_var / 2) * eps when `sample_z` is set.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def Decode(
         self,
-        request: _autoencoder_pb2.DecodeRequest,
+        request: latentserve.v1.autoencoder_pb2.DecodeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_autoencoder_pb2.DecodeResponse, _abc.Awaitable[_autoencoder_pb2.DecodeResponse]]:
+    ) -> typing.Union[latentserve.v1.autoencoder_pb2.DecodeResponse, collections.abc.Awaitable[latentserve.v1.autoencoder_pb2.DecodeResponse]]:
         """Latents -> images (float32, optionally also PNG-encoded)."""
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def SampleRandom(
         self,
-        request: _autoencoder_pb2.SampleRequest,
+        request: latentserve.v1.autoencoder_pb2.SampleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_autoencoder_pb2.SampleResponse, _abc.Awaitable[_autoencoder_pb2.SampleResponse]]:
+    ) -> typing.Union[latentserve.v1.autoencoder_pb2.SampleResponse, collections.abc.Awaitable[latentserve.v1.autoencoder_pb2.SampleResponse]]:
         """Draw `count` latents from a prior and decode them, in one response.
         Limited to the server's max samples per request; use SampleRandomStream
         for more.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def SampleRandomStream(
         self,
-        request: _autoencoder_pb2.SampleRequest,
+        request: latentserve.v1.autoencoder_pb2.SampleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_autoencoder_pb2.SampleResponse], _abc.AsyncIterator[_autoencoder_pb2.SampleResponse]]:
+    ) -> typing.Union[collections.abc.Iterator[latentserve.v1.autoencoder_pb2.SampleResponse], collections.abc.AsyncIterator[latentserve.v1.autoencoder_pb2.SampleResponse]]:
         """The same draws as SampleRandom with the same request, delivered in chunks
         of at most `chunk_size` images, so any count fits the message size limit.
         """
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def ListModels(
         self,
-        request: _autoencoder_pb2.ListModelsRequest,
+        request: latentserve.v1.autoencoder_pb2.ListModelsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_autoencoder_pb2.ListModelsResponse, _abc.Awaitable[_autoencoder_pb2.ListModelsResponse]]:
+    ) -> typing.Union[latentserve.v1.autoencoder_pb2.ListModelsResponse, collections.abc.Awaitable[latentserve.v1.autoencoder_pb2.ListModelsResponse]]:
         """Every model folder the server found, including refused ones (with reason)."""
 
-    @_abc_1.abstractmethod
+    @abc.abstractmethod
     def GetModel(
         self,
-        request: _autoencoder_pb2.GetModelRequest,
+        request: latentserve.v1.autoencoder_pb2.GetModelRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_autoencoder_pb2.ModelInfo, _abc.Awaitable[_autoencoder_pb2.ModelInfo]]:
+    ) -> typing.Union[latentserve.v1.autoencoder_pb2.ModelInfo, collections.abc.Awaitable[latentserve.v1.autoencoder_pb2.ModelInfo]]:
         """One model's manifest facts and runtime state."""
 
-def add_AutoencoderServicer_to_server(servicer: AutoencoderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_AutoencoderServicer_to_server(servicer: AutoencoderServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
