@@ -53,6 +53,7 @@ from training.latent_sample import latent_sample, write_latent_sample
 WELL_FORMED = 0.9
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 AREA_GRID = 100
+SPREAD_MEASURES = ("digits_present", "entropy_ratio", "well_formed_fraction", "frechet_distance")
 DIGIT_COLORS = ListedColormap([f"C{i}" for i in range(10)])  # tab10, one colour per digit
 DIGIT_NORM = BoundaryNorm(np.arange(-0.5, 10.5), 10)
 
@@ -60,6 +61,41 @@ DIGIT_NORM = BoundaryNorm(np.arange(-0.5, 10.5), 10)
 def prior_samples(manifest: ModelManifest, count: int, seed: int) -> dict[PriorName, np.ndarray]:
     """count x D float32 latents per prior: what SampleRandom(count, prior, seed) returns."""
     return {prior: draw_latents(manifest, prior, count, seed) for prior in PRIOR_NAMES}
+
+
+def judge_samples(
+    images: np.ndarray, classifier: ClassifierGraph, real_features: np.ndarray
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The sample measures of decoded images (N x 1 x 28 x 28) against the test set's
+    classifier features, with each image's digit and confidence (N each)."""
+    probs, features = classifier.run(images)
+    digits, confidence = probs.argmax(1), probs.max(1)
+    shares = np.bincount(digits, minlength=10) / len(digits)
+    numbers = {
+        "digit_share": shares.tolist(),
+        "digits_present": int((shares > 0).sum()),
+        "entropy_ratio": entropy_ratio(shares),
+        "well_formed_fraction": float((confidence >= WELL_FORMED).mean()),
+        "well_formed_digit_share": (
+            np.bincount(digits[confidence >= WELL_FORMED], minlength=10) / len(digits)
+        ).tolist(),
+        "frechet_distance": frechet_distance(features, real_features),
+    }
+    return numbers, digits, confidence
+
+
+def over_seeds(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Mean, sd, min and max of the headline sample measures over draws with several seeds."""
+    spread: dict[str, Any] = {"seeds": seeds}
+    for measure in SPREAD_MEASURES:
+        values = np.array([run[measure] for run in runs], dtype=np.float64)
+        spread[measure] = {
+            "mean": float(values.mean()),
+            "sd": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+    return spread
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -170,7 +206,13 @@ class Measurement:
     """Everything analysis computes for one model folder (arrays kept for figures)."""
 
     def __init__(
-        self, folder: Path, data: Mnist, classifier: ClassifierGraph, samples: int, seed: int
+        self,
+        folder: Path,
+        data: Mnist,
+        classifier: ClassifierGraph,
+        samples: int,
+        seed: int,
+        spread_seeds: int = 1,
     ) -> None:
         self.graphs = ModelGraphs(folder)
         manifest = self.graphs.manifest
@@ -193,32 +235,34 @@ class Measurement:
             "real_well_formed_fraction": float((real_probs.max(1) >= WELL_FORMED).mean()),
         }
 
-        self.samples: dict[str, dict[str, Any]] = {}
+        self.samples: dict[PriorName, dict[str, Any]] = {}
         for prior, z in prior_samples(manifest, samples, seed).items():
             images = self.graphs.decode(z)
-            probs, features = classifier.run(images)
-            digits, confidence = probs.argmax(1), probs.max(1)
-            shares = np.bincount(digits, minlength=10) / len(digits)
+            numbers, digits, confidence = judge_samples(images, classifier, real_features)
             self.samples[prior] = {
                 "latents": z,
                 "images": images,
                 "digits": digits,
                 "confidence": confidence,
-                "numbers": {
-                    "count": samples,
-                    "seed": seed,
-                    "temperature": 1.0,
-                    "digit_share": shares.tolist(),
-                    "digits_present": int((shares > 0).sum()),
-                    "entropy_ratio": entropy_ratio(shares),
-                    "well_formed_fraction": float((confidence >= WELL_FORMED).mean()),
-                    "well_formed_digit_share": (
-                        np.bincount(digits[confidence >= WELL_FORMED], minlength=10) / len(digits)
-                    ).tolist(),
-                    "frechet_distance": frechet_distance(features, real_features),
-                },
+                "numbers": {"count": samples, "seed": seed, "temperature": 1.0, **numbers},
             }
+        if spread_seeds > 1:
+            self._measure_spread(classifier, real_features, range(seed, seed + spread_seeds))
         self.area_share, self.occupied_cells = area_shares(self.xy, self.test_labels)
+
+    def _measure_spread(
+        self, classifier: ClassifierGraph, real_features: np.ndarray, seeds: range
+    ) -> None:
+        """One draw of 1,000 moves the sample measures by about a point: record their spread
+        over draws with consecutive seeds (the first is the draw already measured)."""
+        count = self.samples[self.default_prior]["numbers"]["count"]
+        runs = {prior: [s["numbers"]] for prior, s in self.samples.items()}
+        for seed in seeds[1:]:
+            for prior, z in prior_samples(self.manifest, count, seed).items():
+                numbers, _, _ = judge_samples(self.graphs.decode(z), classifier, real_features)
+                runs[prior].append(numbers)
+        for prior, measured in runs.items():
+            self.samples[prior]["numbers"]["over_seeds"] = over_seeds(measured, list(seeds))
 
     def numbers(self, classifier: ClassifierGraph) -> dict[str, Any]:
         m = self.manifest
@@ -409,11 +453,18 @@ def _save(fig: Figure, path: Path, dpi: int = 110) -> str:
 
 
 def analyze_model(
-    folder: Path, data: Mnist, *, classifier: Path, samples: int = 1000, seed: int = 0
+    folder: Path,
+    data: Mnist,
+    *,
+    classifier: Path,
+    samples: int = 1000,
+    seed: int = 0,
+    spread_seeds: int = 8,
 ) -> dict[str, Any]:
-    """Write the figures and analysis.json into the model folder; returns the numbers."""
+    """Write the figures, latent_sample.json and analysis.json into the model folder; returns
+    the numbers. Samples are also drawn under spread_seeds consecutive seeds from `seed`."""
     clf = ClassifierGraph(classifier)
-    m = Measurement(folder, data, clf, samples, seed)
+    m = Measurement(folder, data, clf, samples, seed, spread_seeds)
     files = []
     fig, ax = plt.subplots(figsize=(7, 6))
     draw_scatter(ax, m)

@@ -112,7 +112,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     data = _load_data(args)
     for folder in args.model_dirs:
         result = analyze_model(
-            folder, data, classifier=args.classifier, samples=args.samples, seed=args.seed
+            folder,
+            data,
+            classifier=args.classifier,
+            samples=args.samples,
+            seed=args.seed,
+            spread_seeds=args.spread_seeds,
         )
         print(f"{folder}: wrote {', '.join(result['files'])}")
     print(summary_table(args.model_dirs))
@@ -199,7 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="digit classifier ONNX"
     )
     p.add_argument("--samples", type=int, default=1000, help="random samples per prior")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed: each prior's samples are what SampleRandom serves for it",
+    )
+    p.add_argument(
+        "--spread-seeds",
+        type=int,
+        default=8,
+        help="also draw under this many consecutive seeds from --seed and record each sample "
+        "measure's mean, sd, min and max (1: off)",
+    )
     p.add_argument(
         "--compare", type=Path, help="also write a side-by-side figure of all given models"
     )

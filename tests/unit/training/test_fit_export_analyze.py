@@ -137,6 +137,13 @@ def test_analysis_writes_figures_and_numbers(
     mix = saved["samples"]["standard_normal"]
     assert sum(mix["digit_share"]) == pytest.approx(1) and 0 <= mix["entropy_ratio"] <= 1
     assert 0 <= mix["well_formed_fraction"] <= 1 and mix["frechet_distance"] >= 0
+    # The same measures over eight seeds, the first being the draw above.
+    spread = mix["over_seeds"]
+    assert spread["seeds"] == list(range(8))
+    for measure in ("well_formed_fraction", "entropy_ratio", "frechet_distance"):
+        s = spread[measure]
+        assert s["min"] <= mix[measure] <= s["max"] and s["min"] <= s["mean"] <= s["max"]
+        assert s["sd"] >= 0
     assert sum(saved["area_share_by_digit"]) == pytest.approx(1)
     assert len(saved["latent_cloud"]["skew"]) == 2
     load_model_folder(vae_folder)  # extra files do not break the model folder
