@@ -206,12 +206,16 @@ class LatentServer:
         if announce:
             await self.announce_ready()
         failed = [e.name for e in self.registry.entries if e.state is ModelState.FAILED]
+        refused = f"; refused {', '.join(failed)}" if failed else ""
+        if not ready_names:
+            log.info("loading done: no model is ready%s", refused)
+            return
         log.info(
             "%s: serving %s (default %s)%s",
             "ready" if announce else "warmed up",
-            ", ".join(ready_names) or "no models",
-            self.registry.default_model or "none",
-            f"; refused {', '.join(failed)}" if failed else "",
+            ", ".join(ready_names),
+            self.registry.default_model,
+            refused,
         )
 
     async def announce_ready(self) -> None:

@@ -164,8 +164,11 @@ class Supervisor:
     signals: list[int] = field(default_factory=list)
 
     def run(self) -> int:
-        reservation = reserve_port(self.settings.host, self.settings.port)
-        port = int(reservation.getsockname()[1])
+        reservations = [reserve_port(self.settings.host, self.settings.port, "gRPC", "--port")]
+        port = int(reservations[0].getsockname()[1])
+        http_port = getattr(self.settings, "http_port", 0)
+        if http_port:  # 0 means no HTTP: nothing to share
+            reservations.append(reserve_port(self.settings.host, http_port, "HTTP", "--http-port"))
         metrics_dir = tempfile.mkdtemp(prefix="latentserve-metrics-")
         # Read by prometheus_client when each (spawned) worker imports it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -202,7 +205,8 @@ class Supervisor:
                 worker.process.join(5)
             if stop_metrics is not None:
                 stop_metrics()
-            reservation.close()
+            for reservation in reservations:
+                reservation.close()
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return self.exit_code
 
@@ -371,7 +375,7 @@ def supervise(settings: ServerSettings, workers: int) -> int:
         return EXIT_STARTUP_ERROR
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int, what: str, flag: str) -> socket.socket:
     """A socket bound (not listening) to host:port with SO_REUSEPORT only: our workers join
     the port, a plain bind by anyone else fails; with port 0 it picks the shared port."""
     family, address = bind_addresses(host, port)[0]
@@ -381,9 +385,10 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
+        env = "LATENTSERVE_" + flag.removeprefix("--").replace("-", "_").upper()
         raise StartupError(
-            f"gRPC port {port} on {host} is already in use by another process ({e.strerror}): "
-            "stop it, or pass --port (LATENTSERVE_PORT) a free port"
+            f"{what} port {port} on {host} is already in use by another process ({e.strerror}): "
+            f"stop it, or pass {flag} ({env}) a free port"
         ) from None
     return sock
 
