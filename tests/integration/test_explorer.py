@@ -29,7 +29,7 @@ from latentserve.client import LatentClient
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 TOKEN = "explorer-test-token"
-VIEWPORT = {"width": 1320, "height": 1200}
+VIEWPORT = {"width": 1320, "height": 900}
 
 # Grey levels of every digit canvas matching `selector`, read at each 28 x 28 cell's centre.
 READ_DIGITS = """(selector) => Array.from(document.querySelectorAll(selector)).map((c) => {
@@ -217,13 +217,17 @@ def test_pointer_sweep_keeps_one_request_in_flight_and_measures_round_trip(
     choose(page, "mnist-vae")
     page.evaluate("window.explorer.api.decodeTimes = []")
     before = page.evaluate("window.explorer.panels.decoder.runs")
-    moves = 0
-    for i in range(300):
-        angle = i / 300 * 6 * np.pi
-        uv = [2.2 * np.cos(angle) * (i / 300), 2.2 * np.sin(angle) * (i / 300)]
-        x, y = page.evaluate("(uv) => window.explorer.plane.toClient(uv)", uv)
+    # A spiral over the plane, as a user's pointer would sweep it (one CDP call per move).
+    turns = np.linspace(0, 1, 300)
+    spiral = np.stack(
+        [2.2 * turns * np.cos(6 * np.pi * turns), 2.2 * turns * np.sin(6 * np.pi * turns)], 1
+    )
+    points = page.evaluate(
+        "(uvs) => uvs.map((uv) => window.explorer.plane.toClient(uv))", spiral.tolist()
+    )
+    for x, y in points:
         page.mouse.move(x, y)
-        moves += 1
+    moves = len(points)
     page.evaluate("window.explorer.idle()")
     times = page.evaluate("window.explorer.api.decodeTimes")
     runs = page.evaluate("window.explorer.panels.decoder.runs") - before

@@ -365,6 +365,10 @@ function renderLegend() {
     item.append(swatch, String(digit));
     box.appendChild(item);
   });
+  const marks = document.createElement("span");
+  marks.className = "marks muted";
+  marks.textContent = "○ pointer   A B pins   × samples   ✦ your digit";
+  box.appendChild(marks);
 }
 
 async function chooseModel(name) {
