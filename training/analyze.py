@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -452,6 +453,15 @@ def _save(fig: Figure, path: Path, dpi: int = 110) -> str:
     return path.name
 
 
+# Each model folder's figures: file, what draws it, size in inches.
+FIGURES: tuple[tuple[str, Callable[[Axes, Measurement], None], tuple[float, float]], ...] = (
+    ("latent_scatter.png", draw_scatter, (7, 6)),
+    ("latent_grid.png", draw_grid, (7, 7)),
+    ("samples.png", draw_samples, (7, 7.4)),
+    ("sample_mix.png", draw_mix, (9, 5)),
+)
+
+
 def analyze_model(
     folder: Path,
     data: Mnist,
@@ -466,18 +476,10 @@ def analyze_model(
     clf = ClassifierGraph(classifier)
     m = Measurement(folder, data, clf, samples, seed, spread_seeds)
     files = []
-    fig, ax = plt.subplots(figsize=(7, 6))
-    draw_scatter(ax, m)
-    files.append(_save(fig, folder / "latent_scatter.png"))
-    fig, ax = plt.subplots(figsize=(7, 7))
-    draw_grid(ax, m)
-    files.append(_save(fig, folder / "latent_grid.png"))
-    fig, ax = plt.subplots(figsize=(7, 7.4))
-    draw_samples(ax, m)
-    files.append(_save(fig, folder / "samples.png"))
-    fig, ax = plt.subplots(figsize=(9, 5))
-    draw_mix(ax, m)
-    files.append(_save(fig, folder / "sample_mix.png"))
+    for name, draw, size in FIGURES:
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax, m)
+        files.append(_save(fig, folder / name))
     explorer = latent_sample(m.manifest, m.points, m.test_labels, m.plane, seed=seed)
     files.append(write_latent_sample(folder, explorer))
     numbers = m.numbers(clf)
