@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild everything the training stage ships: the evaluation classifier
 # (training/assets/), the three model folders (models/mnist-ae, mnist-vae, mnist-vae-16),
-# their analysis figures and numbers, and the AE-vs-VAE comparison figure.
+# their analysis figures and numbers (each prior's samples drawn as SampleRandom serves them,
+# seed 0, plus their spread over seeds 0-7), the explorer page's latent_sample.json, and the
+# AE-vs-VAE comparison figure.
 #
 #   scripts/build_models.sh [--data-dir DIR] [--offline]
 #
