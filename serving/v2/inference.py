@@ -53,6 +53,7 @@ class V2Api:
     def __init__(self, registry: ModelRegistry, settings: ServerSettings, calls: CallTracker):
         self.catalogue = V2Catalogue(registry)
         self.calls = calls
+        self.settings = settings
         self._registry = registry
         self._parse = RequestParser(registry, settings)
         self._version = _package_version()

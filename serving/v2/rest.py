@@ -25,7 +25,7 @@ from aiohttp import web
 from latentserve.tensors import TensorError
 
 from ..calls import Call, Refused
-from ..errors import ServingError, invalid_argument
+from ..errors import ServingError, invalid_argument, resource_exhausted
 from . import codec
 from .http_app import HTTP_STATUS, json_error
 from .inference import InferInput, QueueFull, V2Api
@@ -122,7 +122,7 @@ class V2Rest:
         name, version = request.match_info["name"], request.match_info.get("version", "")
 
         async def work(call: Call) -> web.Response:
-            body = await request.read()
+            body = await read_body(request, self._api.settings.max_message_bytes)
             header, inputs, binary_outputs, requested = parse_infer_request(
                 body, request.headers.get(HEADER_LENGTH)
             )
@@ -130,6 +130,16 @@ class V2Rest:
             return infer_response(model, header.get("id"), outputs, binary_outputs)
 
         return await self._answer(INFER_METHOD, work)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise resource_exhausted(
+            f"request body too large: more than the server's max_message_bytes ({limit}); "
+            "split the request"
+        ) from None
 
 
 def metadata_json(model: V2Model) -> dict[str, Any]:
