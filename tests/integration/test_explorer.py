@@ -1,6 +1,6 @@
 """The explorer page in a real headless Chromium against a real server on 127.0.0.1.
 
-The server serves the shipped models (their latent_sample.json and analysis.json are what
+The server (`python -m serving`, its own process, as a user runs it) serves the shipped models (their latent_sample.json and analysis.json are what
 the page draws) with the HTTP port on. Every check compares what the page shows with what
 the native gRPC API returns for the same request: the pixels of the decoded digit under
 the pointer, the marker of a drawn digit, the sample grid for a seed, the walk between two
@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fixtures.browser import ConsoleLog, chromium
-from fixtures.servers import InProcessServer, free_port
+from fixtures.servers import free_port
 
 from latentserve.client import LatentClient
+from serving.bench.serverproc import ServerProcess
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "models"
 TOKEN = "explorer-test-token"
@@ -57,23 +58,28 @@ def assert_same_digits(shown: list[list[int]], images: np.ndarray) -> None:
     assert diff.max() <= 1, f"{int((diff > 1).sum())} pixels differ by more than one level"
 
 
+class ExplorerServer(ServerProcess):
+    """`python -m serving` on 127.0.0.1 with its HTTP port on a free port."""
+
+    def __init__(self, flags: tuple[str, ...] = ()) -> None:
+        self.http_port = free_port()
+        super().__init__(SHIPPED_MODELS, ("--http-port", str(self.http_port), *flags))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/"
+
+
 @pytest.fixture(scope="module")
-def served() -> Iterator[InProcessServer]:
-    with InProcessServer(
-        SHIPPED_MODELS, http_port=free_port(), default_model="mnist-vae"
-    ) as running:
+def served() -> Iterator[ExplorerServer]:
+    with ExplorerServer(("--default-model", "mnist-vae")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(served: InProcessServer) -> Iterator[LatentClient]:
+def client(served: ExplorerServer) -> Iterator[LatentClient]:
     with LatentClient(served.target, timeout=30) as c:
         yield c
-
-
-def http_url(server: InProcessServer) -> str:
-    assert server.server.http is not None
-    return f"http://127.0.0.1:{server.server.http.port}/"
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +89,11 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def page(browser: Any, served: InProcessServer) -> Iterator[Any]:
+def page(browser: Any, served: ExplorerServer) -> Iterator[Any]:
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.console_log = ConsoleLog(page)
-    page.goto(http_url(served))
+    page.goto(served.url)
     page.evaluate("window.explorer.ready")
     yield page
     context.close()
@@ -277,23 +283,19 @@ def test_screenshot(page: Any, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[InProcessServer]:
-    with InProcessServer(
-        SHIPPED_MODELS,
-        http_port=free_port(),
-        auth_token=TOKEN,
-        max_samples_per_request=16,
-    ) as running:
+def guarded() -> Iterator[ExplorerServer]:
+    flags = ("--auth-token", TOKEN, "--max-samples-per-request", "16")
+    with ExplorerServer(flags) as running:
         yield running
 
 
 def test_page_works_behind_token_auth_and_shows_server_errors(
-    browser: Any, guarded: InProcessServer
+    browser: Any, guarded: ExplorerServer
 ) -> None:
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     log = ConsoleLog(page)
-    page.goto(http_url(guarded))
+    page.goto(guarded.url)
     page.evaluate("window.explorer.ready")
     # Without a token the data endpoint refuses, and the page says so.
     assert "401" in page.inner_text("#error")

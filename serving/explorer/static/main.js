@@ -438,8 +438,10 @@ async function loadModels() {
   const names = listing.models.map((m) => m.name);
   const first = names.includes(wanted) ? wanted : names.includes(listing.default_model) ? listing.default_model : names[0];
   if (!first) {
-    showError("models", "the server has no ready model");
-    return;
+    // The HTTP port answers while the models still load and warm up: ask again shortly.
+    showError("models", "no model is ready yet (still loading?); trying again");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    return loadModels();
   }
   select.value = first;
   try {
