@@ -14,6 +14,7 @@ README's screenshot; otherwise it goes to the test's tmp folder.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import numpy as np
 import pytest
 from fixtures.browser import ConsoleLog, chromium
 from fixtures.servers import free_port
+from PIL import Image, ImageDraw
 
 from latentserve.client import LatentClient
 from serving.bench.serverproc import ServerProcess
@@ -168,6 +170,39 @@ def test_drawn_stroke_lands_where_encode_puts_it(page: Any, client: LatentClient
     # Beside it, the reconstruction: Decode of that latent.
     recon = client.decode(encoded.reshape(1, -1), model="mnist-vae").images
     assert_same_digits(page.evaluate(READ_DIGITS, "#draw-recon"), recon)
+    no_errors(page)
+
+
+def dark_on_light_png() -> bytes:
+    """A 'digit' as a scanner or paint program gives it: a black stroke on white, 120 x 90."""
+    image = Image.new("L", (120, 90), 255)
+    ImageDraw.Draw(image).line([(40, 15), (80, 15), (55, 78)], fill=0, width=9)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_dropped_png_is_inverted_encoded_and_marked(page: Any, client: LatentClient) -> None:
+    choose(page, "mnist-vae-16")
+    page.evaluate(
+        """async (bytes) => {
+          const file = new File([new Uint8Array(bytes)], "digit.png", { type: "image/png" });
+          const data = new DataTransfer();
+          data.items.add(file);
+          document.getElementById("draw").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+        }""",
+        list(dark_on_light_png()),
+    )
+    page.wait_for_function("window.explorer.state.drawn !== null")
+    page.evaluate("window.explorer.idle()")
+    sent = np.asarray(page.evaluate(READ_DIGITS, "#draw-input")[0], dtype=np.float32) / 255
+    # White background turned into black, the stroke into ink: a sparse image, like MNIST.
+    assert sent.max() == 1.0 and 0.05 < (sent > 0).mean() < 0.5
+    assert sent.reshape(28, 28)[[0, -1], :].max() == 0  # empty border rows
+    encoded = client.encode(sent.reshape(1, 1, 28, 28), model="mnist-vae-16").latents[0]
+    marked = json.loads(page.get_attribute("#drawn-marker", "data-latent"))
+    assert np.allclose(marked, encoded, atol=1e-5)
     no_errors(page)
 
 
