@@ -123,7 +123,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     print(summary_table(args.model_dirs))
     if args.compare:
         compare_models(
-            args.model_dirs, data, args.compare, classifier=args.classifier, seed=args.seed
+            args.model_dirs,
+            data,
+            args.compare,
+            classifier=args.classifier,
+            samples=args.samples,
+            seed=args.seed,
         )
         print(f"comparison figure: {args.compare}")
     return 0
