@@ -1,6 +1,7 @@
 # The latentserve service image: the gRPC server with serving dependencies only (no torch),
 # running as a non-root user, the shipped models baked in at /models (mount a folder there to
-# replace them). The training image is Dockerfile.train.
+# replace them), one worker process per usable core (LATENTSERVE_WORKERS=auto: the container's
+# CPU affinity and cgroup CPU quota). The training image is Dockerfile.train.
 #
 #   docker build -t latentserve .
 #
@@ -41,6 +42,9 @@ RUN if [ "$RUNTIME" = gpu ]; then \
     fi
 COPY latentserve/ /src/latentserve/
 COPY serving/ /src/serving/
+# serving/shipped_models links to ../models: the wheel built here carries the shipped models
+# as the package's default models folder (the server below still reads the /models mount).
+COPY models/ /src/models/
 # pip and setuptools are not needed at run time (~25 MB).
 RUN docker-install.sh project serve \
  && /opt/venv/bin/python -m pip uninstall -y -q setuptools pip
@@ -64,7 +68,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
     LATENTSERVE_HOST=0.0.0.0 \
     LATENTSERVE_PORT=50051 \
     LATENTSERVE_METRICS_PORT=9090 \
-    LATENTSERVE_MODELS_DIR=/models
+    LATENTSERVE_MODELS_DIR=/models \
+    LATENTSERVE_WORKERS=auto
 USER 10001:10001
 WORKDIR /home/latentserve
 EXPOSE 50051 9090
