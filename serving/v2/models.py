@@ -21,12 +21,13 @@ This module only describes and looks up; inference.py runs the calls.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from dataclasses import dataclass
 
 from latentserve.image_spec import IMAGE_SHAPE
 
-from ..errors import not_found
+from ..errors import ServingError, not_found
 from ..model import ServedModel
 from ..registry import ModelEntry, ModelRegistry, ModelState
 from ..runtime import Dim
@@ -142,8 +143,11 @@ class V2Catalogue:
     def entry(self, name: str, version: str = "") -> tuple[ModelEntry, Role]:
         """The model folder behind v2 model `name`, in any state; NOT_FOUND if none."""
         parts = split_v2_name(name)
-        entries = {e.name: e for e in self._registry.entries}
-        if parts is None or parts[0] not in entries:
+        entry = None
+        if parts is not None:
+            with contextlib.suppress(ServingError):
+                entry = self._registry.get_entry(parts[0])
+        if parts is None or entry is None:
             available = ", ".join(
                 v2_name(e.name, r)
                 for e in self._registry.entries
@@ -154,7 +158,6 @@ class V2Catalogue:
                 f"unknown model {name!r}; the Open Inference Protocol models are "
                 f"<model>-encoder, <model>-decoder and <model>-sampler: {available or 'none ready'}"
             )
-        entry = entries[parts[0]]
         if version and entry.manifest is not None and version != entry.manifest.version:
             raise not_found(
                 f"model {name!r} has no version {version!r}; it serves version "
