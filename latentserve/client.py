@@ -16,6 +16,16 @@ requests are split for you: `sample` switches to the server-streaming RPC above
 `max_unary_samples`, and `encode`/`decode` send at most `batch_size` rows per call, so
 message-size limits never show.
 
+Many replicas, balanced by the client (round_robin, per call), and retries:
+
+    LatentClient("dns:///latentserve-headless:50051")          # every address DNS gives
+    LatentClient("ipv4:10.0.0.1:50051,10.0.0.2:50051")         # a fixed list
+    LatentClient("host:50051", channels=4)  # 4 connections: a server with 4 worker processes
+
+Calls that fail with UNAVAILABLE (a replica draining, refusing or gone) are retried by gRPC
+up to 3 attempts (`retry=RetryPolicy(...)`, or None for none); which calls and why is in
+:mod:`latentserve.channels`.
+
 A server with TLS and/or token auth (see docs/reliability.md):
 
     tls = TlsConfig.from_files(ca="ca.pem")                    # mTLS: cert=..., key=...
@@ -38,6 +48,15 @@ import numpy.typing as npt
 from ._proto.grpc_health.v1 import health_pb2, health_pb2_grpc
 from ._proto.latentserve.v1 import autoencoder_pb2 as pb
 from ._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from .channels import (
+    DEFAULT_RETRY,
+    ChannelOption,
+    RetryPolicy,
+    RoundRobin,
+    aio_channels,
+    channel_options,
+    sync_channels,
+)
 from .image_spec import IMAGE_SHAPE
 from .priors import PRIOR_NAMES, PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName, is_prior_name
 from .tensors import array_to_tensor, tensor_to_array
@@ -310,18 +329,6 @@ class TlsConfig:
         )
 
 
-def _channel_options(
-    max_message_bytes: int, tls: TlsConfig | None = None
-) -> list[tuple[str, int | str]]:
-    options: list[tuple[str, int | str]] = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
-    if tls is not None and tls.server_name:
-        options.append(("grpc.ssl_target_name_override", tls.server_name))
-    return options
-
-
 def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
     # Sent as plain metadata rather than call credentials, which grpc withholds on
     # plaintext channels (a TLS-terminating proxy in front of the server is common).
@@ -340,7 +347,11 @@ class _Settings:
         batch_size: int,
         chunk_size: int,
         max_message_bytes: int,
-        token: str | None = None,
+        token: str | None,
+        tls: TlsConfig | None,
+        load_balancing: str | None,
+        retry: RetryPolicy | None,
+        extra_options: Sequence[ChannelOption],
     ) -> None:
         if max_unary_samples < 1 or batch_size < 1:
             raise ValueError("max_unary_samples and batch_size must be >= 1")
@@ -351,6 +362,15 @@ class _Settings:
         self.chunk_size = chunk_size
         self.max_message_bytes = max_message_bytes
         self.metadata = _auth_metadata(token)
+        self.retry = retry
+        self.options = channel_options(
+            max_message_bytes=max_message_bytes,
+            load_balancing=load_balancing,
+            retry=retry,
+            server_name=tls.server_name if tls is not None else None,
+            extra=extra_options,
+        )
+        self.credentials = tls.credentials() if tls is not None else None
 
     def stream_timeout(self, count: int) -> float | None:
         # A deadline for the whole stream: the unary timeout plus STREAM_SECONDS_PER_SAMPLE
@@ -362,7 +382,8 @@ class _Settings:
 
 
 class LatentClient(_Settings):
-    """Blocking client. Use as a context manager or call close()."""
+    """Blocking client. Use as a context manager or call close(). Safe to share between
+    threads. See the module docstring for targets, `channels`, balancing and retries."""
 
     def __init__(
         self,
@@ -375,18 +396,37 @@ class LatentClient(_Settings):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        channels: int = 1,
+        load_balancing: str | None = "round_robin",
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        channel_options: Sequence[ChannelOption] = (),
     ) -> None:
         super().__init__(
-            target, timeout, max_unary_samples, batch_size, chunk_size, max_message_bytes, token
+            target,
+            timeout,
+            max_unary_samples,
+            batch_size,
+            chunk_size,
+            max_message_bytes,
+            token,
+            tls,
+            load_balancing,
+            retry,
+            channel_options,
         )
-        options = _channel_options(max_message_bytes, tls)
-        self._channel = (
-            grpc.insecure_channel(target, options=options)
-            if tls is None
-            else grpc.secure_channel(target, tls.credentials(), options=options)
+        self.channels = sync_channels(target, channels, self.options, self.credentials)
+        self._stubs = RoundRobin(
+            [(pb_grpc.AutoencoderStub(c), health_pb2_grpc.HealthStub(c)) for c in self.channels]
         )
-        self._stub = pb_grpc.AutoencoderStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    @property
+    def _stub(self) -> pb_grpc.AutoencoderStub:
+        """The next channel's Autoencoder stub: each read moves one step round the K channels."""
+        return self._stubs.next()[0]
+
+    @property
+    def _health(self) -> health_pb2_grpc.HealthStub:
+        return self._stubs.next()[1]
 
     def __enter__(self) -> Self:
         return self
@@ -400,7 +440,8 @@ class LatentClient(_Settings):
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
         try:
@@ -486,7 +527,8 @@ class LatentClient(_Settings):
 
 
 class AsyncLatentClient(_Settings):
-    """asyncio client with the same methods as LatentClient, as coroutines."""
+    """asyncio client with the same methods and options as LatentClient, as coroutines.
+    Create it inside the event loop that uses it."""
 
     def __init__(
         self,
@@ -499,21 +541,44 @@ class AsyncLatentClient(_Settings):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         tls: TlsConfig | None = None,
         token: str | None = None,
+        channels: int = 1,
+        load_balancing: str | None = "round_robin",
+        retry: RetryPolicy | None = DEFAULT_RETRY,
+        channel_options: Sequence[ChannelOption] = (),
     ) -> None:
         super().__init__(
-            target, timeout, max_unary_samples, batch_size, chunk_size, max_message_bytes, token
+            target,
+            timeout,
+            max_unary_samples,
+            batch_size,
+            chunk_size,
+            max_message_bytes,
+            token,
+            tls,
+            load_balancing,
+            retry,
+            channel_options,
         )
-        options = _channel_options(max_message_bytes, tls)
-        self._channel = (
-            grpc.aio.insecure_channel(target, options=options)
-            if tls is None
-            else grpc.aio.secure_channel(target, tls.credentials(), options=options)
-        )
+        self.channels = aio_channels(target, channels, self.options, self.credentials)
         # The generated classes serve both channel kinds; the typed view is the async one.
-        self._stub = cast("pb_grpc.AutoencoderAsyncStub", pb_grpc.AutoencoderStub(self._channel))
-        self._health = cast(
-            "health_pb2_grpc.HealthAsyncStub", health_pb2_grpc.HealthStub(self._channel)
+        self._stubs = RoundRobin(
+            [
+                (
+                    cast("pb_grpc.AutoencoderAsyncStub", pb_grpc.AutoencoderStub(c)),
+                    cast("health_pb2_grpc.HealthAsyncStub", health_pb2_grpc.HealthStub(c)),
+                )
+                for c in self.channels
+            ]
         )
+
+    @property
+    def _stub(self) -> pb_grpc.AutoencoderAsyncStub:
+        """The next channel's Autoencoder stub: each read moves one step round the K channels."""
+        return self._stubs.next()[0]
+
+    @property
+    def _health(self) -> health_pb2_grpc.HealthAsyncStub:
+        return self._stubs.next()[1]
 
     async def __aenter__(self) -> Self:
         return self
@@ -527,7 +592,8 @@ class AsyncLatentClient(_Settings):
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close(None)
+        for channel in self.channels:
+            await channel.close(None)
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         try:

@@ -1,6 +1,10 @@
 """The load generator: closed-loop gRPC callers in worker processes, bounded in time and count.
 
-Each worker process runs `concurrency` asyncio callers on one grpc.aio channel. Requests are
+Each worker process runs `concurrency` asyncio callers on `channels` grpc.aio channels
+(latentserve.channels: with more than one, each has its own subchannel pool and so its own
+connection, and calls go round them), so that a server whose worker processes share one
+SO_REUSEPORT port gets connections to spread; one channel would pin a generator process
+to one server worker. Requests are
 serialised once up front and sent as raw bytes, and responses are kept as bytes (only the
 first one is parsed and checked), so the generator spends its CPU on gRPC, not on protobuf:
 on a 2-core machine the generator shares the CPU with the server, and a heavy client would
@@ -22,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve.channels import RoundRobin, aio_channels, channel_options
 
 SERVICE = "/latentserve.v1.Autoencoder/"
 # The cheapest call the server answers: the gRPC round-trip floor on this machine.
@@ -51,6 +56,7 @@ class LoadSpec:
     timeout_s: float = 30.0
     # Slow calls: keep going past duration_s until this many were measured (up to 3x).
     min_requests: int = 1
+    channels: int = 1  # grpc.aio channels in this process, each with its own connection
 
 
 @dataclass
@@ -84,16 +90,17 @@ def _check_response(rpc: str, data: bytes, items: int) -> str:
 
 
 async def _run(spec: LoadSpec) -> LoadResult:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ]
+    # No retries: the generator counts every failed attempt, and balancing is the server's.
+    options = channel_options(max_message_bytes=MAX_MESSAGE, load_balancing=None, retry=None)
     result = LoadResult()
     errors: Counter[str] = Counter()
-    async with grpc.aio.insecure_channel(spec.target, options=options) as channel:
-        await asyncio.wait_for(channel.channel_ready(), spec.timeout_s)
-        call = channel.unary_unary(_method(spec.rpc), None, None)  # bytes in, bytes out
-        first = await call(spec.request, timeout=spec.timeout_s)
+    channels = aio_channels(spec.target, spec.channels, options)
+    try:
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), spec.timeout_s)
+        # bytes in, bytes out; each call takes the next channel's callable
+        calls = RoundRobin([c.unary_unary(_method(spec.rpc), None, None) for c in channels])
+        first = await calls.next()(spec.request, timeout=spec.timeout_s)
         result.problem = _check_response(spec.rpc, first, spec.items)
         await asyncio.sleep(max(0.0, spec.start_at - time.time()))
         measure_from = time.time() + spec.warmup_s
@@ -116,7 +123,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
                     result.window_start = min(result.window_start, now)
                 t0 = time.perf_counter()
                 try:
-                    await call(spec.request, timeout=spec.timeout_s)
+                    await calls.next()(spec.request, timeout=spec.timeout_s)
                 except grpc.aio.AioRpcError as e:
                     if measured:
                         errors[e.code().name] += 1
@@ -126,6 +133,9 @@ async def _run(spec: LoadSpec) -> LoadResult:
                     result.window_end = time.time()
 
         await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
+    finally:
+        for channel in channels:
+            await channel.close(None)
     result.errors = dict(errors)
     return result
 
@@ -146,8 +156,12 @@ class Aggregate:
 class LoadGenerator:
     """A pool of spawned worker processes, reused across runs (spawning costs ~1 s each)."""
 
-    def __init__(self, processes: int = 2) -> None:
+    def __init__(self, processes: int = 2, channels: int = 1) -> None:
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
         self.processes = processes
+        # Per worker process; more than one reach more of a multi-worker server's processes.
+        self.channels = channels
         self._pool: Pool | None = None
 
     def __enter__(self) -> LoadGenerator:
@@ -194,6 +208,7 @@ class LoadGenerator:
                 start_at,
                 timeout_s,
                 max(1, min_requests * share // concurrency),
+                min(self.channels, share),
             )
             for share in shares
         ]
