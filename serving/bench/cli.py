@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short run (< 60 s), JSON only")
     mode.add_argument("--smoke", action="store_true", help="seconds-long run for tests")
+    mode.add_argument(
+        "--replicas",
+        action="store_true",
+        help="only the replicas scenario: direct vs through Envoy at 1 and 64 callers, 1 "
+        "replica vs 3 (serving/bench/replicas.py); writes benchmarks/replicas.json and .md",
+    )
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", default="mnist-vae", help="model to benchmark [%(default)s]")
     p.add_argument("--json", type=Path, help="where to write the JSON results")
@@ -66,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.replicas:
+        from .replicas import main as main_replicas
+
+        forwarded = ["--models-dir", str(args.models_dir), "--model", args.model]
+        forwarded += ["--client-processes", str(args.client_processes)]
+        forwarded += ["--results-dir", str(args.results_dir)]
+        if args.duration is not None:
+            forwarded += ["--duration", str(args.duration)]
+        if args.warmup is not None:
+            forwarded += ["--warmup", str(args.warmup)]
+        return main_replicas(forwarded)
     if args.report_from:
         from .report import write_report
 
