@@ -81,3 +81,60 @@ def test_curl_example_answers_as_documented(shipped_server: InProcessServer, ind
         found = output.find(fragment, position)
         assert found >= 0, f"{fragment!r} not in the answer after position {position}:\n{output}"
         position = found + len(fragment)
+
+
+README = ROOT / "README.md"
+
+
+def readme_grpcurl_lines() -> list[tuple[str, str]]:
+    """(request JSON, method) of each grpcurl line in the README's 'Three ways' table."""
+    text = README.read_text()
+    section = text[text.index("## Three ways to call the service") :]
+    section = section[: section.index("\n## ", 5)]
+    return re.findall(r"grpcurl -plaintext -d '(\{.*?\})' localhost:50051 ([\w./]+)`", section)
+
+
+def test_readme_grpcurl_lines_are_valid_calls(shipped_server: InProcessServer) -> None:
+    """grpcurl is not installed here, so its JSON is parsed the way grpcurl does (protobuf's
+    JSON mapping) and sent with the same method."""
+    import grpc
+    from google.protobuf import json_format
+
+    from latentserve._proto.inference import grpc_predict_v2_pb2 as v2pb
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+
+    messages = {
+        "latentserve.v1.Autoencoder/SampleRandom": (pb.SampleRequest, pb.SampleResponse),
+        "inference.GRPCInferenceService/ModelInfer": (
+            v2pb.ModelInferRequest,
+            v2pb.ModelInferResponse,
+        ),
+    }
+    lines = readme_grpcurl_lines()
+    assert sorted(method for _, method in lines) == sorted(messages)
+    with grpc.insecure_channel(shipped_server.target) as channel:
+        for body, method in lines:
+            request_type, response_type = messages[method]
+            request = json_format.Parse(body, request_type())
+            call = channel.unary_unary(
+                f"/{method}",
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            response = call(request, timeout=30)
+            assert response.ByteSize() > 0
+
+
+def test_readme_curl_line_answers(shipped_server: InProcessServer) -> None:
+    text = README.read_text()
+    section = text[text.index("## Three ways to call the service") :]
+    (command,) = re.findall(r"`(curl [^`]*)`", section[: section.index("\n## ", 5)])
+    assert shipped_server.server.http is not None
+    address = f"127.0.0.1:{shipped_server.server.http.port}"
+    done = subprocess.run(
+        ["bash", "-c", command.replace(DOC_ADDRESS, address)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and '"shape":[1,1,28,28]' in done.stdout, done.stdout[:300]
