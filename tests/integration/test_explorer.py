@@ -145,6 +145,22 @@ def test_hover_shows_what_decode_returns(
     no_errors(page)
 
 
+def test_sliders_decode_the_latent_they_set(page: Any, client: LatentClient) -> None:
+    choose(page, "mnist-vae-16")
+    assert page.evaluate("document.querySelectorAll('#sliders input').length") == 16
+    page.click("#sliders-zero")
+    for dim, value in ((2, "1.5"), (9, "-2.25")):
+        page.fill(f"#sliders input[data-dim='{dim}']", value)
+    page.evaluate("window.explorer.idle()")
+    want = np.zeros((1, 16), dtype=np.float32)
+    want[0, 2], want[0, 9] = 1.5, -2.25
+    latent = json.loads(page.get_attribute("#decoded", "data-latent"))
+    assert np.allclose(latent, want[0])
+    expected = client.decode(want, model="mnist-vae-16").images
+    assert_same_digits(page.evaluate(READ_DIGITS, "#decoded"), expected)
+    no_errors(page)
+
+
 def test_drawn_stroke_lands_where_encode_puts_it(page: Any, client: LatentClient) -> None:
     choose(page, "mnist-vae")
     box = page.locator("#draw").bounding_box()
