@@ -26,19 +26,20 @@ models or gRPC: it batches arrays for a `run` callable.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from .errors import deadline_exceeded, resource_exhausted, unavailable
+from .errors import ServingError, deadline_exceeded, resource_exhausted, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,17 @@ class _NullObserver:
         pass
 
 
-@dataclass
 class _Pending:
-    inputs: Float32Array
-    future: asyncio.Future[Outputs]
-    # Absolute time (time.monotonic()) after which the caller no longer wants the answer.
-    deadline: float | None = None
-    rows: int = field(init=False)
+    __slots__ = ("deadline", "future", "inputs", "rows")
 
-    def __post_init__(self) -> None:
-        self.rows = int(self.inputs.shape[0])
+    def __init__(
+        self, inputs: Float32Array, future: asyncio.Future[Outputs], deadline: float | None
+    ) -> None:
+        self.inputs = inputs
+        self.future = future
+        # Absolute time (time.monotonic()) after which the caller no longer wants the answer.
+        self.deadline = deadline
+        self.rows = int(inputs.shape[0])
 
 
 class DynamicBatcher:
@@ -111,10 +113,14 @@ class DynamicBatcher:
         self.name = name
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[_Pending] = deque()
-        self._arrived = asyncio.Event()
+        # Resolved by `submit` (or the batch's delay timer) while the gatherer waits: a bare
+        # future, since asyncio.Event.wait under wait_for costs a task and a timer per wait,
+        # once for every request that trickles in.
+        self._waiter: asyncio.Future[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        # Executor runs of gathered batches; their done-callbacks hand out the rows.
+        self._running: set[concurrent.futures.Future[Outputs]] = set()
         # Requests taken off the queue for the batch being gathered (failed on close).
         self._gathering: list[_Pending] = []
         # Requests gathered into the previous batch: the batcher's estimate of concurrency.
@@ -146,9 +152,10 @@ class DynamicBatcher:
         self._gathering, self._queue = [], deque()
         for pending in leftovers:
             if not pending.future.done():
-                pending.future.set_exception(unavailable(f"{self.name}: server is shutting down"))
+                pending.future.set_exception(self._shutting_down())
         if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+            running = [asyncio.wrap_future(f) for f in self._running]
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def submit(self, inputs: Float32Array, deadline: float | None = None) -> Outputs:
         """Queue `inputs` (N x ...) for a batched run and return this request's N output rows.
@@ -156,7 +163,7 @@ class DynamicBatcher:
         `deadline` is a time.monotonic() value; past it the request is dropped unrun.
         """
         if self._closed:
-            raise unavailable(f"{self.name}: server is shutting down")
+            raise self._shutting_down()
         if not self.enabled:
             return await self._run_alone(inputs)
         if self.queue_depth >= self.max_queue:
@@ -177,7 +184,7 @@ class DynamicBatcher:
         pending = _Pending(inputs, loop.create_future(), deadline)
         self._queue.append(pending)
         self._observer.queue_changed(self.queue_depth)
-        self._arrived.set()
+        self._wake_gatherer()
         # If our caller is cancelled, the future is cancelled too and the gatherer skips it.
         return await pending.future
 
@@ -217,10 +224,24 @@ class DynamicBatcher:
         self._last_run_end = time.monotonic()
         self._slots.release()
 
+    def _shutting_down(self) -> ServingError:
+        return unavailable(f"{self.name}: server is shutting down")
+
+    def _wake_gatherer(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_for_wakeup(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
     async def _next_request(self) -> _Pending:
         while not self._queue:
-            self._arrived.clear()
-            await self._arrived.wait()
+            await self._wait_for_wakeup()
         return self._queue.popleft()
 
     async def _gather_forever(self) -> None:
@@ -240,34 +261,41 @@ class DynamicBatcher:
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._start_batch(batch)
 
     async def _gather_batch(self, first: _Pending) -> list[_Pending]:
         batch, rows = self._gathering, first.rows
-        close_at = time.monotonic() + self.max_delay_s
         # How many callers to wait for: as many as shared the previous batch. Under load
         # (many concurrent callers) that fills batches; a lone caller on an idle graph runs
         # at once instead of paying max_delay on every request. When load drops, one batch
         # waits out the delay and the expectation falls back to what actually came.
         expected = self._last_batch_requests
-        while rows < self.max_batch_size:
-            if self._queue:
-                if rows + self._queue[0].rows > self.max_batch_size:
-                    break  # keep request order; the next one starts the next batch
-                nxt = self._queue.popleft()
-                batch.append(nxt)
-                rows += nxt.rows
-                continue
-            if len(batch) >= expected:
-                break
-            remaining = close_at - time.monotonic()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+        delay_over = self.max_delay_s <= 0
+        timer: asyncio.TimerHandle | None = None
+
+        def close_batch() -> None:
+            nonlocal delay_over
+            delay_over = True
+            self._wake_gatherer()
+
+        try:
+            while rows < self.max_batch_size:
+                if self._queue:
+                    if rows + self._queue[0].rows > self.max_batch_size:
+                        break  # keep request order; the next one starts the next batch
+                    nxt = self._queue.popleft()
+                    batch.append(nxt)
+                    rows += nxt.rows
+                    continue
+                if len(batch) >= expected or delay_over:
+                    break
+                if timer is None:
+                    # One timer per batch (the loop's clock is time.monotonic()).
+                    timer = asyncio.get_running_loop().call_later(self.max_delay_s, close_batch)
+                await self._wait_for_wakeup()
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._gathering = []
         self._last_batch_requests = len(batch)
         return batch
@@ -287,24 +315,50 @@ class DynamicBatcher:
             kept.append(pending)
         return kept
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    def _start_batch(self, batch: list[_Pending]) -> None:
+        """Run `batch` in the executor; `_finish_batch` hands out the rows (a callback, not a
+        task per batch)."""
+        inputs = (
+            batch[0].inputs
+            if len(batch) == 1
+            else np.concatenate([p.inputs for p in batch], axis=0)
+        )
+        loop = asyncio.get_running_loop()
+        finish = functools.partial(
+            self._finish_batch, batch, int(inputs.shape[0]), time.monotonic()
+        )
         try:
-            inputs = (
-                batch[0].inputs
-                if len(batch) == 1
-                else np.concatenate([p.inputs for p in batch], axis=0)
-            )
-            loop = asyncio.get_running_loop()
-            start = time.monotonic()
-            try:
-                outputs = await loop.run_in_executor(self._executor, self._run, inputs)
-            except Exception as e:
-                log.exception("%s: batch of %d rows failed", self.name, inputs.shape[0])
+            running = self._executor.submit(self._run, inputs)
+        except RuntimeError:  # the executor is shut down: the server is stopping
+            self._run_ended()
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(self._shutting_down())
+            return
+        self._running.add(running)
+        # Called in the executor thread: one hand-over to the loop (run_in_executor would
+        # chain an asyncio future to it and take a second loop turn per batch).
+        running.add_done_callback(lambda done: loop.call_soon_threadsafe(finish, done))
+
+    def _finish_batch(
+        self,
+        batch: list[_Pending],
+        rows: int,
+        start: float,
+        running: concurrent.futures.Future[Outputs],
+    ) -> None:
+        self._running.discard(running)
+        try:
+            error = self._shutting_down() if running.cancelled() else running.exception()
+            if error is not None:
+                if not running.cancelled():
+                    log.error("%s: batch of %d rows failed", self.name, rows, exc_info=error)
                 for pending in batch:
                     if not pending.future.done():
-                        pending.future.set_exception(e)
+                        pending.future.set_exception(error)
                 return
-            self._observer.batch_ran(int(inputs.shape[0]), len(batch), time.monotonic() - start)
+            outputs = running.result()
+            self._observer.batch_ran(rows, len(batch), time.monotonic() - start)
             offset = 0
             for pending in batch:
                 end = offset + pending.rows

@@ -44,17 +44,15 @@ def prior_from_proto(value: int) -> PriorName | None:
 
 
 def encode_response(request: EncodeRequest, result: Encoded) -> pb.EncodeResponse:
-    response = pb.EncodeResponse(
+    return pb.EncodeResponse(
         model=request.model.name,
         model_version=request.model.manifest.version,
         latents=array_to_tensor(result.latents),
+        # None leaves a field unset (a plain autoencoder has no log_var; z only on request).
+        log_var=None if result.log_var is None else array_to_tensor(result.log_var),
+        z=None if result.z is None else array_to_tensor(result.z),
         seed=request.z_seed or 0,
     )
-    if result.log_var is not None:
-        response.log_var.CopyFrom(array_to_tensor(result.log_var))
-    if result.z is not None:
-        response.z.CopyFrom(array_to_tensor(result.z))
-    return response
 
 
 def decode_response(

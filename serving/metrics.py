@@ -147,6 +147,10 @@ class Metrics:
                 registry=r,
                 multiprocess_mode="liveall",
             ).labels(label).set(1)
+        # Label children by (model, method), for observe_request. The samples series is
+        # kept apart so that it appears only once a call has answered samples.
+        self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._samples_series: dict[tuple[str, str], Counter] = {}
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -156,14 +160,23 @@ class Metrics:
     def observe_request(
         self, model: str, method: str, code: str, seconds: float, samples: int = 0
     ) -> None:
-        self.requests.labels(model, method).inc()
+        # labels() costs a lock and a tuple per call; the children are looked up once.
+        series = self._request_series.get((model, method))
+        if series is None:
+            series = (self.requests.labels(model, method), self.latency.labels(model, method))
+            self._request_series[(model, method)] = series
+        requests, latency = series
+        requests.inc()
         if self._worker_requests is not None:
             self._worker_requests.inc()
-        self.latency.labels(model, method).observe(seconds)
+        latency.observe(seconds)
         if code != "OK":
             self.errors.labels(model, method, code).inc()
         elif samples:
-            self.samples.labels(model, method).inc(samples)
+            counter = self._samples_series.get((model, method))
+            if counter is None:
+                counter = self._samples_series[(model, method)] = self.samples.labels(model, method)
+            counter.inc(samples)
 
     def serve_http(self, host: str, port: int) -> None:
         """Expose /metrics on host:port in a background thread."""

@@ -59,6 +59,9 @@ class ServedModel:
         self.decoder = decoder
         self._encoder_batcher = encoder_batcher
         self._decoder_batcher = decoder_batcher
+        # Where each encoder output sits in a run's outputs (looked up once, not per call).
+        heads = ("mean", "log_var") if self.is_vae else ("latents",)
+        self._encoder_heads = tuple(encoder.output_names.index(name) for name in heads)
 
     @property
     def name(self) -> str:
@@ -108,10 +111,9 @@ class ServedModel:
         With `z_seed` (VAE only) also z = mean + exp(log_var / 2) * eps, eps from PCG64(z_seed).
         """
         outputs = await self._encoder_batcher.submit(images, deadline)
-        by_name = dict(zip(self.encoder.output_names, outputs, strict=True))
         if not self.is_vae:
-            return Encoded(by_name["latents"], None)
-        mean, log_var = by_name["mean"], by_name["log_var"]
+            return Encoded(outputs[self._encoder_heads[0]], None)
+        mean, log_var = (outputs[i] for i in self._encoder_heads)
         z = None if z_seed is None else sample_posterior(mean, log_var, z_seed)
         return Encoded(mean, log_var, z)
 
