@@ -99,7 +99,12 @@ def test_ports_and_probes_match_the_server(objects, monkeypatch):
         monkeypatch.setenv(name, value)
     settings = parse_settings(container.get("args", []))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
+    assert ports == {
+        "grpc": settings.port,
+        "metrics": settings.metrics_port,
+        "http": settings.http_port,
+    }
+    assert settings.workers == 1, "scale with pods: one server process per pod"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = container[probe]["grpc"]
         assert grpc_probe["port"] == settings.port, probe
