@@ -19,6 +19,12 @@ surfaces the error to the caller (replaying it could duplicate chunks already de
 A call that never left the client (no connection yet) is retried transparently by gRPC
 regardless of this policy.
 
+Client-side health checking (``health_check=True``, gRFC A17): each connection also
+watches the server's grpc.health.v1 status, and round_robin skips a replica while it says
+NOT_SERVING, as a draining server does at once (then, after its drain delay, it refuses and
+closes). Meant for several replicas; off by default, because with one server a call would
+then fail on the client while the server warms up, instead of getting the server's answer.
+
 Several channels: SO_REUSEPORT spreads *connections* over a server's worker processes, not
 calls, and channels normally share one global subchannel pool (one connection per address).
 ``channels=K`` opens K channels, each with its own pool (``grpc.use_local_subchannel_pool``),
@@ -85,9 +91,12 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 def service_config(
-    load_balancing: str | None = "round_robin", retry: RetryPolicy | None = DEFAULT_RETRY
+    load_balancing: str | None = "round_robin",
+    retry: RetryPolicy | None = DEFAULT_RETRY,
+    health_check: bool = False,
 ) -> str:
-    """The JSON service config for a channel (gRPC's `grpc.service_config` option)."""
+    """The JSON service config for a channel (gRPC's `grpc.service_config` option).
+    `health_check` adds client-side health checking (gRFC A17, round_robin only)."""
     config: dict[str, object] = {}
     if load_balancing is not None:
         if load_balancing not in LOAD_BALANCING_POLICIES:
@@ -99,6 +108,11 @@ def service_config(
     if retry is not None:
         names = [{"service": s, "method": m} for s, m in RETRIED_METHODS]
         config["methodConfig"] = [{"name": names, "retryPolicy": retry.as_json()}]
+    if health_check:
+        if load_balancing != "round_robin":
+            raise ValueError("health_check needs load_balancing='round_robin'")
+        # The server's overall status (service ""), which turns NOT_SERVING when it drains.
+        config["healthCheckConfig"] = {"serviceName": ""}
     return json.dumps(config, separators=(",", ":"))
 
 
@@ -107,13 +121,16 @@ def channel_options(
     max_message_bytes: int,
     load_balancing: str | None = "round_robin",
     retry: RetryPolicy | None = DEFAULT_RETRY,
+    health_check: bool = False,
     server_name: str | None = None,
     extra: Sequence[ChannelOption] = (),
 ) -> list[ChannelOption]:
+    """Channel arguments; `extra` ones come last (gRPC keeps the first of a repeated key,
+    so they add to these and cannot replace them)."""
     options: list[ChannelOption] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.service_config", service_config(load_balancing, retry)),
+        ("grpc.service_config", service_config(load_balancing, retry, health_check)),
         # A DNS TXT record must not replace the config above.
         ("grpc.service_config_disable_resolution", 1),
         # gRPC keeps a request for retrying only up to this size (default 256 KiB, less than

@@ -24,7 +24,8 @@ Many replicas, balanced by the client (round_robin, per call), and retries:
 
 Calls that fail with UNAVAILABLE (a replica draining, refusing or gone) are retried by gRPC
 up to 3 attempts (`retry=RetryPolicy(...)`, or None for none); which calls and why is in
-:mod:`latentserve.channels`.
+:mod:`latentserve.channels`. With replicas, `health_check=True` also skips one whose health
+says NOT_SERVING (draining), before it refuses anything.
 
 A server with TLS and/or token auth (see docs/reliability.md):
 
@@ -351,6 +352,7 @@ class _Settings:
         tls: TlsConfig | None,
         load_balancing: str | None,
         retry: RetryPolicy | None,
+        health_check: bool,
         extra_options: Sequence[ChannelOption],
     ) -> None:
         if max_unary_samples < 1 or batch_size < 1:
@@ -367,6 +369,7 @@ class _Settings:
             max_message_bytes=max_message_bytes,
             load_balancing=load_balancing,
             retry=retry,
+            health_check=health_check,
             server_name=tls.server_name if tls is not None else None,
             extra=extra_options,
         )
@@ -399,6 +402,7 @@ class LatentClient(_Settings):
         channels: int = 1,
         load_balancing: str | None = "round_robin",
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        health_check: bool = False,
         channel_options: Sequence[ChannelOption] = (),
     ) -> None:
         super().__init__(
@@ -412,6 +416,7 @@ class LatentClient(_Settings):
             tls,
             load_balancing,
             retry,
+            health_check,
             channel_options,
         )
         self.channels = sync_channels(target, channels, self.options, self.credentials)
@@ -544,6 +549,7 @@ class AsyncLatentClient(_Settings):
         channels: int = 1,
         load_balancing: str | None = "round_robin",
         retry: RetryPolicy | None = DEFAULT_RETRY,
+        health_check: bool = False,
         channel_options: Sequence[ChannelOption] = (),
     ) -> None:
         super().__init__(
@@ -557,6 +563,7 @@ class AsyncLatentClient(_Settings):
             tls,
             load_balancing,
             retry,
+            health_check,
             channel_options,
         )
         self.channels = aio_channels(target, channels, self.options, self.credentials)

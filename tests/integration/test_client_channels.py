@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -217,3 +219,92 @@ def test_other_errors_are_not_retried(one_server):
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
     errors = metric(one_server, "latentserve_request_errors_total", method="Decode")
     assert errors == 1
+
+
+def set_health(running: InProcessServer, status: str) -> None:
+    from latentserve._proto.grpc_health.v1 import health_pb2
+
+    running.run(
+        running.server.health.set("", health_pb2.HealthCheckResponse.ServingStatus.Value(status))
+    )
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, f"not within {timeout}s: {what}"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_health_checked_client_skips_a_not_serving_replica(replicas):
+    quiet = replicas[0]
+    with LatentClient(ipv4_target(replicas), timeout=10, health_check=True) as client:
+        connect_all(client, len(replicas))
+        set_health(quiet, "NOT_SERVING")
+        # The client learns it from its health watch; until then calls may still go there.
+        wait_until(
+            lambda: _decode_spread(client, replicas, 6)[0] == 0,
+            "the NOT_SERVING replica left the rotation",
+        )
+        before = served(quiet, "Decode")
+        _decode_spread(client, replicas, 12)
+        assert served(quiet, "Decode") == before, "a NOT_SERVING replica got calls"
+        set_health(quiet, "SERVING")
+        wait_until(
+            lambda: _decode_spread(client, replicas, 3)[0] > 0, "the replica is back in rotation"
+        )
+
+
+def _decode_spread(
+    client: LatentClient, replicas: list[InProcessServer], calls: int
+) -> list[float]:
+    """Make `calls` Decode calls; how many each replica served of them."""
+    before = [served(r, "Decode") for r in replicas]
+    for _ in range(calls):
+        client.decode(LATENTS, model="tiny-vae")
+    return [served(r, "Decode") - b for r, b in zip(replicas, before, strict=True)]
+
+
+@pytest.mark.slow
+def test_draining_replica_under_load_fails_no_call(tiny_models_dir):
+    """One of three replicas stops (NOT_SERVING, drain delay, refuse, close) while 8
+    threads call: the health-checked client moves off it, and retries cover the rest."""
+    servers = [
+        InProcessServer(tiny_models_dir, host=h, default_model="tiny-vae", drain_delay_s=0.5)
+        for h in HOSTS
+    ]
+    for running in servers:
+        running.start()
+    failures: list[str] = []
+    done = threading.Event()
+    calls = [0]
+    try:
+        with LatentClient(ipv4_target(servers), timeout=10, health_check=True) as client:
+            connect_all(client, len(servers))
+
+            def caller() -> None:
+                for _ in range(2_000):
+                    if done.is_set():
+                        return
+                    try:
+                        client.decode(LATENTS, model="tiny-vae")
+                        calls[0] += 1
+                    except LatentServeError as e:
+                        failures.append(f"{e.code.name}: {e.message}")
+
+            threads = [threading.Thread(target=caller) for _ in range(8)]
+            for t in threads:
+                t.start()
+            wait_until(lambda: calls[0] >= 100, "load is running")
+            servers[0].stop()  # returns once drained and closed
+            after_stop = calls[0]
+            wait_until(lambda: calls[0] >= after_stop + 100, "load goes on without it")
+            done.set()
+            for t in threads:
+                t.join(30)
+    finally:
+        done.set()
+        for running in servers[1:]:
+            running.stop()
+    assert failures == []
