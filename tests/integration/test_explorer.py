@@ -320,6 +320,15 @@ def test_screenshot(page: Any, tmp_path: Path) -> None:
     for tx, ty in ((185, 70), (185, 90), (120, 225)):
         page.mouse.move(box["x"] + tx, box["y"] + ty, steps=8)
     page.mouse.up()
+    # A short sweep first, so the header's live round-trip readout is not of a cold start.
+    page.evaluate("window.explorer.api.decodeTimes = []")
+    sweep = [
+        [0.35 + 0.5 * np.cos(a), 0.9 + 0.5 * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 120)
+    ]
+    for x, y in page.evaluate(
+        "(uvs) => uvs.map((uv) => window.explorer.plane.toClient(uv))", sweep
+    ):
+        page.mouse.move(x, y)
     x, y = page.evaluate("(uv) => window.explorer.plane.toClient(uv)", [0.35, 0.9])
     page.mouse.move(x, y)
     page.evaluate("window.explorer.idle()")

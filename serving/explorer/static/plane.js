@@ -79,7 +79,7 @@ export class Plane {
       v0 = Math.min(v0, b.v0); v1 = Math.max(v1, b.v1);
     }
     if (!Number.isFinite(u0)) { u0 = -3; u1 = 3; v0 = -3; v1 = 3; }
-    const span = Math.max(u1 - u0, v1 - v0) * 1.06;
+    const span = Math.max(u1 - u0, v1 - v0) * 1.08;
     const cu = (u0 + u1) / 2, cv = (v0 + v1) / 2;
     this.box = { u0: cu - span / 2, u1: cu + span / 2, v0: cv - span / 2, v1: cv + span / 2 };
   }
