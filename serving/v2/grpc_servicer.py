@@ -19,7 +19,7 @@ from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as pb_grpc
 from latentserve.tensors import TensorError
 
 from .. import calls
-from ..calls import Call
+from ..calls import UNKNOWN_MODEL_LABEL, Call
 from ..errors import ServingError, invalid_argument
 from ..model import monotonic_deadline
 from . import codec
@@ -61,6 +61,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context, call: Call
     ) -> pb.ModelMetadataResponse:
+        call.model = UNKNOWN_MODEL_LABEL
         model = self.api.model_metadata(request.name, request.version)
         call.model = model.name
         return metadata_response(model)
@@ -69,6 +70,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context, call: Call
     ) -> pb.ModelInferResponse:
+        # Labelled by the v2 model once it resolves; until then the name is unchecked.
+        call.model = UNKNOWN_MODEL_LABEL
         inputs = infer_inputs(request)
         requested = [o.name for o in request.outputs] or None
         model, outputs = await self.api.infer(

@@ -83,7 +83,15 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if e.status < 400:
             raise
         message = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
-        if e.status == 413:
+        if e.status == 404:
+            message = (
+                f"no such path {request.path!r}; the Open Inference Protocol's REST API serves "
+                "GET /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, "
+                "/v2/models/{name}/ready and POST /v2/models/{name}/infer"
+            )
+        elif e.status == 405:
+            message = f"{request.method} is not allowed on {request.path}; use {e.headers.get('Allow', '')}"
+        elif e.status == 413:
             message = (
                 f"request body too large: more than the server's max_message_bytes "
                 f"({request.app[MAX_BODY_KEY]}); split the request"

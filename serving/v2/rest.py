@@ -24,7 +24,7 @@ from aiohttp import web
 
 from latentserve.tensors import TensorError
 
-from ..calls import Call, Refused
+from ..calls import UNKNOWN_MODEL_LABEL, Call, Refused
 from ..errors import ServingError, invalid_argument, resource_exhausted
 from . import codec
 from .http_app import HTTP_STATUS, json_error
@@ -108,6 +108,7 @@ class V2Rest:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         async def work(call: Call) -> web.Response:
+            call.model = UNKNOWN_MODEL_LABEL
             model = self._api.model_metadata(
                 request.match_info["name"], request.match_info.get("version", "")
             )
@@ -122,6 +123,8 @@ class V2Rest:
         name, version = request.match_info["name"], request.match_info.get("version", "")
 
         async def work(call: Call) -> web.Response:
+            # Labelled by the v2 model once it resolves; until then the URL's name is unchecked.
+            call.model = UNKNOWN_MODEL_LABEL
             body = await read_body(request, self._api.settings.max_message_bytes)
             header, inputs, binary_outputs, requested = parse_infer_request(
                 body, request.headers.get(HEADER_LENGTH)

@@ -356,9 +356,11 @@ def test_rest_body_over_max_message_bytes_is_413(v2_server: InProcessServer) -> 
 
 def test_rest_unknown_path_and_method_answer_json(v2_server: InProcessServer) -> None:
     status, _, body = http(v2_server, "/v2/nothing")
-    assert status == 404 and error_of(status, body)
+    assert status == 404 and "no such path '/v2/nothing'" in error_of(status, body)
+    assert "POST /v2/models/{name}/infer" in error_of(status, body)
     status, headers, body = http(v2_server, "/v2/models/tiny-vae-decoder/infer")
-    assert status == 405 and error_of(status, body) and "POST" in headers["Allow"]
+    assert status == 405 and "POST" in headers["Allow"]
+    assert "GET is not allowed" in error_of(status, body) and "POST" in error_of(status, body)
 
 
 # -- gRPC ---------------------------------------------------------------------------------
