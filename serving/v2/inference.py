@@ -11,9 +11,10 @@ protobuf, JSON or HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -32,7 +33,6 @@ SERVER_NAME = "latentserve"
 EXTENSIONS = ("binary_tensor_data",)
 
 Array = npt.NDArray[Any]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,8 @@ class V2Api:
         deadline: float | None,
     ) -> dict[str, Array]:
         request = self._parse.encode(model, given[described.inputs[0].name])
-        result = await _run(model.encode(request.images, deadline))
+        with _model_run():
+            result = await model.encode(request.images, deadline)
         check_output({"latents": result.latents, "log_var": result.log_var}, "images")
         if result.log_var is None:
             return {"latents": result.latents}
@@ -128,7 +129,8 @@ class V2Api:
         deadline: float | None,
     ) -> dict[str, Array]:
         request = self._parse.decode(model, given[described.inputs[0].name])
-        images = await _run(model.decode(request.latents, deadline))
+        with _model_run():
+            images = await model.decode(request.latents, deadline)
         check_output({"images": images}, "latents")
         return {described.outputs[0].name: images}
 
@@ -148,17 +150,18 @@ class V2Api:
             method="the sampler",
             stream_method=None,
         )
-        chunks = [
-            c
-            async for c in model.sample_chunks(
-                request.count,
-                request.chunk_size,
-                request.prior,
-                request.temperature,
-                request.seed,
-                deadline,
-            )
-        ]
+        with _model_run():
+            chunks = [
+                c
+                async for c in model.sample_chunks(
+                    request.count,
+                    request.chunk_size,
+                    request.prior,
+                    request.temperature,
+                    request.seed,
+                    deadline,
+                )
+            ]
         (chunk,) = chunks
         return {
             "images": chunk.images,
@@ -167,10 +170,12 @@ class V2Api:
         }
 
 
-async def _run(awaitable: Awaitable[T]) -> T:
-    """Await a model run, marking a full batcher queue as such (see QueueFull)."""
+@contextlib.contextmanager
+def _model_run() -> Iterator[None]:
+    """Around a model run: a RESOURCE_EXHAUSTED from there is the batcher's full queue (the
+    request's own sizes were checked before), so it becomes a :class:`QueueFull`."""
     try:
-        return await awaitable
+        yield
     except ServingError as e:
         if e.code is grpc.StatusCode.RESOURCE_EXHAUSTED and not isinstance(e, QueueFull):
             raise QueueFull(e.code, e.message) from None
