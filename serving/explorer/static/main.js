@@ -56,10 +56,14 @@ function renderErrors() {
 
 // --- live decode (plane hover and sliders) -----------------------------------------------
 
+// Each run names the model it asked; a reply that arrives after the user picked another
+// model is dropped (the choice has started its own runs).
 const decoder = new Latest(async ({ z, uv }) => {
+  const model = state.model;
   const t0 = performance.now();
-  const out = await api.infer(state.model.v2.decoder, [tensor("latents", "FP32", [1, z.length], z)]);
+  const out = await api.infer(model.v2.decoder, [tensor("latents", "FP32", [1, z.length], z)]);
   api.decodeTimes.push(performance.now() - t0);
+  if (model !== state.model) return;
   clearError("decode");
   const images = floats(out.images);
   paintDigit($("decoded"), images.data);
@@ -208,7 +212,9 @@ const walker = new Latest(async ([a, b]) => {
     const t = s / (WALK_STEPS - 1);
     zs.push(a.z.map((x, i) => x + t * (b.z[i] - x)));
   }
-  const out = await api.infer(state.model.v2.decoder, [tensor("latents", "FP32", [WALK_STEPS, a.z.length], zs.flat())]);
+  const model = state.model;
+  const out = await api.infer(model.v2.decoder, [tensor("latents", "FP32", [WALK_STEPS, a.z.length], zs.flat())]);
+  if (model !== state.model) return;
   clearError("walk");
   const images = floats(out.images);
   const canvases = digitCanvases($("walk"), WALK_STEPS, 56);
@@ -226,13 +232,15 @@ const sampler = new Latest(async (request) => {
     tensor("prior", "BYTES", [1], [request.prior]),
     tensor("temperature", "FP32", [1], [request.temperature]),
   ];
-  const out = await api.infer(state.model.v2.sampler, inputs);
+  const model = state.model;
+  const out = await api.infer(model.v2.sampler, inputs);
+  if (model !== state.model) return;
   clearError("sample");
   const images = floats(out.images);
   const latents = floats(out.latents);
   const canvases = digitCanvases($("samples"), request.count, 56);
   canvases.forEach((c, i) => paintDigit(c, images.data, i));
-  const d = state.model.latent_dim;
+  const d = model.latent_dim;
   const uvs = [];
   for (let i = 0; i < request.count; i++) {
     uvs.push(state.projection.project(Array.from(latents.data.slice(i * d, (i + 1) * d))));
@@ -290,10 +298,12 @@ function renderMix() {
 // --- drawing pad -------------------------------------------------------------------------
 
 const encoder = new Latest(async (input) => {
-  const out = await api.infer(state.model.v2.encoder, [tensor("images", "FP32", [1, 1, 28, 28], input)]);
+  const model = state.model;
+  const out = await api.infer(model.v2.encoder, [tensor("images", "FP32", [1, 1, 28, 28], input)]);
   const latentOut = out.latents || out.mean;
   const latent = Array.from(floats(latentOut).data);
-  const decoded = await api.infer(state.model.v2.decoder, [tensor("latents", "FP32", [1, latent.length], latent)]);
+  const decoded = await api.infer(model.v2.decoder, [tensor("latents", "FP32", [1, latent.length], latent)]);
+  if (model !== state.model) return;
   clearError("encode");
   paintDigit($("draw-recon"), floats(decoded.images).data);
   const uv = state.projection.project(latent);
