@@ -63,11 +63,27 @@ def priors(manifest: ModelManifest) -> Json:
 def plane_and_scatter(manifest: ModelManifest, sample: Any) -> tuple[Json, Json]:
     """The page's plane (mean, two components) and the scatter drawn on it."""
     d = manifest.latent_dim
-    ok = isinstance(sample, dict) and len(sample.get("labels", ())) == len(
-        sample.get("latents", ())
+    ok = (
+        isinstance(sample, dict)
+        and isinstance(sample.get("labels"), list)
+        and isinstance(sample.get("latents"), list)
+        and len(sample["labels"]) == len(sample["latents"])
+        and all(isinstance(row, list) and len(row) == d for row in sample["latents"])
     )
+    if isinstance(sample, dict) and not ok:
+        log.warning(
+            "explorer: %s of %s is malformed; no scatter", LATENT_SAMPLE_FILE, manifest.name
+        )
     labels: list[int] = sample["labels"] if ok else []
     pca = sample.get("pca") if ok else None
+    if pca is not None and not (
+        isinstance(pca, dict)
+        and len(pca.get("components", ())) == 2
+        and len(pca.get("mean", ())) == d
+        and len(pca.get("points", ())) == len(labels)
+    ):
+        log.warning("explorer: the pca of %s's %s is malformed", manifest.name, LATENT_SAMPLE_FILE)
+        pca = None
     if d == 2:
         plane = {
             "mean": [0.0, 0.0],

@@ -64,3 +64,12 @@ def test_static_files_have_javascript_types_and_unknown_files_are_404() -> None:
     assert pages.static("main.js", if_none_match=main.headers["ETag"]).status == 304
     missing = pages.static("../settings.py")
     assert missing.status == 404 and json.loads(missing.body)["error"]
+
+
+def test_malformed_latent_sample_gives_an_empty_scatter(tmp_path: Path) -> None:
+    folder = build_model_folder(tmp_path, "tiny-vae", kind="vae", latent_dim=2)
+    (folder / "latent_sample.json").write_text(json.dumps({"labels": 3, "latents": [[1.0]]}))
+    data = model_data(read_manifest(folder), folder)
+    assert data["scatter"]["points"] == [] and data["scatter"]["labels"] == []
+    (folder / "latent_sample.json").write_text("{not json")
+    assert model_data(read_manifest(folder), folder)["scatter"]["points"] == []
