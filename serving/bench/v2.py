@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import random
 import socket
 import statistics
@@ -79,6 +80,7 @@ class LoadResult:
     window_start: float = 0.0
     window_end: float = 0.0
     problem: str = ""
+    completed: int = 0  # every answered call, warm-up and checking call included
 
 
 def build_calls(
@@ -178,6 +180,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
     try:
         first, first_headers = await once()
         result.problem = check_response(call.path, first, first_headers, spec.rows)
+        result.completed += 1
         await asyncio.sleep(max(0.0, spec.start_at - time.time()))
         measure_from = time.time() + spec.warmup_s
         stop_at = measure_from + spec.duration_s
@@ -202,6 +205,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
                         code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else str(e)
                         errors[code] += 1
                     continue
+                result.completed += 1
                 if measured:
                     result.latencies_s.append(time.perf_counter() - t0)
                     result.window_end = time.time()
@@ -251,6 +255,9 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
     flags = ("--http-port", str(http_port), *config.server_flags)
     measurements: list[Measurement] = []
     problems: list[str] = []
+    # Server CPU (user + system, every thread of the server process) per image answered:
+    # what a saturated server would pay, much less sensitive to other load than wall time.
+    cpu_ms: dict[str, float] = {}
     with ServerProcess(config.models_dir, flags, name="v2-server") as server:
         pool = multiprocessing.get_context("spawn").Pool(config.client_processes)
         try:
@@ -259,14 +266,18 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
                     config.model, latent_dim, rows, server.target, f"http://{host}:{http_port}"
                 )
                 rates: dict[str, list[float]] = {p: [] for p in PATHS}
+                cpu: dict[str, list[float]] = {p: [] for p in PATHS}
                 all_latencies: dict[str, list[float]] = {p: [] for p in PATHS}
                 all_errors: dict[str, Counter[str]] = {p: Counter() for p in PATHS}
                 for round_index in range(config.rounds):
                     order = PATHS if round_index % 2 == 0 else tuple(reversed(PATHS))
                     for path in order:
-                        latencies, errors, window, problem = _measure(
+                        cpu_before = process_cpu_s(server.pid)
+                        latencies, errors, window, problem, completed = _measure(
                             pool, config, calls[path], rows, concurrency
                         )
+                        cpu_s = process_cpu_s(server.pid) - cpu_before
+                        cpu[path].append(1e3 * cpu_s / (completed * rows) if completed else 0.0)
                         if problem:
                             problems.append(problem)
                         rates[path].append(len(latencies) * rows / window if window > 0 else 0.0)
@@ -282,24 +293,29 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
                     m.images_per_s = statistics.median(rates[path])
                     each = ", ".join(f"{r:,.0f}" for r in rates[path])
                     m.note = f"median of {config.rounds} rounds: {each} img/s"
+                    cpu_ms[f"{path} batch{rows} c{concurrency}"] = round(
+                        statistics.median(cpu[path]), 4
+                    )
                     measurements.append(m)
                     log(
                         f"v2 batch {rows:>3} c{concurrency:<2} {path:<15} {m.images_per_s:>10,.0f} img/s "
-                        f"p50 {m.p50_ms:6.2f} ms  errors {m.errors}"
+                        f"p50 {m.p50_ms:6.2f} ms  server CPU "
+                        f"{cpu_ms[f'{path} batch{rows} c{concurrency}']:.4f} ms/img  errors {m.errors}"
                     )
         finally:
             pool.close()
             pool.join()
     return {
         "measurements": [m.to_dict() for m in measurements],
-        "summary": summary(measurements),
+        "server_cpu_ms_per_image": cpu_ms,
+        "summary": summary(measurements, cpu_ms),
         "problems": problems,
     }
 
 
 def _measure(
     pool: Any, config: V2Config, call: CallSpec, rows: int, concurrency: int
-) -> tuple[list[float], dict[str, int], float, str]:
+) -> tuple[list[float], dict[str, int], float, str, int]:
     workers = max(1, min(config.client_processes, concurrency))
     shares = [concurrency // workers + (i < concurrency % workers) for i in range(workers)]
     start_at = time.time() + (0.3 if workers > 1 else 0.0)
@@ -332,12 +348,29 @@ def _measure(
         dict(errors),
         max(window, 0.0),
         "; ".join(r.problem for r in results if r.problem),
+        sum(r.completed for r in results),
     )
 
 
-def summary(measurements: list[Measurement]) -> dict[str, Any]:
-    """Ratios to native Decode per configuration (same run, median rounds)."""
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all its threads (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(measurements: list[Measurement], cpu_ms: dict[str, float]) -> dict[str, Any]:
+    """Ratios to native Decode per configuration (same run, median rounds): throughput
+    (path / native) and server CPU per image (native / path, so 1.0 = as cheap, higher is
+    better in both)."""
     by = {(m.path, m.batch, m.concurrency): m for m in measurements}
+    cpu_ratios: dict[str, float | None] = {}
+    for rows, concurrency in CONFIGS:
+        native_cpu = cpu_ms[f"native batch{rows} c{concurrency}"]
+        for path in PATHS[1:]:
+            value = cpu_ms[f"{path} batch{rows} c{concurrency}"]
+            key = f"{path}/native batch{rows} c{concurrency}"
+            cpu_ratios[key] = round(native_cpu / value, 3) if value else None
     ratios: dict[str, Any] = {}
     for rows, concurrency in CONFIGS:
         native = by[("native", rows, concurrency)].images_per_s
@@ -349,6 +382,8 @@ def summary(measurements: list[Measurement]) -> dict[str, Any]:
     headline = ratios["v2-grpc/native batch256 c1"]
     return {
         "ratios": ratios,
+        "cpu_ratios": cpu_ratios,
+        "v2_grpc_vs_native_cpu_batch256": cpu_ratios["v2-grpc/native batch256 c1"],
         "v2_grpc_vs_native_batch256": headline,
         "target_v2_grpc_vs_native_batch256": 0.9,
         "target_met": headline is not None and headline >= 0.9,
@@ -360,27 +395,33 @@ def markdown(result: dict[str, Any], command: str) -> str:
     rows = [
         "# latent-bench v2: native Decode vs the Open Inference Protocol",
         "",
-        f"`{command}`. Throughput is images per second, the median of alternating rounds",
-        "(one server, the same latents on every path); ratios are to native Decode in the",
-        "same configuration.",
+        f"`{command}`. One server, the same latents on every path, paths alternated over",
+        "rounds. Throughput: images per second, the median round. Server CPU: user + system",
+        "seconds of the server process per image answered, the median round (robust to other",
+        "load on the machine). Ratios compare with native Decode in the same configuration,",
+        "so that 1.0 is parity and higher is better: throughput path / native, CPU native / path.",
         "",
-        "| batch | callers | path | images/s | p50 ms | p99 ms | errors | vs native |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| batch | callers | path | images/s | p50 ms | p99 ms | server CPU ms/img | errors "
+        "| throughput vs native | CPU vs native |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    ratios = result["summary"]["ratios"]
+    s = result["summary"]
     for m in result["measurements"]:
-        key = f"{m['path']}/native batch{m['batch']} c{m['concurrency']}"
-        ratio = ratios.get(key)
+        where = f"batch{m['batch']} c{m['concurrency']}"
+        key = f"{m['path']}/native {where}"
+        native = m["path"] == "native"
+        cpu = result["server_cpu_ms_per_image"][f"{m['path']} {where}"]
         rows.append(
             f"| {m['batch']} | {m['concurrency']} | {m['path']} | {m['images_per_s']:,.0f} | "
-            f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} | "
-            f"{'1' if m['path'] == 'native' else ratio} |"
+            f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+            f"{cpu:.4f} | {m['errors']} | "
+            f"{'1' if native else s['ratios'][key]} | {'1' if native else s['cpu_ratios'][key]} |"
         )
-    s = result["summary"]
     rows += [
         "",
-        f"v2 gRPC / native at batch 256: **{s['v2_grpc_vs_native_batch256']}** (target >= 0.9: "
-        f"{'met' if s['target_met'] else 'missed'}).",
+        f"v2 gRPC / native at batch 256: throughput **{s['v2_grpc_vs_native_batch256']}**, "
+        f"server CPU per image **{s['v2_grpc_vs_native_cpu_batch256']}** (target >= 0.9 on "
+        f"throughput: {'met' if s['target_met'] else 'missed'}).",
         "",
     ]
     return "\n".join(rows)
