@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         help="only the replicas scenario: direct vs through Envoy at 1 and 64 callers, 1 "
         "replica vs 3 (serving/bench/replicas.py); writes benchmarks/replicas.json and .md",
     )
+    mode.add_argument(
+        "--workers",
+        action="store_true",
+        help="only the workers scenario: 1 vs 2 vs auto server processes on one port, "
+        "Encode and Decode at 64 h2load streams (serving/bench/workers.py); writes "
+        "benchmarks/workers.json and workers.md",
+    )
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", default="mnist-vae", help="model to benchmark [%(default)s]")
     p.add_argument("--json", type=Path, help="where to write the JSON results")
@@ -83,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.warmup is not None:
             forwarded += ["--warmup", str(args.warmup)]
         return main_replicas(forwarded)
+    if args.workers:
+        from .workers import main_workers
+
+        given = sys.argv[1:] if argv is None else list(argv)
+        return main_workers(args, " ".join(["latent-bench", shlex.join(given)]))
     if args.report_from:
         from .report import write_report
 
