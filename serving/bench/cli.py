@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         "replica vs 3 (serving/bench/replicas.py); writes benchmarks/replicas.json and .md",
     )
     mode.add_argument(
+        "--v2",
+        action="store_true",
+        help="only the protocols scenario: native Decode vs Open Inference Protocol gRPC and "
+        "REST (binary, JSON) at batch 1 and 256 and 64 callers (serving/bench/v2.py); writes "
+        "benchmarks/v2.json and v2.md",
+    )
+    mode.add_argument(
         "--workers",
         action="store_true",
         help="only the workers scenario: 1 vs 2 vs auto server processes on one port, "
@@ -90,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.warmup is not None:
             forwarded += ["--warmup", str(args.warmup)]
         return main_replicas(forwarded)
+    if args.v2:
+        from .v2 import main_v2
+
+        given = sys.argv[1:] if argv is None else list(argv)
+        return main_v2(args, " ".join(["latent-bench", shlex.join(given)]))
     if args.workers:
         from .workers import main_workers
 
