@@ -66,6 +66,7 @@ CRASH_LOOP_WINDOW_S = 60.0
 # supervisor waits before it kills that worker.
 STOP_MARGIN_S = 10.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")  # "0::/path" is the cgroup v2 membership
 
 
 # -- how many workers -----------------------------------------------------------------------
@@ -82,10 +83,10 @@ def usable_cores() -> int:
     return cores
 
 
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT, membership: Path = PROC_CGROUP) -> float | None:
     """The tightest cgroup v2 cpu.max quota (in cores) on this process's cgroup path, or None."""
     try:
-        lines = Path("/proc/self/cgroup").read_text(encoding="ascii").splitlines()
+        lines = membership.read_text(encoding="ascii").splitlines()
     except OSError:
         return None
     paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
