@@ -55,9 +55,9 @@ from .channels import (
     RetryPolicy,
     RoundRobin,
     aio_channels,
-    channel_options,
     sync_channels,
 )
+from .channels import channel_options as _channel_options  # a parameter's name below
 from .image_spec import IMAGE_SHAPE
 from .priors import PRIOR_NAMES, PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName, is_prior_name
 from .tensors import array_to_tensor, tensor_to_array
@@ -339,54 +339,9 @@ def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 T = TypeVar("T")
 
 
-class _Settings:
-    def __init__(
-        self,
-        target: str,
-        timeout: float | None,
-        max_unary_samples: int,
-        batch_size: int,
-        chunk_size: int,
-        max_message_bytes: int,
-        token: str | None,
-        tls: TlsConfig | None,
-        load_balancing: str | None,
-        retry: RetryPolicy | None,
-        health_check: bool,
-        extra_options: Sequence[ChannelOption],
-    ) -> None:
-        if max_unary_samples < 1 or batch_size < 1:
-            raise ValueError("max_unary_samples and batch_size must be >= 1")
-        self.target = target
-        self.timeout = timeout
-        self.max_unary_samples = max_unary_samples
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
-        self.max_message_bytes = max_message_bytes
-        self.metadata = _auth_metadata(token)
-        self.retry = retry
-        self.options = channel_options(
-            max_message_bytes=max_message_bytes,
-            load_balancing=load_balancing,
-            retry=retry,
-            health_check=health_check,
-            server_name=tls.server_name if tls is not None else None,
-            extra=extra_options,
-        )
-        self.credentials = tls.credentials() if tls is not None else None
-
-    def stream_timeout(self, count: int) -> float | None:
-        # A deadline for the whole stream: the unary timeout plus STREAM_SECONDS_PER_SAMPLE
-        # per sample. A conv decoder on a busy 2-core CPU decodes well under 1,000 images/s,
-        # so 1 ms per sample was too tight; 10 ms gives a 100,000-sample stream ~17 minutes.
-        if self.timeout is None:
-            return None
-        return self.timeout + count * STREAM_SECONDS_PER_SAMPLE
-
-
-class LatentClient(_Settings):
-    """Blocking client. Use as a context manager or call close(). Safe to share between
-    threads. See the module docstring for targets, `channels`, balancing and retries."""
+class _ClientBase:
+    """What both clients share: their arguments, checked once, and the channel options.
+    Each subclass opens its kind of channels (`_open`)."""
 
     def __init__(
         self,
@@ -405,21 +360,45 @@ class LatentClient(_Settings):
         health_check: bool = False,
         channel_options: Sequence[ChannelOption] = (),
     ) -> None:
-        super().__init__(
-            target,
-            timeout,
-            max_unary_samples,
-            batch_size,
-            chunk_size,
-            max_message_bytes,
-            token,
-            tls,
-            load_balancing,
-            retry,
-            health_check,
-            channel_options,
+        if max_unary_samples < 1 or batch_size < 1:
+            raise ValueError("max_unary_samples and batch_size must be >= 1")
+        self.target = target
+        self.timeout = timeout
+        self.max_unary_samples = max_unary_samples
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.max_message_bytes = max_message_bytes
+        self.metadata = _auth_metadata(token)
+        self.retry = retry
+        self.options = _channel_options(
+            max_message_bytes=max_message_bytes,
+            load_balancing=load_balancing,
+            retry=retry,
+            health_check=health_check,
+            server_name=tls.server_name if tls is not None else None,
+            extra=channel_options,
         )
-        self.channels = sync_channels(target, channels, self.options, self.credentials)
+        self.credentials = tls.credentials() if tls is not None else None
+        self._open(channels)
+
+    def _open(self, channels: int) -> None:
+        raise NotImplementedError
+
+    def stream_timeout(self, count: int) -> float | None:
+        # A deadline for the whole stream: the unary timeout plus STREAM_SECONDS_PER_SAMPLE
+        # per sample. A conv decoder on a busy 2-core CPU decodes well under 1,000 images/s,
+        # so 1 ms per sample was too tight; 10 ms gives a 100,000-sample stream ~17 minutes.
+        if self.timeout is None:
+            return None
+        return self.timeout + count * STREAM_SECONDS_PER_SAMPLE
+
+
+class LatentClient(_ClientBase):
+    """Blocking client. Use as a context manager or call close(). Safe to share between
+    threads. See the module docstring for targets, `channels`, balancing and retries."""
+
+    def _open(self, channels: int) -> None:
+        self.channels = sync_channels(self.target, channels, self.options, self.credentials)
         self._stubs = RoundRobin(
             [(pb_grpc.AutoencoderStub(c), health_pb2_grpc.HealthStub(c)) for c in self.channels]
         )
@@ -531,42 +510,12 @@ class LatentClient(_Settings):
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-class AsyncLatentClient(_Settings):
+class AsyncLatentClient(_ClientBase):
     """asyncio client with the same methods and options as LatentClient, as coroutines.
     Create it inside the event loop that uses it."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        timeout: float | None = 30.0,
-        *,
-        max_unary_samples: int = 1024,
-        batch_size: int = 1024,
-        chunk_size: int = 0,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        tls: TlsConfig | None = None,
-        token: str | None = None,
-        channels: int = 1,
-        load_balancing: str | None = "round_robin",
-        retry: RetryPolicy | None = DEFAULT_RETRY,
-        health_check: bool = False,
-        channel_options: Sequence[ChannelOption] = (),
-    ) -> None:
-        super().__init__(
-            target,
-            timeout,
-            max_unary_samples,
-            batch_size,
-            chunk_size,
-            max_message_bytes,
-            token,
-            tls,
-            load_balancing,
-            retry,
-            health_check,
-            channel_options,
-        )
-        self.channels = aio_channels(target, channels, self.options, self.credentials)
+    def _open(self, channels: int) -> None:
+        self.channels = aio_channels(self.target, channels, self.options, self.credentials)
         # The generated classes serve both channel kinds; the typed view is the async one.
         self._stubs = RoundRobin(
             [
