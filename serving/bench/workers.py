@@ -1,7 +1,9 @@
 """Benchmark scenario `workers`: one server process against several on one port.
 
-For each setting of `--workers` (1, 2 and auto) one server is started on 127.0.0.1, and
-single-image Encode, then Decode, calls are sent at 64 concurrent streams. The load comes
+For each setting of `--workers` (1, 2 and auto) one server is started on 127.0.0.1 (all
+three side by side), and single-image Encode, then Decode, calls are sent at 64 concurrent
+streams, to each server in turn, for a few rounds (the order rotates each round), so that
+the machine's changing background load hits every setting alike. The load comes
 from h2load (Debian's nghttp2-client, a C HTTP/2 client that costs the cores almost nothing)
 over 16 connections of 4 streams: SO_REUSEPORT spreads connections, not calls, so the load
 needs several connections to reach every worker. Without h2load the Python load generator
@@ -27,11 +29,13 @@ Linux only (reads /proc). The machine is shared: read the ratios within one run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import tempfile
@@ -75,11 +79,26 @@ class WorkersRun:
     calls_per_worker: dict[str, float] = field(default_factory=dict)
     error_codes: dict[str, int] = field(default_factory=dict)  # as the server counted them
     cut_at_end: int = 0  # calls in flight when h2load stopped (CANCELLED, at most STREAMS)
+    round: int = 0
+
+
+@dataclass
+class WorkersSummary:
+    workers: str
+    rpc: str
+    driver: str
+    calls_per_s: float  # median over the rounds
+    calls_per_s_rounds: list[float]
+    cpu_ms_per_call: float  # all rounds' CPU-seconds over all rounds' calls
+    errors: int
+    projected_calls_per_s: dict[str, float]
+    calls_per_worker: dict[str, float]
 
 
 @dataclass
 class WorkersResult:
     runs: list[WorkersRun]
+    summary: list[WorkersSummary]
     rss_mb: dict[str, list[float]]  # setting -> RSS of each server process once warm
     cores: int
     figures: dict[str, Any]
@@ -239,13 +258,16 @@ def run_workers(
     model: str = "mnist-vae",
     *,
     settings: tuple[str, ...] = SETTINGS,
+    rounds: int = 3,
     warmup_s: float = 1.0,
-    duration_s: float = 5.0,
+    duration_s: float = 3.0,
     server_flags: tuple[str, ...] = (),
     client_processes: int = 4,
     log: Callable[[str], None] = print,
 ) -> WorkersResult:
-    """Every setting x RPC, one server per setting (see the module docstring)."""
+    """Every setting x RPC, `rounds` times (see the module docstring). The servers run side by
+    side (idle ones cost nothing) and the settings take turns within each round, in a
+    rotating order, so a change in the machine's background load hits them alike."""
     from serving.supervisor import usable_cores
 
     latent_dim = json.loads((models_dir / model / "model.json").read_text())["latent_dim"]
@@ -260,44 +282,76 @@ def run_workers(
         )
     runs: list[WorkersRun] = []
     rss: dict[str, list[float]] = {}
-    for setting in settings:
-        metrics_port = _free_port()
-        flags = ["--workers", setting, "--metrics-port", str(metrics_port)]
-        # h2load does not reconnect after a GOAWAY: no connection age during its window.
-        flags += ["--max-connection-age-ms", "0", *server_flags]
-        with ServerProcess(models_dir, flags, name=f"server[workers={setting}]") as server:
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[ServerProcess, int]] = {}
+        for setting in settings:
+            metrics_port = _free_port()
+            flags = ["--workers", setting, "--metrics-port", str(metrics_port)]
+            # h2load does not reconnect after a GOAWAY: no connection age during its window.
+            flags += ["--max-connection-age-ms", "0", *server_flags]
+            server = ServerProcess(models_dir, flags, name=f"server[workers={setting}]")
+            servers[setting] = (stack.enter_context(server), metrics_port)
             pids = server_pids(server.pid)
             rss[setting] = [round(rss_bytes(p) / 2**20, 1) for p in pids]
             log(f"workers={setting}: {len(pids)} processes, RSS MB {rss[setting]}")
+        load = stack.enter_context(LoadGenerator(client_processes)) if not use_h2load else None
+        for round_ in range(rounds):
             for rpc in RPCS:
-                if use_h2load:
+                order = settings[round_ % len(settings) :] + settings[: round_ % len(settings)]
+                for setting in order:
+                    server, metrics_port = servers[setting]
                     run = measure(
                         server, setting, metrics_port, rpc, messages[rpc], warmup_s, duration_s,
-                        None,
+                        load,
                     )  # fmt: skip
-                else:
-                    with LoadGenerator(client_processes) as load:
-                        run = measure(
-                            server, setting, metrics_port, rpc, messages[rpc], warmup_s,
-                            duration_s, load,
-                        )  # fmt: skip
-                runs.append(run)
-                log(
-                    f"  {rpc} c={STREAMS} ({run.driver}): {run.calls_per_s:,.0f} calls/s, "
-                    f"{run.cpu_ms_per_call:.3f} ms CPU per call, errors {run.errors} "
-                    f"(server counted {run.error_codes or 0}), "
-                    f"per worker {run.calls_per_worker or '-'}"
+                    run.round = round_
+                    runs.append(run)
+                    log(
+                        f"  round {round_} workers={setting} {rpc} c={STREAMS} ({run.driver}): "
+                        f"{run.calls_per_s:,.0f} calls/s, {run.cpu_ms_per_call:.3f} ms CPU "
+                        f"per call, errors {run.errors} (server counted "
+                        f"{run.error_codes or 0}), per worker {run.calls_per_worker or '-'}"
+                    )
+    summary = summarise(runs, settings)
+    return WorkersResult(runs, summary, rss, usable_cores(), _figures(summary), notes)
+
+
+def summarise(runs: list[WorkersRun], settings: tuple[str, ...]) -> list[WorkersSummary]:
+    """Per setting and RPC: median calls/s over the rounds, CPU per call pooled over them."""
+    rows = []
+    for rpc in RPCS:
+        for setting in settings:
+            mine = [r for r in runs if r.rpc == rpc and r.workers == setting]
+            if not mine:
+                continue
+            calls, cpu = sum(r.calls for r in mine), sum(r.cpu_s for r in mine)
+            per_call_s = cpu / calls if calls else float("nan")
+            spread: dict[str, float] = {}
+            for r in mine:
+                for worker, n in r.calls_per_worker.items():
+                    spread[worker] = spread.get(worker, 0.0) + n
+            rows.append(
+                WorkersSummary(
+                    workers=setting,
+                    rpc=rpc,
+                    driver=mine[0].driver,
+                    calls_per_s=round(statistics.median(r.calls_per_s for r in mine), 1),
+                    calls_per_s_rounds=[r.calls_per_s for r in mine],
+                    cpu_ms_per_call=round(1000 * per_call_s, 4),
+                    errors=sum(r.errors for r in mine),
+                    projected_calls_per_s={str(c): round(c / per_call_s) for c in PROJECTED_CORES},
+                    calls_per_worker=spread,
                 )
-    figures = _figures(runs)
-    return WorkersResult(runs, rss, usable_cores(), figures, notes)
+            )
+    return rows
 
 
-def _figures(runs: list[WorkersRun]) -> dict[str, Any]:
+def _figures(summary: list[WorkersSummary]) -> dict[str, Any]:
     """Issue 16's two figures per RPC: CPU per call and calls/s of 2 workers against 1."""
     figures: dict[str, Any] = {}
     for rpc in RPCS:
-        one = next((r for r in runs if r.rpc == rpc and r.workers == "1"), None)
-        two = next((r for r in runs if r.rpc == rpc and r.workers == "2"), None)
+        one = next((r for r in summary if r.rpc == rpc and r.workers == "1"), None)
+        two = next((r for r in summary if r.rpc == rpc and r.workers == "2"), None)
         if one is None or two is None:
             continue
         cpu_ratio = two.cpu_ms_per_call / one.cpu_ms_per_call
@@ -308,7 +362,7 @@ def _figures(runs: list[WorkersRun]) -> dict[str, Any]:
             "calls_per_s_2_vs_1": round(speedup, 3),
             "speedup_at_least_1_3": speedup >= SPEEDUP_TARGET,
         }
-    figures["errors"] = sum(r.errors for r in runs)
+    figures["errors"] = sum(r.errors for r in summary)
     return figures
 
 
@@ -320,15 +374,16 @@ def render_markdown(result: WorkersResult, command: str) -> str:
         f"Command: `{command}`. Usable cores here: {result.cores}. The machine is shared with "
         "other jobs, so absolute numbers move between runs; compare within this run.",
         "",
-        "| workers | RPC | load | calls/s | server CPU per call (ms) | errors | calls per "
-        "worker | projected calls/s on 16 / 64 cores |",
+        "| workers | RPC | load | calls/s (median; each round) | server CPU per call (ms) | "
+        "errors | calls per worker | projected calls/s on 16 / 64 cores |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in result.runs:
+    for r in result.summary:
         spread = ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(r.calls_per_worker.items()))
+        each = ", ".join(f"{x:,.0f}" for x in r.calls_per_s_rounds)
         p = r.projected_calls_per_s
         lines.append(
-            f"| {r.workers} | {r.rpc} | {r.driver} c={STREAMS} | {r.calls_per_s:,.0f} | "
+            f"| {r.workers} | {r.rpc} | {r.driver} c={STREAMS} | {r.calls_per_s:,.0f} ({each}) | "
             f"{r.cpu_ms_per_call:.3f} | {r.errors} | {spread or '-'} | "
             f"{p['16']:,.0f} / {p['64']:,.0f} |"
         )
@@ -353,7 +408,9 @@ def render_markdown(result: WorkersResult, command: str) -> str:
         "in flight, which it resets and the server counts CANCELLED: those (at most 64 per "
         "run) are not counted as errors, every other code is. Server CPU-seconds are utime + stime from "
         "`/proc/PID/stat` summed over every server process (supervisor and workers), read "
-        "just before and after the load; CPU per call is their ratio. The projected "
+        "just before and after the load; CPU per call is their ratio, pooled over the rounds. "
+        "Calls/s is h2load's rate in its measured window, the median of the rounds; the "
+        "servers run side by side and take turns in each round (rotating order). The projected "
         "throughput on a C-core machine is C / (CPU per call): the rate if each of C cores "
         "did nothing but this server's work at the measured cost per call. It holds only "
         "while the cost per call does not grow with the number of workers, which the "
@@ -382,7 +439,7 @@ def main_workers(args: Any, command: str, log: Callable[[str], None] = print) ->
         args.models_dir,
         args.model,
         warmup_s=args.warmup if args.warmup is not None else 1.0,
-        duration_s=args.duration if args.duration is not None else 5.0,
+        duration_s=args.duration if args.duration is not None else 3.0,
         server_flags=flags,
         client_processes=args.client_processes,
         log=log,
