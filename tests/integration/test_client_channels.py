@@ -308,3 +308,31 @@ def test_draining_replica_under_load_fails_no_call(tiny_models_dir):
         for running in servers[1:]:
             running.stop()
     assert failures == []
+
+
+def test_load_generator_spreads_over_k_connections(one_server):
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+    from latentserve.tensors import array_to_tensor
+    from serving.bench.loadgen import LoadSpec, run_load
+
+    request = pb.DecodeRequest(model="tiny-vae", latents=array_to_tensor(LATENTS))
+    spec = LoadSpec(
+        target=one_server.target,
+        rpc="Decode",
+        request=request.SerializeToString(),
+        items=1,
+        concurrency=3,
+        warmup_s=0.0,
+        duration_s=2.0,
+        max_requests=100_000,
+        start_at=time.time(),
+        channels=3,
+    )
+    results = []
+    worker = threading.Thread(target=lambda: results.append(run_load(spec)))
+    worker.start()
+    wait_until(lambda: len(server_connections(one_server)) == 3, "3 connections while it runs")
+    worker.join(30)
+    (result,) = results
+    assert result.errors == {} and result.problem == ""
+    assert len(result.latencies_s) > 0
