@@ -22,7 +22,7 @@ def test_regenerating_the_stubs_changes_nothing(tmp_path):
         check=True,
         env=env,
         cwd=ROOT,
-        timeout=120,
+        timeout=300,  # the first run creates the generator venv (scripts/generate_proto.py)
     )
 
     def files(root: Path) -> dict[str, str]:
