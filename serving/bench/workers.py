@@ -80,6 +80,7 @@ class WorkersRun:
     error_codes: dict[str, int] = field(default_factory=dict)  # as the server counted them
     cut_at_end: int = 0  # calls in flight when h2load stopped (CANCELLED, at most STREAMS)
     round: int = 0
+    requests_per_batch: float = 0.0  # mean over the run, from the server's histogram
 
 
 @dataclass
@@ -93,6 +94,7 @@ class WorkersSummary:
     errors: int
     projected_calls_per_s: dict[str, float]
     calls_per_worker: dict[str, float]
+    requests_per_batch: float  # mean of the rounds' means
 
 
 @dataclass
@@ -149,6 +151,10 @@ def counters(metrics_port: int, rpc: str) -> dict[str, float]:
             sums["errors"] += value
             code = line.split('code="', 1)[1].split('"', 1)[0]
             sums[f"code {code}"] = sums.get(f"code {code}", 0.0) + value
+        elif name in ("latentserve_batch_requests_sum", "latentserve_batch_requests_count"):
+            # Requests merged per onnxruntime run, all graphs: how well each worker batches.
+            key = "batched" if name.endswith("_sum") else "batches"
+            sums[key] = sums.get(key, 0.0) + value
         elif name == "latentserve_worker_requests_total":
             worker = line.split('worker="', 1)[1].split('"', 1)[0]
             sums[f"worker {worker}"] = value
@@ -233,6 +239,8 @@ def measure(
         for k in after
         if k.startswith("worker ")
     }
+    batches = after.get("batches", 0.0) - before.get("batches", 0.0)
+    batched = after.get("batched", 0.0) - before.get("batched", 0.0)
     return WorkersRun(
         workers=setting,
         processes=len(pids),
@@ -250,6 +258,7 @@ def measure(
         cpu_ms_per_call=round(1000 * per_call_s, 4),
         projected_calls_per_s={str(c): round(c / per_call_s) for c in PROJECTED_CORES},
         calls_per_worker=per_worker,
+        requests_per_batch=round(batched / batches, 1) if batches else 0.0,
     )
 
 
@@ -309,7 +318,8 @@ def run_workers(
                     log(
                         f"  round {round_} workers={setting} {rpc} c={STREAMS} ({run.driver}): "
                         f"{run.calls_per_s:,.0f} calls/s, {run.cpu_ms_per_call:.3f} ms CPU "
-                        f"per call, errors {run.errors} (server counted "
+                        f"per call, {run.requests_per_batch:g} requests per batch, errors "
+                        f"{run.errors} (server counted "
                         f"{run.error_codes or 0}), per worker {run.calls_per_worker or '-'}"
                     )
     summary = summarise(runs, settings)
@@ -341,6 +351,9 @@ def summarise(runs: list[WorkersRun], settings: tuple[str, ...]) -> list[Workers
                     errors=sum(r.errors for r in mine),
                     projected_calls_per_s={str(c): round(c / per_call_s) for c in PROJECTED_CORES},
                     calls_per_worker=spread,
+                    requests_per_batch=round(
+                        statistics.mean(r.requests_per_batch for r in mine), 1
+                    ),
                 )
             )
     return rows
@@ -375,8 +388,8 @@ def render_markdown(result: WorkersResult, command: str) -> str:
         "other jobs, so absolute numbers move between runs; compare within this run.",
         "",
         "| workers | RPC | load | calls/s (median; each round) | server CPU per call (ms) | "
-        "errors | calls per worker | projected calls/s on 16 / 64 cores |",
-        "|---|---|---|---|---|---|---|---|",
+        "requests per batch | errors | calls per worker | projected calls/s on 16 / 64 cores |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.summary:
         spread = ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(r.calls_per_worker.items()))
@@ -384,7 +397,7 @@ def render_markdown(result: WorkersResult, command: str) -> str:
         p = r.projected_calls_per_s
         lines.append(
             f"| {r.workers} | {r.rpc} | {r.driver} c={STREAMS} | {r.calls_per_s:,.0f} ({each}) | "
-            f"{r.cpu_ms_per_call:.3f} | {r.errors} | {spread or '-'} | "
+            f"{r.cpu_ms_per_call:.3f} | {r.requests_per_batch:g} | {r.errors} | {spread or '-'} | "
             f"{p['16']:,.0f} / {p['64']:,.0f} |"
         )
     lines += ["", "| RPC | CPU per call, 2 vs 1 worker | calls/s, 2 vs 1 worker |", "|---|---|---|"]
