@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from fixtures.balancing import (
     METHOD,
@@ -33,12 +34,15 @@ from fixtures.balancing import (
 from fixtures.slow_model import build_slow_model_folder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve.tensors import array_to_tensor
 from serving.bench.envoyproc import (
     SHIPPED_CONFIG,
     EnvoyProcess,
     envoy_binary,
     health_check_timing,
+    load_config,
     render_config,
 )
 from serving.bench.replicas import Replica, pick_port, start_replicas, stop_all
@@ -208,3 +212,33 @@ def test_replica_never_serving_gets_no_traffic(all_up, envoy, tmp_path):
             assert not proxy.hosts()[warming.address].healthy
     finally:
         warming.kill()  # our own child; it would finish its warm-up first on SIGTERM
+
+
+def test_the_callers_deadline_bounds_a_call_through_envoy(tmp_path):
+    """No fixed route timeout (Envoy's default would cut every call at 15 s, streams
+    included): the caller's grpc-timeout is the bound (grpc_timeout_header_max: 0s), and a
+    call past its deadline ends as DEADLINE_EXCEEDED, not retried, not hung."""
+    route = load_config()["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    action = route["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert action["timeout"] == "0s"
+    assert action["max_stream_duration"] == {"grpc_timeout_header_max": "0s"}
+    build_slow_model_folder(tmp_path / "models", "slow", matmuls=20)
+    with Replica(tmp_path / "models", "127.0.0.2", ["--default-model", "slow"]) as replica:
+        config = render_config(
+            [replica.address],
+            listen=(ENVOY_HOST, pick_port(ENVOY_HOST)),
+            admin=(ENVOY_HOST, pick_port(ENVOY_HOST)),
+        )
+        with EnvoyProcess(config, tmp_path / "envoy") as proxy:
+            proxy.wait_hosts({replica.address})
+            slow = pb.DecodeRequest(latents=array_to_tensor(np.zeros((2000, 2), np.float32)))
+            big = [("grpc.max_receive_message_length", 64 << 20)]
+            with grpc.insecure_channel(proxy.target, options=big) as channel:
+                stub = pb_grpc.AutoencoderStub(channel)
+                with pytest.raises(grpc.RpcError) as late:
+                    stub.Decode(slow, timeout=0.2)
+                assert late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+                # A deadline long enough: the same call (a 6 MB reply) succeeds through Envoy.
+                reply = stub.Decode(slow, timeout=120)
+                assert reply.images.shape == [2000, 1, 28, 28]
+            assert proxy.counter("cluster.latentserve.upstream_rq_retry") == 0
