@@ -6,7 +6,8 @@ retry policy on UNAVAILABLE (latentserve.channels):
   from one caller and from 8 threads sharing the client;
 - SIGKILL one replica during a 16-thread load: no call fails (the calls in flight on it are
   retried on another replica, then round_robin skips its broken connection); once restarted
-  on the same address it gets calls again.
+  on the same address it gets calls again;
+- SIGTERM one during load, with no drain delay: no call fails either.
 """
 
 from __future__ import annotations
@@ -135,4 +136,23 @@ def test_sigkill_under_load_loses_nothing_and_rejoins(replicas):
             rejoined_s = time.monotonic() - rejoin_started
             assert victim.requests(METHOD) > 0, "the restarted replica got no calls"
     print(f"client-side SIGKILL: {dict(load.outcomes)}; rejoined after {rejoined_s:.2f}s")
+    assert load.calls == load.outcomes["OK"], (load.outcomes, load.failures)
+
+
+def test_sigterm_without_drain_delay_loses_nothing(replicas):
+    """Client-side, no drain delay is needed (these replicas run with the default, 0): the
+    draining replica refuses new calls with UNAVAILABLE, gRPC retries them on another one,
+    and round_robin drops the replica once it closes its connection."""
+    victim, others = replicas[1], [replicas[0], replicas[2]]
+    with LatentClient(ipv4_target(replicas), timeout=10) as client:
+        _all_connected(client, replicas)
+        with ThreadLoad(client, threads=16) as load:
+            load.wait_calls(300)
+            victim.terminate()
+            assert victim.wait(30) == 0
+            after = request_counts(others)
+            load.wait_calls(300)
+            assert sum(spread(after, request_counts(others))) >= 300
+        victim.restart().wait_ready()
+    print(f"client-side SIGTERM: {dict(load.outcomes)}")
     assert load.calls == load.outcomes["OK"], (load.outcomes, load.failures)
