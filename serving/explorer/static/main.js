@@ -361,6 +361,10 @@ function fitView(model, proj) {
     const su = 3 * Math.sqrt(cov[0][0]), sv = 3 * Math.sqrt(cov[1][1]);
     boxes.push({ u0: c[0] - su, u1: c[0] + su, v0: c[1] - sv, v1: c[1] + sv });
   }
+  const box = model.priors.bounding_box_uniform;
+  if (box && model.latent_dim === 2) {
+    boxes.push({ u0: box.low[0], u1: box.high[0], v0: box.low[1], v1: box.high[1] });
+  }
   plane.fit(model.scatter.points, boxes);
 }
 

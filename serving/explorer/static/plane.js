@@ -59,9 +59,16 @@ export class Plane {
     canvas.width = Math.round(this.size * dpr);
     canvas.height = Math.round(this.size * dpr);
     this.dpr = dpr;
+    // Marks beyond the plot (a sample far out, a drawn digit off the scale) stay inside it.
+    const defs = el("defs");
+    const clip = el("clipPath", { id: "plot-clip" });
+    const inner = this.size - 2 * MARGIN;
+    clip.appendChild(el("rect", { x: MARGIN, y: MARGIN, width: inner, height: inner }));
+    defs.appendChild(clip);
+    svg.appendChild(defs);
     this.layers = {};
     for (const name of ["samples", "walk", "pins", "drawn", "cursor"]) {
-      this.layers[name] = el("g", { class: name });
+      this.layers[name] = el("g", { class: name, "clip-path": "url(#plot-clip)" });
       svg.appendChild(this.layers[name]);
     }
     this.box = { u0: -3, u1: 3, v0: -3, v1: 3 };
