@@ -75,7 +75,8 @@ const decoder = new Latest(async ({ z, uv }) => {
 
 function renderSpeed() {
   const t = api.decodeTimes;
-  if (t.length) $("speed").textContent = `decode round trip p50 ${median(t).toFixed(1)} ms (${t.length} calls)`;
+  const recent = t.slice(-200);
+  if (t.length) $("speed").textContent = `decode round trip p50 ${median(recent).toFixed(1)} ms (last ${recent.length} calls)`;
 }
 
 function fmt(x) {

@@ -196,13 +196,22 @@ export class Plane {
     ctx.strokeRect(MARGIN, MARGIN, this.size - 2 * MARGIN, this.size - 2 * MARGIN);
   }
 
+  // Called on every pointer move: moves two circles rather than rebuilding them.
   setCursor(uv) {
     const g = this.layers.cursor;
-    g.replaceChildren();
-    if (!uv) return;
+    if (!uv) {
+      g.replaceChildren();
+      return;
+    }
+    if (!g.firstChild) {
+      g.appendChild(el("circle", { r: 7, class: "cursor" }));
+      g.appendChild(el("circle", { r: 1.5, class: "cursor-dot" }));
+    }
     const [x, y] = this.toPixel(uv);
-    g.appendChild(el("circle", { cx: x, cy: y, r: 7, class: "cursor" }));
-    g.appendChild(el("circle", { cx: x, cy: y, r: 1.5, class: "cursor-dot" }));
+    for (const circle of g.children) {
+      circle.setAttribute("cx", x);
+      circle.setAttribute("cy", y);
+    }
   }
 
   setPins(pins) {
