@@ -61,13 +61,14 @@ Array = npt.NDArray[Any]
 
 def check_header(name: str, datatype: str, shape: Sequence[int]) -> tuple[int, ...]:
     """The tensor's shape as a tuple, after checking its datatype and dimensions."""
-    if datatype not in DATATYPES:
+    if datatype not in FIXED_DTYPES and datatype != BYTES:
         raise TensorError(
             f"{name}: unknown datatype {datatype!r}; the protocol's datatypes are "
             + ", ".join(DATATYPES)
         )
-    dims = tuple(int(d) for d in shape)
-    if any(d < 0 for d in dims):
+    # Integers already (protobuf int64s, or JSON ints checked by the REST parser).
+    dims = tuple(shape)
+    if dims and min(dims) < 0:
         raise TensorError(f"{name}: shape {list(dims)} has a negative dimension")
     return dims
 

@@ -121,12 +121,18 @@ def infer_inputs(request: pb.ModelInferRequest) -> list[InferInput]:
 def infer_response(
     model: V2Model, request_id: str, outputs: dict[str, Any]
 ) -> pb.ModelInferResponse:
-    response = pb.ModelInferResponse(
-        model_name=model.name, model_version=model.version, id=request_id
+    # One constructor call: building the message field by field costs more per call.
+    Tensor = pb.ModelInferResponse.InferOutputTensor
+    datatypes = model.output_datatypes
+    return pb.ModelInferResponse(
+        model_name=model.name,
+        model_version=model.version,
+        id=request_id,
+        outputs=[
+            Tensor(name=name, datatype=datatypes[name], shape=array.shape)
+            for name, array in outputs.items()
+        ],
+        raw_output_contents=[
+            codec.to_raw(array, datatypes[name]) for name, array in outputs.items()
+        ],
     )
-    for name, array in outputs.items():
-        spec = model.output(name)
-        assert spec is not None
-        response.outputs.add(name=name, datatype=spec.datatype, shape=array.shape)
-        response.raw_output_contents.append(codec.to_raw(array, spec.datatype))
-    return response

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 from dataclasses import dataclass
 
 from latentserve.image_spec import IMAGE_SHAPE
@@ -77,6 +78,11 @@ class V2Model:
 
     def output(self, name: str) -> TensorSpec | None:
         return next((t for t in self.outputs if t.name == name), None)
+
+    @functools.cached_property
+    def output_datatypes(self) -> dict[str, str]:
+        """Each output's datatype by name (looked up once per answer)."""
+        return {t.name: t.datatype for t in self.outputs}
 
 
 def v2_name(served: str, role: Role) -> str:

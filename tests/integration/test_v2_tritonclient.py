@@ -11,6 +11,7 @@ tritonclient runs in its own venv (tests/fixtures/tritonclient_env.py): it pins 
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,39 @@ def test_bearer_token_is_required_except_for_health(triton_python: Path, tmp_pat
             assert str(outcomes["none"]["status"]) == denied, outcomes
             assert "Bearer" in outcomes["none"]["message"]
             assert outcomes["token"]["outputs"] == ["images"], outcomes
+
+
+OUR_STUBS_ON_PROTOBUF_6 = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import grpc, google.protobuf
+from latentserve._proto.inference import grpc_predict_v2_pb2 as pb
+from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as pb_grpc
+assert google.protobuf.__version__.startswith("6."), google.protobuf.__version__
+with grpc.insecure_channel(sys.argv[2]) as channel:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    tensor = pb.ModelInferRequest.InferInputTensor(name="latents", datatype="FP32", shape=[1, 2])
+    request = pb.ModelInferRequest(
+        model_name="mnist-vae-decoder", inputs=[tensor], raw_input_contents=[bytes(8)]
+    )
+    response = stub.ModelInfer(request)
+    assert list(response.outputs[0].shape) == [1, 1, 28, 28]
+    assert len(response.raw_output_contents[0]) == 784 * 4
+print(google.protobuf.__version__)
+"""
+
+
+def test_our_v2_stubs_work_on_protobuf_6(
+    triton_python: Path, shipped_server: InProcessServer
+) -> None:
+    """The committed inference.* stubs, imported on the tritonclient venv's protobuf 6 (in a
+    process of their own: they and tritonclient define the same messages), call the server."""
+    done = subprocess.run(
+        [str(triton_python), "-c", OUR_STUBS_ON_PROTOBUF_6, str(ROOT), shipped_server.target],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().startswith("6.")
