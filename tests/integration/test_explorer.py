@@ -296,7 +296,8 @@ def test_pointer_sweep_keeps_one_request_in_flight_and_measures_round_trip(
         print(
             f"\nexplorer decode round trip: p50 {p50:.2f} ms, p90 "
             f"{np.percentile(times, 90):.2f} ms over {len(times)} calls "
-            f"({moves} pointer moves coalesced into {runs} requests)"
+            f"({moves} pointer moves coalesced into {runs} requests; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
     no_errors(page)
 
