@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.cli import serve_main
-from serving.settings import ServerSettings, parse_settings
+from serving.settings import SHIPPED_MODELS_DIR, ServerSettings, parse_settings
 
 
 def test_defaults(monkeypatch):
@@ -18,9 +18,13 @@ def test_defaults(monkeypatch):
     assert (s.host, s.port, s.models_dir, s.default_model) == (
         "0.0.0.0",
         50051,
-        Path("models"),
+        SHIPPED_MODELS_DIR,
         "mnist-vae",
     )
+    # The shipped models travel inside the package: the default serves them from anywhere.
+    shipped = {p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / "model.json").is_file()}
+    assert shipped == {"mnist-ae", "mnist-vae", "mnist-vae-16"}
+    assert (s.workers, s.max_connection_age_ms) == (1, 30_000)
     assert (s.device, s.batching, s.metrics_port, s.log_format) == ("auto", True, 9090, "text")
     assert s.max_batch_delay_s == pytest.approx(0.002)
 
