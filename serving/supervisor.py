@@ -276,7 +276,8 @@ class Supervisor:
             elif all(w.warm for w in self.running.values()) and len(self.running) == self.workers:
                 self.all_ready = True
                 for w in self.running.values():
-                    os.kill(w.pid, signal.SIGUSR1)
+                    with contextlib.suppress(ProcessLookupError):  # died meanwhile: reaped next
+                        os.kill(w.pid, signal.SIGUSR1)
                 _, models, default = message[1:]
                 log.info(
                     "ready: serving %s (default %s) on %d workers (pids %s)",

@@ -280,3 +280,32 @@ def test_a_second_server_on_the_same_port_is_refused(tiny_models_dir, second_wor
             pb_grpc.AutoencoderStub(ch).Decode(DECODE, timeout=10)
     finally:
         proc.stop()
+
+
+def test_a_crash_loop_is_reported_and_the_server_exits_1(tiny_models_dir):
+    """Five deaths within 60 s: the supervisor says so, stops the other worker, exits 1."""
+    proc, metrics_port = start_workers(tiny_models_dir)
+    try:
+        for death in range(1, 6):
+            pid = worker_pids(metrics_port)["1"]
+            returned = log_count(proc, "is back and serving")
+            os.kill(pid, signal.SIGKILL)  # a child of the server this test started
+            if death == 5:
+                break
+            end = time.monotonic() + 60  # a bound for a stuck restart, not a timing claim
+            while log_count(proc, "is back and serving") == returned:
+                assert time.monotonic() < end, "\n".join(proc.lines)
+                time.sleep(0.05)
+            assert worker_pids(metrics_port)["1"] != pid
+        code = proc.wait(30)
+    finally:
+        proc.stop()
+    assert code == 1
+    log = "\n".join(proc.lines)
+    assert "crash loop: workers died 5 times within 60 s" in log
+    assert log.count("restarting it in") == 4
+    assert "Traceback" not in log
+
+
+def log_count(proc: SubprocessServer, text: str) -> int:
+    return sum(text in line for line in list(proc.lines))
