@@ -14,6 +14,7 @@ On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls are still ser
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -198,6 +199,10 @@ class LatentServer:
         """Load and warm up every model, then report SERVING for what is ready (the whole
         server only with `announce`; otherwise `announce_ready` does that later)."""
         await self.registry.load_all()
+        # What exists now (modules, sessions, settings) lives as long as the process: keep it
+        # out of the cyclic collector's full passes, which otherwise walk all of it again and
+        # again under load (about 10% of the server's CPU per Encode call at 64 streams).
+        gc.freeze()
         for entry in self.registry.entries:
             ready = entry.state is ModelState.READY
             self.metrics.model_ready.labels(entry.name).set(1 if ready else 0)
