@@ -309,3 +309,35 @@ def test_a_crash_loop_is_reported_and_the_server_exits_1(tiny_models_dir):
 
 def log_count(proc: SubprocessServer, text: str) -> int:
     return sum(text in line for line in list(proc.lines))
+
+
+async def test_a_worker_listens_only_when_warm_and_serves_only_when_told(tiny_models_dir):
+    """A worker's side of readiness (LatentServer.start_warm): by the time it listens its
+    models are loaded, yet the server's health stays NOT_SERVING until announce_ready (the
+    supervisor's SIGUSR1, sent once every worker is warm)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from serving.server import LatentServer
+
+    settings = ServerSettings(
+        host="127.0.0.1", port=0, models_dir=tiny_models_dir, metrics_port=0, http_port=0
+    )
+    server = LatentServer(settings, shared_port=True, worker=0)
+    await server.start_warm()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            async def status(service: str) -> str:
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+            assert await status("") == "NOT_SERVING"
+            assert await status("latentserve.v1.Autoencoder") == "NOT_SERVING"
+            assert await status("tiny-vae") == "SERVING"  # loaded and warm already
+            await pb_grpc.AutoencoderStub(channel).Decode(DECODE, timeout=10)
+            await server.announce_ready()
+            assert await status("") == "SERVING"
+            assert await status("latentserve.v1.Autoencoder") == "SERVING"
+    finally:
+        await server.stop(0)
