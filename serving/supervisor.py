@@ -295,7 +295,8 @@ class Supervisor:
         code = worker.process.exitcode
         how = describe_exit(code)
         if self.stopping:
-            if code != 0 and self.exit_code == 0:
+            # -SIGTERM: a worker still starting up, before its drain handler existed.
+            if code not in (0, -signal.SIGTERM) and self.exit_code == 0:
                 log.warning("worker %d (pid %d) %s while stopping", *_id(worker), how)
                 self.exit_code = EXIT_WORKER_FAILED
             return
