@@ -1,7 +1,8 @@
 """Server CPU per call: what one single-image call costs the server beyond transport and model.
 
 Against one running server (batching on), 64 concurrent streams send health checks, then
-single-image Encode calls. For each run the server's CPU-seconds (utime + stime of all its
+single-image Encode calls, in a few interleaved rounds (each figure is the median over the
+rounds, so both kinds of call see the same machine load). For each run the server's CPU-seconds (utime + stime of all its
 threads, from /proc/PID/stat) are read over the steady middle of the measured window, and
 
     CPU per call = (server CPU-seconds / wall-seconds over that stretch) / (calls/s of the run).
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import tempfile
@@ -82,6 +84,7 @@ class CpuPerCall:
     cpu_ms_per_call: float
     errors: dict[str, int] = field(default_factory=dict)
     requests_per_batch: float = 0.0  # mean, from the server's metrics (Encode only)
+    rounds_ms: list[float] = field(default_factory=list)  # CPU per call of each round
 
 
 @dataclass
@@ -138,8 +141,9 @@ def h2load_run(
             "h2load",
             "-c", str(connections),
             "-m", str(max(1, streams // connections)),
-            "-D", f"{duration_s:g}",
-            "--warm-up-time", f"{warmup_s:g}",
+            # h2load takes whole numbers with a unit.
+            "-D", f"{round(duration_s * 1000)}ms",
+            "--warm-up-time", f"{round(warmup_s * 1000)}ms",
             "-d", body.name,
             "-H", "content-type: application/grpc",
             "-H", "te: trailers",
@@ -151,12 +155,12 @@ def h2load_run(
             started + warmup_s + EDGE * duration_s,
             started + warmup_s + (1 - EDGE) * duration_s,
         )
-        out = subprocess.run(
+        ran = subprocess.run(
             command, capture_output=True, text=True, timeout=warmup_s + duration_s + 30
-        ).stdout
-    rate, done = H2LOAD_RATE.search(out), H2LOAD_DONE.search(out)
+        )
+    rate, done = H2LOAD_RATE.search(ran.stdout), H2LOAD_DONE.search(ran.stdout)
     if rate is None or done is None:
-        raise RuntimeError(f"unexpected h2load output:\n{out}")
+        raise RuntimeError(f"unexpected h2load output:\n{ran.stdout}\n{ran.stderr}")
     return int(done.group(2)), float(rate.group(1)), window.result()
 
 
@@ -274,44 +278,72 @@ def measure_overhead(
     encode_request: bytes,
     *,
     concurrency: int = 64,
-    warmup_s: float = 1.0,
-    duration_s: float = 4.0,
+    rounds: int = 3,
+    warmup_s: float = 0.5,
+    duration_s: float = 2.0,
     load: LoadGenerator | None = None,
     metrics_port: int = 0,
     log: Callable[[str], None] = print,
 ) -> OverheadResult:
-    """Health checks, then single-image Encode, then the model in-process (see the module
-    docstring). `metrics_port`: the server's, for error counts and batch sizes."""
+    """`rounds` times health checks then single-image Encode, interleaved so that both see
+    the same machine load; then the model in-process (see the module docstring). Each
+    figure is the median over the rounds. `metrics_port`: the server's, for error counts
+    and batch sizes."""
     health_request = health_pb2.HealthCheckRequest(service="").SerializeToString()
-    runs = {}
-    for rpc, message in (("HealthCheck", health_request), ("Encode", encode_request)):
-        runs[rpc] = measure_cpu_per_call(
-            server,
-            rpc,
-            message,
-            concurrency=concurrency,
-            warmup_s=warmup_s,
-            duration_s=duration_s,
-            load=load,
-            metrics_port=metrics_port,
-        )
-        m = runs[rpc]
-        log(
-            f"  cpu per call {rpc:<11} c={concurrency} ({m.driver}): {m.cpu_ms_per_call:.3f} ms "
-            f"({m.calls_per_s:,.0f} calls/s, server {m.server_cpu_cores:.2f} cores"
-            + (f", {m.requests_per_batch:g} requests per batch" if m.requests_per_batch else "")
-            + ")"
-        )
-    health, encode = runs["HealthCheck"], runs["Encode"]
-    # The batches the server ran; 64 (the callers) when its metrics are not readable.
+    runs: dict[str, list[CpuPerCall]] = {"HealthCheck": [], "Encode": []}
+    for _ in range(rounds):
+        for rpc, message in (("HealthCheck", health_request), ("Encode", encode_request)):
+            m = measure_cpu_per_call(
+                server,
+                rpc,
+                message,
+                concurrency=concurrency,
+                warmup_s=warmup_s,
+                duration_s=duration_s,
+                load=load,
+                metrics_port=metrics_port,
+            )
+            runs[rpc].append(m)
+            log(
+                f"  cpu per call {rpc:<11} c={concurrency} ({m.driver}): "
+                f"{m.cpu_ms_per_call:.3f} ms ({m.calls_per_s:,.0f} calls/s, server "
+                f"{m.server_cpu_cores:.2f} cores"
+                + (f", {m.requests_per_batch:g} requests per batch" if m.requests_per_batch else "")
+                + ")"
+            )
+    health, encode = _median_run(runs["HealthCheck"]), _median_run(runs["Encode"])
+    # The batches the server ran; as many as the callers when its metrics are not read.
     batch = max(1, round(encode.requests_per_batch)) if encode.requests_per_batch else concurrency
-    model_ms = model_cpu_ms_per_image(ort, batch)
+    # The least disturbed of three: on a shared machine, noise only ever adds CPU time.
+    model_ms = min(model_cpu_ms_per_image(ort, batch, 0.5) for _ in range(3))
     overhead = encode.cpu_ms_per_call - health.cpu_ms_per_call - model_ms
     log(
-        f"  model {model_ms:.3f} ms/image (batch {batch}); serving overhead "
-        f"{overhead:.3f} ms per call (target <= {OVERHEAD_TARGET_MS} ms)"
+        f"  medians of {rounds}: health {health.cpu_ms_per_call:.3f} ms, Encode "
+        f"{encode.cpu_ms_per_call:.3f} ms, model {model_ms:.3f} ms/image (batch {batch}); "
+        f"serving overhead {overhead:.3f} ms per call (target <= {OVERHEAD_TARGET_MS} ms)"
     )
     return OverheadResult(health, encode, batch, round(model_ms, 4), round(overhead, 4))
+
+
+def _median_run(runs: list[CpuPerCall]) -> CpuPerCall:
+    """One CpuPerCall whose figures are the medians over `runs` (counts summed)."""
+    errors: dict[str, int] = {}
+    for r in runs:
+        for code, n in r.errors.items():
+            errors[code] = errors.get(code, 0) + n
+    first = runs[0]
+    return CpuPerCall(
+        rpc=first.rpc,
+        driver=first.driver,
+        concurrency=first.concurrency,
+        calls=sum(r.calls for r in runs),
+        calls_per_s=statistics.median(r.calls_per_s for r in runs),
+        server_cpu_cores=statistics.median(r.server_cpu_cores for r in runs),
+        cpu_ms_per_call=statistics.median(r.cpu_ms_per_call for r in runs),
+        errors=errors,
+        requests_per_batch=statistics.median(r.requests_per_batch for r in runs),
+        rounds_ms=[r.cpu_ms_per_call for r in runs],
+    )
 
 
 def run_overhead(
@@ -321,8 +353,9 @@ def run_overhead(
     server_flags: tuple[str, ...] = (),
     intra_op_threads: int = 1,
     concurrency: int = 64,
-    warmup_s: float = 1.0,
-    duration_s: float = 4.0,
+    rounds: int = 3,
+    warmup_s: float = 0.5,
+    duration_s: float = 2.0,
     log: Callable[[str], None] = print,
 ) -> OverheadResult:
     """Start a batching-on server and measure (h2load, or the Python load generator)."""
@@ -339,6 +372,7 @@ def run_overhead(
     with ServerProcess(models_dir, flags, name="overhead") as server:
         kwargs: dict[str, Any] = {
             "concurrency": concurrency,
+            "rounds": rounds,
             "warmup_s": warmup_s,
             "duration_s": duration_s,
             "metrics_port": metrics_port,
