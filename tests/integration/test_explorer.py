@@ -110,8 +110,13 @@ def choose(page: Any, model: str) -> None:
 
 
 def no_errors(page: Any) -> None:
+    """No console errors, no error banner, and never two requests in flight in one panel."""
     assert page.console_log.take() == []
     assert page.evaluate("window.explorer.state.errors.size") == 0, page.inner_text("#error")
+    in_flight = page.evaluate(
+        "Object.fromEntries(Object.entries(window.explorer.panels).map(([k, p]) => [k, p.maxInFlight]))"
+    )
+    assert max(in_flight.values()) <= 1, in_flight
 
 
 def test_page_loads_without_console_errors(page: Any) -> None:
