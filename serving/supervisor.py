@@ -197,6 +197,8 @@ class Supervisor:
             for index in range(self.workers):
                 self._start(index)
             self._loop(wake_read)
+            if self.exit_code == 0:
+                log.info("stopped: every worker drained and exited")
         finally:
             signal.set_wakeup_fd(-1)
             wake_read.close()
