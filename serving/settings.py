@@ -46,7 +46,7 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
-    host: str = Field("0.0.0.0", description="address to bind the gRPC server to")
+    host: str = Field("0.0.0.0", description="address to bind the gRPC and HTTP ports to")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free port")
     models_dir: Path = Field(
         SHIPPED_MODELS_DIR,
