@@ -618,3 +618,56 @@ def test_draining_refuses_v2_calls_and_reports_not_ready(tiny_models_dir: Path) 
             with pytest.raises(grpc.RpcError) as raised:
                 v2.ModelInfer(infer_request("tiny-vae-decoder"))
             assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+def test_v2_sampler_equals_native_sample_random(
+    v2_server: InProcessServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """Same seed, prior and temperature: the same latents and images as SampleRandom."""
+    response = stub.ModelInfer(
+        infer_request(
+            "tiny-vae-8-sampler",
+            Tensor(name="count", datatype="INT64", shape=[1]),
+            Tensor(name="seed", datatype="UINT64", shape=[1]),
+            Tensor(name="prior", datatype="BYTES", shape=[1]),
+            Tensor(name="temperature", datatype="FP32", shape=[1]),
+            raw=[
+                struct.pack("<q", 5),
+                struct.pack("<Q", 2**63 + 5),
+                struct.pack("<I", 15) + b"fitted_gaussian",
+                struct.pack("<f", 0.5),
+            ],
+        )
+    )
+    shapes = {o.name: list(o.shape) for o in response.outputs}
+    images, latents = response.raw_output_contents[0], response.raw_output_contents[1]
+    with LatentClient(v2_server.target) as client:
+        native = client.sample(
+            5,
+            model="tiny-vae-8",
+            seed=2**63 + 5,
+            prior="fitted_gaussian",
+            temperature=0.5,
+            return_latents=True,
+        )
+    assert shapes["images"] == [5, 1, 28, 28] and shapes["latents"] == [5, 8]
+    np.testing.assert_array_equal(np.frombuffer(latents, "<f4").reshape(5, 8), native.latents)
+    np.testing.assert_array_equal(np.frombuffer(images, "<f4").reshape(5, 1, 28, 28), native.images)
+
+
+def test_grpc_deadline_is_honoured(tmp_path: Path) -> None:
+    build_slow_model_folder(tmp_path, "slow", matmuls=300)
+    with (
+        InProcessServer(tmp_path, http_port=0) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        v2 = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = infer_request(
+            "slow-decoder",
+            Tensor(name="latents", datatype="FP32", shape=[256, 2]),
+            raw=[bytes(256 * 2 * 4)],
+        )
+        with pytest.raises(grpc.RpcError) as raised:
+            v2.ModelInfer(request, timeout=0.05)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert v2.ServerReady(pb.ServerReadyRequest()).ready
