@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         "benchmarks/v2.json and v2.md",
     )
     mode.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only server CPU per call, health checks vs single-image Encode at 64 streams "
+        "(serving/bench/overhead.py); writes benchmarks/overhead.json",
+    )
+    mode.add_argument(
         "--workers",
         action="store_true",
         help="only the workers scenario: 1 vs 2 vs auto server processes on one port, "
@@ -107,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         given = sys.argv[1:] if argv is None else list(argv)
         return main_workers(args, " ".join(["latent-bench", shlex.join(given)]))
+    if args.overhead:
+        return _overhead(args)
     if args.report_from:
         from .report import write_report
 
@@ -163,6 +171,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path}")
     print(json.dumps(result.summary, indent=2))
     return 0 if result.summary["errors"] == 0 else 1
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    from .overhead import run_overhead
+
+    timing = {"warmup_s": args.warmup, "duration_s": args.duration}
+    result = run_overhead(
+        args.models_dir,
+        args.model,
+        server_flags=tuple(f for flag in args.server_flag for f in flag.split("=", 1)),
+        intra_op_threads=args.intra_op_threads,
+        **{k: v for k, v in timing.items() if v is not None},
+    )
+    out = args.json or HERE / "overhead.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(f"wrote {out}")
+    errors = sum(result.health.errors.values()) + sum(result.encode.errors.values())
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":
