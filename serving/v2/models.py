@@ -142,10 +142,6 @@ class V2Catalogue:
         self._registry = registry
         self._described: dict[str, V2Model] = {}
 
-    def names(self) -> list[str]:
-        """Every v2 model name of every model folder found (any state), sorted."""
-        return sorted(v2_name(e.name, role) for e in self._registry.entries for role in Role)
-
     def entry(self, name: str, version: str = "") -> tuple[ModelEntry, Role]:
         """The model folder behind v2 model `name`, in any state; NOT_FOUND if none."""
         parts = split_v2_name(name)
