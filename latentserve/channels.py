@@ -1,5 +1,6 @@
 """How a client reaches one or many servers: the gRPC service config (round_robin load
-balancing, retries on UNAVAILABLE) and K channels spread round robin.
+balancing, retries on UNAVAILABLE and a shutting-down server's CANCELLED) and K channels
+spread round robin.
 
 Targets are gRPC's own name syntax, so client-side balancing needs no code of ours:
 ``host:port`` (DNS), ``dns:///host:port`` (every address the name resolves to, e.g. a
@@ -7,8 +8,12 @@ Kubernetes headless Service), ``ipv4:10.0.0.1:50051,10.0.0.2:50051`` (a fixed li
 the ``round_robin`` policy one channel keeps a connection to every address and sends each
 call to the next ready one; a replica that goes away is skipped once its connection fails.
 
-Retries (gRPC's retryPolicy, gRFC A6), only for the status UNAVAILABLE (the server is
-draining, refused, or died: nothing was done, so another attempt is safe), at most
+Retries (gRPC's retryPolicy, gRFC A6), only for two statuses, both meaning the call was not
+run: UNAVAILABLE (the server is draining and refused it, or the connection failed or the
+server died before answering) and CANCELLED as a server sends it (gRPC core resets the
+calls still arriving while a stopping server closes its listener; measured: a SIGTERM of one
+of three replicas under 16 threads cost 1-5 such calls per run before they were retried).
+A caller's own cancellation ends the call and is never retried. At most
 ``RetryPolicy.max_attempts`` attempts in all, with exponential backoff and jitter. Every
 RPC of the client is idempotent (no call changes server state; a call without a seed may
 draw other random numbers on a retry, which the caller could not tell apart), so the policy
@@ -57,11 +62,13 @@ RETRIED_METHODS: tuple[tuple[str, str], ...] = (
     (HEALTH_SERVICE, "Check"),
 )
 LOAD_BALANCING_POLICIES = ("round_robin", "pick_first")
+# The statuses retried, both "not run" (see the module docstring).
+RETRYABLE_CODES = ("UNAVAILABLE", "CANCELLED")
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """gRPC retries on UNAVAILABLE: at most `max_attempts` attempts in all (gRPC caps it at
+    """gRPC retries on RETRYABLE_CODES: at most `max_attempts` attempts in all (gRPC caps it at
     5), the n-th retry after a random delay in [0, min(initial * multiplier^(n-1), max)]."""
 
     max_attempts: int = 3
@@ -83,7 +90,7 @@ class RetryPolicy:
             "initialBackoff": f"{self.initial_backoff_s:.3f}s",
             "maxBackoff": f"{self.max_backoff_s:.3f}s",
             "backoffMultiplier": self.backoff_multiplier,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            "retryableStatusCodes": list(RETRYABLE_CODES),
         }
 
 

@@ -22,7 +22,8 @@ Many replicas, balanced by the client (round_robin, per call), and retries:
     LatentClient("ipv4:10.0.0.1:50051,10.0.0.2:50051")         # a fixed list
     LatentClient("host:50051", channels=4)  # 4 connections: a server with 4 worker processes
 
-Calls that fail with UNAVAILABLE (a replica draining, refusing or gone) are retried by gRPC
+Calls that fail unrun (UNAVAILABLE: a replica draining, refusing or gone; CANCELLED from a
+server closing its listener) are retried by gRPC
 up to 3 attempts (`retry=RetryPolicy(...)`, or None for none); which calls and why is in
 :mod:`latentserve.channels`. With replicas, `health_check=True` also skips one whose health
 says NOT_SERVING (draining), before it refuses anything.

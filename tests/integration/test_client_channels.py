@@ -98,14 +98,14 @@ def connect_all(client: LatentClient, replicas: int) -> None:
         assert client.health() == "SERVING"
 
 
-def test_service_config_is_round_robin_with_retries_on_unavailable_only():
+def test_service_config_is_round_robin_with_retries_on_unrun_calls_only():
     config = json.loads(service_config())
     assert config["loadBalancingConfig"] == [{"round_robin": {}}]
     (method,) = config["methodConfig"]
     names = {(n["service"], n["method"]) for n in method["name"]}
     assert names == set(RETRIED_METHODS)
     assert ("grpc.health.v1.Health", "Check") in names
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
     assert method["retryPolicy"]["maxAttempts"] == 3
     assert "methodConfig" not in json.loads(service_config(retry=None))
     with pytest.raises(ValueError, match="round_robin"):
