@@ -189,9 +189,14 @@ UnaryHandler = Callable[[S, Req, Context, Call], Awaitable[Resp]]
 StreamHandler = Callable[[S, Req, Context, Call], AsyncIterator[Resp]]
 
 
-def _requested_model(request: object) -> str:
+async def _admit(tracker: CallTracker, method: str, request: object, context: Context) -> Call:
+    """The call begun, or the draining refusal sent (abort raises)."""
     # Every Autoencoder request names a model except ListModels, which counts as the default.
-    return str(getattr(request, "model", ""))
+    model = str(getattr(request, "model", ""))
+    try:
+        return tracker.begin(method, model)
+    except Refused as refused:
+        await context.abort(refused.status.code, refused.status.message)
 
 
 def unary(
@@ -205,10 +210,7 @@ def unary(
         @functools.wraps(handler)
         async def rpc(self: S, request: Req, context: Context) -> Resp:
             tracker = self.calls
-            try:
-                call = tracker.begin(method, _requested_model(request))
-            except Refused as refused:
-                await context.abort(refused.status.code, refused.status.message)
+            call = await _admit(tracker, method, request, context)
             try:
                 response = await handler(self, request, context, call)
             except BaseException as error:
@@ -235,10 +237,7 @@ def stream(
         @functools.wraps(handler)
         async def rpc(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
             tracker = self.calls
-            try:
-                call = tracker.begin(method, _requested_model(request))
-            except Refused as refused:
-                await context.abort(refused.status.code, refused.status.message)
+            call = await _admit(tracker, method, request, context)
             try:
                 async for response in handler(self, request, context, call):
                     yield response

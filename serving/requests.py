@@ -13,7 +13,7 @@ came out NaN or infinite. Nothing here knows protobuf or gRPC.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from latentserve.sampling import MAX_TEMPERATURE, new_seed
 
 from .errors import invalid_argument, resource_exhausted
 from .images import decode_image
-from .model import ServedModel
+from .model import SampleChunk, ServedModel
 from .registry import ModelRegistry
 from .settings import ServerSettings
 
@@ -71,6 +71,12 @@ class SampleRequest:
     seed: int
     return_latents: bool = False
     return_png: bool = False
+
+    def chunks(self, deadline: float | None = None) -> AsyncIterator[SampleChunk]:
+        """Run it: the model's draws and decoded images, `chunk_size` rows at a time."""
+        return self.model.sample_chunks(
+            self.count, self.chunk_size, self.prior, self.temperature, self.seed, deadline
+        )
 
     @property
     def item_bytes(self) -> int:

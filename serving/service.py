@@ -34,7 +34,7 @@ from .converters import (
 )
 from .errors import invalid_argument, resource_exhausted
 from .images import encode_pngs
-from .model import SampleChunk, ServedModel, monotonic_deadline
+from .model import ServedModel, monotonic_deadline
 from .registry import ModelRegistry
 from .requests import EncodeRequest, RequestParser, SampleRequest, check_output
 from .settings import ServerSettings
@@ -54,12 +54,17 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         # SampleRandomStream calls in progress (bounded by max_concurrent_streams).
         self.active_streams = 0
 
+    def _model(self, name: str, call: Call) -> ServedModel:
+        """The READY model `name` (empty = default), now also the call's metric label."""
+        model = self._parse.model(name)
+        call.model = model.name
+        return model
+
     @calls.unary("Encode")
     async def Encode(
         self, request: pb.EncodeRequest, context: Context, call: Call
     ) -> pb.EncodeResponse:
-        model = self._parse.model(request.model)
-        call.model = model.name
+        model = self._model(request.model, call)
         parsed = await self._encode_request(model, request)
         result = await parsed.model.encode(
             parsed.images, monotonic_deadline(context.time_remaining()), z_seed=parsed.z_seed
@@ -90,8 +95,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     async def Decode(
         self, request: pb.DecodeRequest, context: Context, call: Call
     ) -> pb.DecodeResponse:
-        model = self._parse.model(request.model)
-        call.model = model.name
+        model = self._model(request.model, call)
         latents = (
             tensor_to_array(request.latents, "latents") if request.HasField("latents") else None
         )
@@ -106,11 +110,10 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     async def SampleRandom(
         self, request: pb.SampleRequest, context: Context, call: Call
     ) -> pb.SampleResponse:
-        model = self._parse.model(request.model)
-        call.model = model.name
+        model = self._model(request.model, call)
         parsed = self._parse.sample(model, **_sampling_fields(request))
         deadline = monotonic_deadline(context.time_remaining())
-        (chunk,) = [c async for c in _sample_chunks(parsed, deadline)]
+        (chunk,) = [c async for c in parsed.chunks(deadline)]
         call.samples = parsed.count
         return await _sample_response(parsed, chunk.offset, chunk.latents, chunk.images)
 
@@ -118,8 +121,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     async def SampleRandomStream(
         self, request: pb.SampleRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.SampleResponse]:
-        model = self._parse.model(request.model)
-        call.model = model.name
+        model = self._model(request.model, call)
         parsed = self._parse.sample_stream(
             model, chunk_size=request.chunk_size, **_sampling_fields(request)
         )
@@ -132,7 +134,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         self.active_streams += 1
         try:
             deadline = monotonic_deadline(context.time_remaining())
-            async for chunk in _sample_chunks(parsed, deadline):
+            async for chunk in parsed.chunks(deadline):
                 yield await _sample_response(parsed, chunk.offset, chunk.latents, chunk.images)
                 call.samples += int(chunk.images.shape[0])
         finally:
@@ -163,17 +165,6 @@ def _sampling_fields(request: pb.SampleRequest) -> dict[str, Any]:
         "return_latents": request.return_latents,
         "return_png": request.return_png,
     }
-
-
-def _sample_chunks(request: SampleRequest, deadline: float | None) -> AsyncIterator[SampleChunk]:
-    return request.model.sample_chunks(
-        request.count,
-        request.chunk_size,
-        request.prior,
-        request.temperature,
-        request.seed,
-        deadline,
-    )
 
 
 async def _sample_response(

@@ -25,13 +25,8 @@ Linux only (reads /proc).
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import socket
 import statistics
-import struct
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -42,6 +37,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from . import h2load
 from .inprocess import OrtModel
 from .loadgen import HEALTH_CHECK, SERVICE, LoadGenerator
 from .serverproc import ServerProcess
@@ -56,8 +52,6 @@ LOADGEN_START_DELAY_S = 0.3
 EDGE = 0.15
 # h2load: this many connections, streams spread evenly over them.
 H2LOAD_CONNECTIONS = 8
-H2LOAD_RATE = re.compile(r"finished in [\d.]+s, ([\d.]+) req/s")
-H2LOAD_DONE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -67,10 +61,6 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLOCK_TICKS
-
-
-def h2load_available() -> bool:
-    return shutil.which("h2load") is not None
 
 
 @dataclass
@@ -132,36 +122,22 @@ def h2load_run(
     duration_s: float,
 ) -> tuple[int, float, float]:
     """(calls answered, calls/s, server cores) for `streams` concurrent h2load streams."""
-    connections = min(H2LOAD_CONNECTIONS, streams)
-    with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
-        # A gRPC request body: uncompressed flag, 4-byte big-endian length, the message.
-        body.write(b"\0" + struct.pack(">I", len(message)) + message)
-        body.flush()
-        command = [
-            "h2load",
-            "-c", str(connections),
-            "-m", str(max(1, streams // connections)),
-            # h2load takes whole numbers with a unit.
-            "-D", f"{round(duration_s * 1000)}ms",
-            "--warm-up-time", f"{round(warmup_s * 1000)}ms",
-            "-d", body.name,
-            "-H", "content-type: application/grpc",
-            "-H", "te: trailers",
-            f"http://{server.target}{method}",
-        ]  # fmt: skip
-        started = time.monotonic()
-        window = CpuWindow(
-            server.pid,
-            started + warmup_s + EDGE * duration_s,
-            started + warmup_s + (1 - EDGE) * duration_s,
-        )
-        ran = subprocess.run(
-            command, capture_output=True, text=True, timeout=warmup_s + duration_s + 30
-        )
-    rate, done = H2LOAD_RATE.search(ran.stdout), H2LOAD_DONE.search(ran.stdout)
-    if rate is None or done is None:
-        raise RuntimeError(f"unexpected h2load output:\n{ran.stdout}\n{ran.stderr}")
-    return int(done.group(2)), float(rate.group(1)), window.result()
+    started = time.monotonic()
+    window = CpuWindow(
+        server.pid,
+        started + warmup_s + EDGE * duration_s,
+        started + warmup_s + (1 - EDGE) * duration_s,
+    )
+    result = h2load.run(
+        server.target,
+        method,
+        message,
+        streams=streams,
+        connections=H2LOAD_CONNECTIONS,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+    )
+    return result.succeeded, result.calls_per_s, window.result()
 
 
 def python_load_run(
@@ -378,7 +354,7 @@ def run_overhead(
             "metrics_port": metrics_port,
             "log": log,
         }
-        if h2load_available():
+        if h2load.available():
             return measure_overhead(server, ort, request, **kwargs)
         log("  h2load not found (Debian: nghttp2-client); using the Python load generator")
         with LoadGenerator(2) as load:
