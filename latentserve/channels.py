@@ -8,9 +8,9 @@ Kubernetes headless Service), ``ipv4:10.0.0.1:50051,10.0.0.2:50051`` (a fixed li
 the ``round_robin`` policy one channel keeps a connection to every address and sends each
 call to the next ready one; a replica that goes away is skipped once its connection fails.
 
-Retries (gRPC's retryPolicy, gRFC A6), only for two statuses, both meaning the call was not
-run: UNAVAILABLE (the server is draining and refused it, or the connection failed or the
-server died before answering) and CANCELLED as a server sends it (gRPC core resets the
+Retries (gRPC's retryPolicy, gRFC A6), only for two statuses, both meaning that the call
+was not run or not answered: UNAVAILABLE (the server is draining and refused it, or the
+connection failed or the server died before answering) and CANCELLED as a server sends it (gRPC core resets the
 calls still arriving while a stopping server closes its listener; measured: a SIGTERM of one
 of three replicas under 16 threads cost 1-5 such calls per run before they were retried).
 A caller's own cancellation ends the call and is never retried. At most
