@@ -33,7 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
@@ -199,6 +199,16 @@ async def _admit(tracker: CallTracker, method: str, request: object, context: Co
         await context.abort(refused.status.code, refused.status.message)
 
 
+async def _fail(
+    tracker: CallTracker, call: Call, error: BaseException, context: Context
+) -> NoReturn:
+    """End `call` with `error`: answer its status, or re-raise a cancellation."""
+    status = tracker.end(call, error, context.time_remaining())
+    if status is None:
+        raise error
+    await context.abort(status.code, status.message)
+
+
 def unary(
     method: str,
 ) -> Callable[[UnaryHandler[S, Req, Resp]], Callable[[S, Req, Context], Awaitable[Resp]]]:
@@ -214,10 +224,7 @@ def unary(
             try:
                 response = await handler(self, request, context, call)
             except BaseException as error:
-                status = tracker.end(call, error, context.time_remaining())
-                if status is None:
-                    raise
-                await context.abort(status.code, status.message)
+                await _fail(tracker, call, error, context)
             tracker.end(call)
             return response
 
@@ -242,10 +249,7 @@ def stream(
                 async for response in handler(self, request, context, call):
                     yield response
             except BaseException as error:
-                status = tracker.end(call, error, context.time_remaining())
-                if status is None:
-                    raise
-                await context.abort(status.code, status.message)
+                await _fail(tracker, call, error, context)
             tracker.end(call)
 
         return rpc
