@@ -1,9 +1,10 @@
 """The explorer page in a real headless Chromium against a real server on 127.0.0.1.
 
-The server (`python -m serving`, its own process, as a user runs it) serves the shipped models (their latent_sample.json and analysis.json are what
-the page draws) with the HTTP port on. Every check compares what the page shows with what
-the native gRPC API returns for the same request: the pixels of the decoded digit under
-the pointer, the marker of a drawn digit, the sample grid for a seed, the walk between two
+The server (`python -m serving` in its own process, as a user runs it) serves the shipped
+models, whose latent_sample.json and analysis.json are what the page draws, with the HTTP
+port on. Every check compares what the page shows with what the native gRPC API returns for
+the same request: the pixels of the decoded digit under the pointer or set by the sliders,
+the marker of a drawn or dropped digit, the sample grid for a seed, the walk between two
 pins. Canvas pixels are read back with getImageData at the centre of each 28 x 28 cell; the
 page paints grey level round(255 * v), so the tolerance is one grey level.
 
