@@ -350,3 +350,40 @@ async def test_a_worker_listens_only_when_warm_and_serves_only_when_told(tiny_mo
             assert await status("latentserve.v1.Autoencoder") == "SERVING"
     finally:
         await server.stop(0)
+
+
+def test_workers_share_the_http_port_and_a_second_server_cannot_take_it(tiny_models_dir):
+    """The HTTP port (v2 REST) is shared among our workers only, like the gRPC port."""
+    http_port = free_port()
+    proc, _ = start_workers(tiny_models_dir, "--http-port", str(http_port))
+    try:
+        url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+        for _ in range(8):  # a fresh connection each, placed by the kernel on either worker
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200
+        second = subprocess.run(
+            [sys.executable, "-m", "serving", "--host", "127.0.0.1", "--port", "0",
+             "--metrics-port", "0", "--http-port", str(http_port),
+             "--models-dir", str(tiny_models_dir), "--workers", "2"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"HTTP port {http_port} on 127.0.0.1 is already in use" in second.stderr
+        assert "--http-port (LATENTSERVE_HTTP_PORT)" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        proc.stop()
+    assert proc.proc.returncode == 0
+
+
+def test_sigint_drains_every_worker_and_exits_0(tiny_models_dir):
+    proc, _ = start_workers(tiny_models_dir)
+    try:
+        proc.proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the supervisor
+        assert proc.wait(30) == 0
+    finally:
+        proc.stop()
+    log = "\n".join(proc.lines)
+    assert "received SIGINT: stopping 2 workers" in log
+    assert log.count("shutting down: draining") == 2
+    assert "stopped: every worker drained and exited" in log
