@@ -70,6 +70,7 @@ const decoder = new Latest(async ({ z, uv }) => {
   $("decoded").dataset.latent = JSON.stringify(z);
   state.cursor = { z, uv };
   showCoords($("decoded-at"), z, uv);
+  $("decoded-near").textContent = nearestDigits(uv, z.length);
   renderSpeed();
 }, (err) => showError("decode", err));
 
@@ -89,6 +90,18 @@ function showCoords(node, z, uv) {
   } else {
     node.textContent = `plane (${fmt(uv[0])}, ${fmt(uv[1])})  z = [${z.map((x) => x.toFixed(2)).join(", ")}]`;
   }
+}
+
+// The test digits nearest a point of a 2-D latent: far from all of them is one of the
+// walkthrough's gaps, where the decoder has seen nothing to imitate.
+function nearestDigits(uv, dim) {
+  const { points, labels } = state.model.scatter;
+  if (dim !== 2 || !points.length) return "";
+  const near = points
+    .map(([u, v], i) => [Math.hypot(u - uv[0], v - uv[1]), labels[i]])
+    .sort((a, b) => a[0] - b[0])
+    .slice(0, 5);
+  return `nearest test digits: ${near.map(([, label]) => label).join(" ")} (${near[0][0].toFixed(2)} away)`;
 }
 
 function decodeAt(uv) {
