@@ -271,7 +271,7 @@ class Supervisor:
             log.error("%s", message[1])
             self.exit_code = EXIT_STARTUP_ERROR
             self._stop("a worker could not start", quiet=True)
-        elif message[0] == "warm":
+        elif message[0] == "warm" and not self.stopping:  # never SERVING once stopping
             worker.warm = True
             if self.all_ready:
                 log.info("worker %d (pid %d) is back and serving", *_id(worker))
