@@ -32,13 +32,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import shutil
 import socket
 import statistics
-import struct
-import subprocess
-import tempfile
 import threading
 import time
 import urllib.request
@@ -48,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import h2load
 from .loadgen import SERVICE, LoadGenerator
 from .serverproc import ServerProcess, rss_bytes
 from .suite import request_bytes
@@ -57,7 +53,6 @@ RPCS = ("Encode", "Decode")
 STREAMS = 64
 H2LOAD_CONNECTIONS = 16
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-H2LOAD_RATE = re.compile(r"finished in [\d.]+s, ([\d.]+) req/s")
 # Figures of issue 16.
 CPU_PER_CALL_TOLERANCE = 0.10
 SPEEDUP_TARGET = 1.3
@@ -161,36 +156,6 @@ def counters(metrics_port: int, rpc: str) -> dict[str, float]:
     return sums
 
 
-def h2load_available() -> bool:
-    return shutil.which("h2load") is not None
-
-
-def h2load(target: str, rpc: str, message: bytes, warmup_s: float, duration_s: float) -> float:
-    """h2load's calls/s for `STREAMS` streams over `H2LOAD_CONNECTIONS` connections."""
-    with tempfile.NamedTemporaryFile(suffix=".grpc") as body:
-        # A gRPC request body: uncompressed flag, 4-byte big-endian length, the message.
-        body.write(b"\0" + struct.pack(">I", len(message)) + message)
-        body.flush()
-        command = [
-            "h2load",
-            "-c", str(H2LOAD_CONNECTIONS),
-            "-m", str(STREAMS // H2LOAD_CONNECTIONS),
-            "-D", _ms(duration_s),
-            "--warm-up-time", _ms(warmup_s),
-            "-d", body.name,
-            "-H", "content-type: application/grpc",
-            "-H", "te: trailers",
-            f"http://{target}{SERVICE}{rpc}",
-        ]  # fmt: skip
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=warmup_s + duration_s + 60
-        )
-    rate = H2LOAD_RATE.search(done.stdout)
-    if rate is None:
-        raise RuntimeError(f"unexpected h2load output:\n{done.stdout}\n{done.stderr}")
-    return float(rate.group(1))
-
-
 def python_load(
     load: LoadGenerator, target: str, rpc: str, message: bytes, warmup_s: float, duration_s: float
 ) -> float:
@@ -221,7 +186,16 @@ def measure(
     before = counters(metrics_port, rpc)
     cpu_before = cpu_seconds(pids)
     if load is None:
-        rate, driver = h2load(server.target, rpc, message, warmup_s, duration_s), "h2load"
+        rate = h2load.run(
+            server.target,
+            SERVICE + rpc,
+            message,
+            streams=STREAMS,
+            connections=H2LOAD_CONNECTIONS,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+        ).calls_per_s
+        driver = "h2load"
     else:
         rate = python_load(load, server.target, rpc, message, warmup_s, duration_s)
         driver = "python"
@@ -282,7 +256,7 @@ def run_workers(
     latent_dim = json.loads((models_dir / model / "model.json").read_text())["latent_dim"]
     messages = {rpc: request_bytes(rpc, model, 1, latent_dim) for rpc in RPCS}
     notes: list[str] = []
-    use_h2load = h2load_available()
+    use_h2load = h2load.available()
     if not use_h2load:
         notes.append(
             "h2load not found (Debian: apt-get install nghttp2-client); the Python load "
@@ -432,11 +406,6 @@ def render_markdown(result: WorkersResult, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _ms(seconds: float) -> str:
-    """h2load takes whole durations with a unit ("1500ms"), not "1.5"."""
-    return f"{round(seconds * 1000)}ms"
 
 
 def _free_port() -> int:
