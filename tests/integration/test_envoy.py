@@ -55,7 +55,7 @@ pytestmark = pytest.mark.skipif(
 ENVOY_HOST = "127.0.0.1"
 # Longer than Envoy's interval x unhealthy threshold + timeout (1 x 2 + 1 s), with room for
 # the test to watch the draining replica get nothing while it still serves.
-DRAIN_DELAY_S = 5.0
+DRAIN_DELAY_S = 8.0
 FLAGS = ["--default-model", "tiny-vae", "--drain-delay-s", str(DRAIN_DELAY_S)]
 
 
@@ -170,12 +170,18 @@ def test_sigterm_drains_without_failures_and_gets_no_calls_while_not_serving(all
             )
             time.sleep(0.02)
         flags = envoy.hosts()[victim.address].flags
+        # Calls Envoy sent just before it flagged the host may still arrive: let them land.
+        load.wait_calls(100)
         # Still inside the drain delay: it would answer, yet Envoy sends it nothing.
         settled = victim.requests(METHOD)
         load.wait_calls(400)
         with grpc.insecure_channel(victim.target) as channel:
             pb_grpc.AutoencoderStub(channel).Decode(REQUEST, timeout=5)
-        assert victim.requests(METHOD) == settled + 1, "a NOT_SERVING replica still got calls"
+        assert victim.requests(METHOD) == settled + 1, (
+            "a NOT_SERVING replica still got calls",
+            {a: h.flags for a, h in envoy.hosts().items()},
+            envoy.admin("/stats?filter=lb_healthy_panic|outlier_detection.ejections_active"),
+        )
         assert victim.wait(DRAIN_DELAY_S + 20) == 0
     assert flags.get("failed_active_health_check") is True, flags
     assert load.failed == 0, (load.outcomes, load.failures)
@@ -203,13 +209,25 @@ def test_replica_never_serving_gets_no_traffic(all_up, envoy, tmp_path):
         with EnvoyProcess(config, tmp_path / "envoy") as proxy:
             proxy.wait_hosts({r.address for r in all_up})
             until_every_replica_answers(proxy.target, all_up)
+            # Just after start Envoy may still route some calls to the unhealthy host (its
+            # workers catch up within about a second); those fail there and are retried on
+            # another replica. Measure once 100 calls in a row have passed it by.
+            for _ in range(50):
+                seen = proxy.hosts()[warming.address].requests
+                with BackgroundLoad(proxy.target, concurrency=8, max_calls=100) as settle:
+                    settle.wait_calls(100)
+                assert settle.failed == 0, settle.failures
+                if proxy.hosts()[warming.address].requests == seen:
+                    break
+            at_start = proxy.hosts()[warming.address].requests
             before = request_counts(all_up)
             with BackgroundLoad(proxy.target, concurrency=8, max_calls=600) as load:
                 load.wait_calls(600)
             assert load.failed == 0, load.failures
             assert sum(spread(before, request_counts(all_up))) == 600
-            assert proxy.hosts()[warming.address].requests == 0
+            assert proxy.hosts()[warming.address].requests == at_start
             assert not proxy.hosts()[warming.address].healthy
+            print(f"not-serving replica: {at_start} calls routed to it while Envoy started")
     finally:
         warming.kill()  # our own child; it would finish its warm-up first on SIGTERM
 
