@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-RATE = re.compile(r"finished in [\d.]+s, ([\d.]+) req/s")
+RATE = re.compile(r"finished in [\d.]+m?s, ([\d.]+) req/s")
 DONE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded")
 
 
