@@ -34,6 +34,12 @@ PUBLIC_METHODS = (
     f"/{SERVICE_NAME}/ServerReady",
 )
 
+# KServe's proto has model-repository RPCs; models here are the folders found at start-up.
+REPOSITORY_CONTROL = (
+    "model repository control is not supported: latentserve serves every model folder it "
+    "finds at start-up (--models-dir); add or remove a folder and restart"
+)
+
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, api: V2Api) -> None:
@@ -83,6 +89,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             call,
         )
         return infer_response(model, request.id, outputs)
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CONTROL)
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CONTROL)
 
 
 def metadata_response(model: V2Model) -> pb.ModelMetadataResponse:

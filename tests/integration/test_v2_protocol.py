@@ -671,3 +671,16 @@ def test_grpc_deadline_is_honoured(tmp_path: Path) -> None:
             v2.ModelInfer(request, timeout=0.05)
         assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert v2.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def test_grpc_repository_control_is_refused_with_what_to_do(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    for call, request in (
+        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="tiny-vae-encoder")),
+        (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="x")),
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "--models-dir" in (info.value.details() or "")
