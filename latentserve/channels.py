@@ -123,6 +123,9 @@ def service_config(
     return json.dumps(config, separators=(",", ":"))
 
 
+RECONNECT_BACKOFF_MS = 100
+
+
 def channel_options(
     *,
     max_message_bytes: int,
@@ -144,6 +147,13 @@ def channel_options(
         # one 100-image Encode); a larger one would be committed at once and never retried.
         # The buffer holds references to the message already sent, not a copy.
         ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
+        # When a server process dies (a SIGKILLed worker, a replica restarting), the first
+        # reconnect can reach its dying listener and fail; gRPC's default 1 s initial backoff
+        # would then fail every call fast for a second, longer than the retries wait. With
+        # 100 ms, 10 of 10 worker-kill runs failed at most one call per channel (3 of 5 runs
+        # at the default failed 6-7; tests/integration/test_workers.py).
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+        ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
     ]
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))

@@ -48,18 +48,10 @@ def options_for(retry: bool) -> list[ChannelOption]:
     local: list[ChannelOption] = [("grpc.use_local_subchannel_pool", 1)]
     if not retry:
         return local
-    # The client library's own channel arguments: its retry policy (UNAVAILABLE, 3 attempts)
-    # for the idempotent RPCs, as LatentClient(target, channels=K) sets on each channel...
-    # ...plus a 100 ms reconnect backoff. A channel whose worker is SIGKILLed reconnects at
-    # once; that attempt can reach the dying worker's listener and fail, and with gRPC's
-    # default 1 s initial reconnect backoff the channel then fails every call fast for about
-    # a second, longer than the retries' backoff spans: 3 of 5 runs without this saw a
-    # channel fail 6 or 7 calls, 10 of 10 with it failed at most one.
-    fast_reconnect: list[ChannelOption] = [
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-    ]
-    return channel_options(max_message_bytes=64 << 20, extra=[*local, *fast_reconnect])
+    # The client library's own channel arguments, as LatentClient(target, channels=K) sets
+    # on each channel: its retry policy (UNAVAILABLE, 3 attempts) for the idempotent RPCs
+    # and its short reconnect backoff (latentserve/channels.py says why).
+    return channel_options(max_message_bytes=64 << 20, extra=local)
 
 
 @dataclass
