@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, help="seconds of warm-up per configuration")
     p.add_argument("--client-processes", type=int, default=2, help="load-generator processes")
     p.add_argument(
+        "--channels",
+        type=int,
+        help="gRPC channels per load-generator process, each its own connection (a local "
+        "subchannel pool), so a --workers N server's processes share the load "
+        "[1; the workers scenario's Python fallback: 4]",
+    )
+    p.add_argument(
         "--server-flag",
         action="append",
         default=[],
@@ -132,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models_dir=args.models_dir,
         model=args.model,
         client_processes=args.client_processes,
+        channels=args.channels or 1,
         server_flags=tuple(f for flag in args.server_flag for f in flag.split("=", 1)),
         intra_op_threads=args.intra_op_threads,
     )

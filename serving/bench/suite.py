@@ -57,6 +57,9 @@ class SuiteConfig:
     min_requests: int = 4
     max_requests: int = 200_000
     client_processes: int = 2
+    # gRPC channels per load-generator process, each its own connection (local subchannel
+    # pool): spreads calls over the workers of a `--workers N` server on one port.
+    channels: int = 1
     # Batch sweep: in-process and gRPC alternate this many times per configuration.
     rounds: int = 8
     # Extra latent-serve flags for both servers (e.g. "--intra-op-threads", "1").
@@ -428,7 +431,7 @@ class Suite:
         try:
             for s in servers.values():
                 s.start()
-            with LoadGenerator(c.client_processes) as load:
+            with LoadGenerator(c.client_processes, c.channels) as load:
                 for s in servers.values():
                     s.wait_ready()
                 main = servers[True]

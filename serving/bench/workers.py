@@ -246,6 +246,7 @@ def run_workers(
     duration_s: float = 3.0,
     server_flags: tuple[str, ...] = (),
     client_processes: int = 4,
+    channels: int = 4,
     log: Callable[[str], None] = print,
 ) -> WorkersResult:
     """Every setting x RPC, `rounds` times (see the module docstring). The servers run side by
@@ -260,7 +261,8 @@ def run_workers(
     if not use_h2load:
         notes.append(
             "h2load not found (Debian: apt-get install nghttp2-client); the Python load "
-            f"generator ran instead ({client_processes} processes, one connection each), "
+            f"generator ran instead ({client_processes} processes x {channels} channels, "
+            "one connection each), "
             "sharing the cores with the server: calls/s are lower bounds"
         )
     runs: list[WorkersRun] = []
@@ -277,7 +279,11 @@ def run_workers(
             pids = server_pids(server.pid)
             rss[setting] = [round(rss_bytes(p) / 2**20, 1) for p in pids]
             log(f"workers={setting}: {len(pids)} processes, RSS MB {rss[setting]}")
-        load = stack.enter_context(LoadGenerator(client_processes)) if not use_h2load else None
+        load = (
+            stack.enter_context(LoadGenerator(client_processes, channels))
+            if not use_h2load
+            else None
+        )
         for round_ in range(rounds):
             for rpc in RPCS:
                 order = settings[round_ % len(settings) :] + settings[: round_ % len(settings)]
@@ -424,6 +430,7 @@ def main_workers(args: Any, command: str, log: Callable[[str], None] = print) ->
         duration_s=args.duration if args.duration is not None else 3.0,
         server_flags=flags,
         client_processes=args.client_processes,
+        channels=args.channels or 4,
         log=log,
     )
     out = args.json or Path("benchmarks/workers.json")
