@@ -209,9 +209,9 @@ def test_replica_never_serving_gets_no_traffic(all_up, envoy, tmp_path):
         with EnvoyProcess(config, tmp_path / "envoy") as proxy:
             proxy.wait_hosts({r.address for r in all_up})
             until_every_replica_answers(proxy.target, all_up)
-            # Just after start Envoy may still route some calls to the unhealthy host (its
-            # workers catch up within about a second); those fail there and are retried on
-            # another replica. Measure once 100 calls in a row have passed it by.
+            # Should Envoy route a call to the unhealthy host just after its start, that call
+            # fails there and is retried on another replica; measure once 100 calls in a row
+            # have passed it by.
             for _ in range(50):
                 seen = proxy.hosts()[warming.address].requests
                 with BackgroundLoad(proxy.target, concurrency=8, max_calls=100) as settle:
