@@ -127,7 +127,7 @@ def test_sigkill_under_load_loses_nothing_and_rejoins(replicas):
             load.wait_calls(500)
             assert sum(spread(after_kill, request_counts(others))) >= 500
             victim.restart().wait_ready()
-            # gRPC reconnects with backoff (1 s, then x1.6): bounded by calls, ~20 s at most.
+            # The channel reconnects with backoff: bounded by calls, ~20 s at most.
             rejoin_started = time.monotonic()
             for _ in range(200):
                 if victim.requests(METHOD) > 0:
