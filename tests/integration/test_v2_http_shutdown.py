@@ -15,7 +15,9 @@ from typing import Any
 from fixtures.servers import SubprocessServer, free_port
 from fixtures.slow_model import build_slow_model_folder
 
-ROWS = 256
+# 2048 rows through the slow decoder take about 3 s on an idle 2-core machine (256 took
+# 0.4 s, which could end before the signal), and longer under load.
+ROWS = 2048
 
 
 def infer(port: int, rows: int) -> tuple[int, Any]:
@@ -53,9 +55,9 @@ def test_sigterm_finishes_accepted_rest_calls_and_exits_0(tmp_path: Path) -> Non
         accepted: list[tuple[int, Any]] = []
         slow = threading.Thread(target=lambda: accepted.append(infer(port, ROWS)))
         slow.start()
-        # Give the call time to reach the server; its run (256 rows through 300 extra
+        # Give the call time to reach the server; its run (ROWS rows through 300 extra
         # MatMuls) takes seconds, and the drain log line proves it was in flight.
-        threading.Event().wait(0.5)
+        threading.Event().wait(1.0)
         server.terminate()
         server.wait_for_log(re.compile(r"shutting down: draining [1-9]"))
         try:
