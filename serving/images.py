@@ -1,6 +1,6 @@
 """Image files <-> arrays with Pillow: decoding uploaded PNG/JPEG for Encode (with limits
-against decompression bombs), PNG encoding for Decode/Sample responses, and grids for the
-CLI. Images are 8-bit grayscale on the wire; arrays are float32 in [0, 1].
+against decompression bombs) and PNG encoding for Decode/Sample responses (the CLI's grids
+are in latentserve.png). Images are 8-bit grayscale on the wire; arrays are float32 in [0, 1].
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import io
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
+
+from latentserve.png import to_uint8
 
 from .errors import invalid_argument, resource_exhausted
 
@@ -63,11 +65,6 @@ def decode_image(
     return pixels / np.float32(255.0)
 
 
-def to_uint8(images: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
-    """Float images in [0, 1] (any shape) -> uint8, clipped and rounded."""
-    return np.clip(np.rint(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
-
-
 def encode_pngs(images: Float32Array) -> list[bytes]:
     """N x 1 x 28 x 28 float32 -> N grayscale PNG files."""
     out = []
@@ -76,20 +73,3 @@ def encode_pngs(images: Float32Array) -> list[bytes]:
         Image.fromarray(pixels).save(buffer, format="PNG")
         out.append(buffer.getvalue())
     return out
-
-
-def grid_png(images: Float32Array, columns: int | None = None, padding: int = 2) -> bytes:
-    """N x 1 x 28 x 28 (or N x 28 x 28) float32 -> one PNG with the images in a grid."""
-    n = int(images.shape[0])
-    cells = to_uint8(images.reshape(n, SIDE, SIDE))
-    cols = columns or max(1, int(np.ceil(np.sqrt(n))))
-    rows = max(1, -(-n // cols))
-    step = SIDE + padding
-    canvas = np.zeros((rows * step + padding, cols * step + padding), dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = padding + r * step, padding + c * step
-        canvas[y : y + SIDE, x : x + SIDE] = cells[i]
-    buffer = io.BytesIO()
-    Image.fromarray(canvas).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from latentserve.png import grid_png
 from serving.errors import ServingError
-from serving.images import decode_image, encode_pngs, grid_png
+from serving.images import decode_image, encode_pngs
 
 LIMITS = {"index": 0, "max_bytes": 100_000, "max_pixels": 200 * 200}
 
