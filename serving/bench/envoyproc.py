@@ -10,7 +10,6 @@ Only the process started here is ever signalled (by its own PID).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -19,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .serverproc import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO / "deploy" / "envoy" / "envoy.yaml"
@@ -210,9 +211,7 @@ class EnvoyProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time Envoy has used so far, from /proc/<pid>/stat (Linux)."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.pid)
 
     def stop(self, timeout: float = 10.0) -> None:
         proc = self._proc

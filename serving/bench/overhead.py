@@ -24,7 +24,6 @@ Linux only (reads /proc).
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import threading
@@ -40,10 +39,9 @@ from grpc_health.v1 import health_pb2
 from . import h2load
 from .inprocess import OrtModel
 from .loadgen import HEALTH_CHECK, SERVICE, LoadGenerator
-from .serverproc import ServerProcess
+from .serverproc import ServerProcess, cpu_seconds
 from .suite import request_bytes
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # Target of issue 16: the serving code's share of a call, in ms of CPU.
 OVERHEAD_TARGET_MS = 0.1
 # The Python load generator starts its workers together this long after being asked.
@@ -52,15 +50,6 @@ LOADGEN_START_DELAY_S = 0.3
 EDGE = 0.15
 # h2load: this many connections, streams spread evenly over them.
 H2LOAD_CONNECTIONS = 8
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU-seconds of `pid` (all its threads) so far."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        # Fields after the command name (which may hold spaces) start after the last ')'.
-        fields = f.read().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / CLOCK_TICKS
 
 
 @dataclass

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import os
 import random
 import socket
 import statistics
@@ -40,7 +39,7 @@ from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve.manifest import load_model_folder
 from latentserve.tensors import array_to_tensor
 
-from .serverproc import ServerProcess
+from .serverproc import ServerProcess, cpu_seconds
 from .stats import Measurement, summarise
 
 PATHS = ("native", "v2-grpc", "v2-rest-binary", "v2-rest-json")
@@ -272,11 +271,11 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
                 for round_index in range(config.rounds):
                     order = PATHS if round_index % 2 == 0 else tuple(reversed(PATHS))
                     for path in order:
-                        cpu_before = process_cpu_s(server.pid)
+                        cpu_before = cpu_seconds(server.pid)
                         latencies, errors, window, problem, completed = _measure(
                             pool, config, calls[path], rows, concurrency
                         )
-                        cpu_s = process_cpu_s(server.pid) - cpu_before
+                        cpu_s = cpu_seconds(server.pid) - cpu_before
                         cpu[path].append(1e3 * cpu_s / (completed * rows) if completed else 0.0)
                         if problem:
                             problems.append(problem)
@@ -350,13 +349,6 @@ def _measure(
         "; ".join(r.problem for r in results if r.problem),
         sum(r.completed for r in results),
     )
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far, all its threads (from /proc)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summary(measurements: list[Measurement], cpu_ms: dict[str, float]) -> dict[str, Any]:

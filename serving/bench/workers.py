@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import statistics
 import threading
@@ -45,14 +44,13 @@ from typing import Any
 
 from . import h2load
 from .loadgen import SERVICE, LoadGenerator
-from .serverproc import ServerProcess, rss_bytes
+from .serverproc import ServerProcess, cpu_seconds, rss_bytes
 from .suite import request_bytes
 
 SETTINGS = ("1", "2", "auto")
 RPCS = ("Encode", "Decode")
 STREAMS = 64
 H2LOAD_CONNECTIONS = 16
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Figures of issue 16.
 CPU_PER_CALL_TOLERANCE = 0.10
 SPEEDUP_TARGET = 1.3
@@ -119,18 +117,6 @@ def server_pids(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone (a short-lived helper process)
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
-
-
 def counters(metrics_port: int, rpc: str) -> dict[str, float]:
     """The server's request and error counts for `rpc`, and requests per worker."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
@@ -184,7 +170,7 @@ def measure(
 ) -> WorkersRun:
     pids = server_pids(server.pid)
     before = counters(metrics_port, rpc)
-    cpu_before = cpu_seconds(pids)
+    cpu_before = cpu_seconds(*pids)
     if load is None:
         rate = h2load.run(
             server.target,
@@ -199,7 +185,7 @@ def measure(
     else:
         rate = python_load(load, server.target, rpc, message, warmup_s, duration_s)
         driver = "python"
-    cpu = cpu_seconds(pids) - cpu_before
+    cpu = cpu_seconds(*pids) - cpu_before
     after = counters(metrics_port, rpc)
     calls = int(after["requests"] - before["requests"])
     per_call_s = cpu / calls if calls else float("nan")
@@ -481,7 +467,7 @@ def measure_connection_ages(
             args = (server.target, message, stop, ok, errors)
             pids = server_pids(server.pid)
             before = counters(metrics_port, "Decode")
-            cpu0, t0 = cpu_seconds(pids), time.monotonic()
+            cpu0, t0 = cpu_seconds(*pids), time.monotonic()
             threads = [
                 threading.Thread(target=_closed_loop_client, args=(*args, i))
                 for i in range(clients)
@@ -492,7 +478,7 @@ def measure_connection_ages(
             stop.set()
             for t in threads:
                 t.join(60)
-            wall, cpu = time.monotonic() - t0, cpu_seconds(pids) - cpu0
+            wall, cpu = time.monotonic() - t0, cpu_seconds(*pids) - cpu0
             after = counters(metrics_port, "Decode")
             calls = after["requests"] - before["requests"]
             run = AgeRun(
