@@ -151,17 +151,7 @@ class V2Api:
             stream_method=None,
         )
         with _model_run():
-            chunks = [
-                c
-                async for c in model.sample_chunks(
-                    request.count,
-                    request.chunk_size,
-                    request.prior,
-                    request.temperature,
-                    request.seed,
-                    deadline,
-                )
-            ]
+            chunks = [c async for c in request.chunks(deadline)]
         (chunk,) = chunks
         return {
             "images": chunk.images,
