@@ -159,7 +159,7 @@ def test_service_image_has_no_torch_and_runs_as_non_root(service_image: str) -> 
     code, out = in_image("python", "-c", "import torch")
     assert code != 0 and "No module named 'torch'" in out, out
     # The failure above is torch's absence, not a broken interpreter: serving imports fine.
-    code, out = in_image("python", "-c", "import onnxruntime, grpc, serving.server")
+    code, out = in_image("python", "-c", "import onnxruntime, grpc, serving.process.server")
     assert code == 0, out
     code, out = in_image("id", "-u")
     assert code == 0 and out.strip() not in ("", "0"), f"runs as uid {out.strip()!r}"

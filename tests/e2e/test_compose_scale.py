@@ -22,9 +22,9 @@ import pytest
 from docker_stack import LOCAL_BASE_IMAGE, REPO, ComposeStack, offline_build, run, scrape
 from fixtures.balancing import METHOD, BackgroundLoad, assert_even, until_every_replica_answers
 
+from latentbench.envoyproc import render_config
+from latentbench.replicas import pick_port
 from latentserve.client import LatentClient
-from serving.bench.envoyproc import render_config
-from serving.bench.replicas import pick_port
 
 pytestmark = pytest.mark.e2e
 

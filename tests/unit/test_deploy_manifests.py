@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from serving.bench.envoyproc import cluster, envoy_binary, load_config
-from serving.server import SERVICE_NAME
-from serving.settings import ENV_PREFIX, ServerSettings, flag_name, parse_settings
+from latentbench.envoyproc import cluster, envoy_binary, load_config
+from serving.process.server import SERVICE_NAME
+from serving.process.settings import ENV_PREFIX, ServerSettings, flag_name, parse_settings
 
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

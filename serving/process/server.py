@@ -1,0 +1,329 @@
+"""Wiring: the grpc.aio server with the Autoencoder servicer, grpc.health.v1 health, server
+reflection, Prometheus metrics and signal handling.
+
+Start-up order: bind and start listening (health NOT_SERVING, so probes get an answer),
+load and warm up every model, then mark the server and each READY model SERVING.
+Health service names: "" (the whole server: SERVING once loading is done and at least one
+model is ready), "latentserve.v1.Autoencoder" (same), and each model's name (e.g.
+"mnist-vae": SERVING when that model is READY).
+On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls are still served for
+`drain_delay_s` (so balancers notice first), then get UNAVAILABLE, in-flight calls get
+`grace_period_s` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# The asyncio health servicer is public API (grpc examples use it) but absent from the stubs.
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
+from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from serving.core.registry import ModelRegistry, ModelState
+from serving.process.metrics import Metrics
+from serving.process.settings import ServerSettings
+from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError
+from serving.protocols.auth import EXEMPT_PREFIXES, BearerTokenInterceptor, tokens_from_settings
+from serving.protocols.calls import CallTracker
+from serving.protocols.http_app import (
+    HttpContext,
+    HttpServer,
+    bind_socket,
+    build_app,
+    packaged_routes,
+)
+from serving.protocols.native.service import AutoencoderServicer
+from serving.protocols.request_guard import MalformedRequestInterceptor
+from serving.protocols.v2 import rest
+from serving.protocols.v2.grpc_servicer import PUBLIC_METHODS as V2_PUBLIC_METHODS
+from serving.protocols.v2.grpc_servicer import SERVICE_NAME as V2_SERVICE_NAME
+from serving.protocols.v2.grpc_servicer import InferenceServicer
+from serving.protocols.v2.inference import V2Api
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Autoencoder"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class LatentServer:
+    """One server instance: `await start()`, `await load_models()`, ..., `await stop()`."""
+
+    def __init__(
+        self, settings: ServerSettings, *, shared_port: bool = False, worker: int | None = None
+    ) -> None:
+        """`shared_port`: one of the supervisor's workers, which bind the same port with
+        SO_REUSEPORT; otherwise the port is this server's alone (grpc would share it with
+        any other server on it by default). `worker`: its index, a label on the metrics."""
+        self.settings = settings
+        self.shared_port = shared_port
+        self.metrics = Metrics(worker=worker)
+        self._executor = ThreadPoolExecutor(
+            max_workers=settings.inference_workers, thread_name_prefix="inference"
+        )
+        self.registry = ModelRegistry(settings, self._executor, self.metrics.batch_observer)
+        # One call tracker for every front end: shared drain state, metrics, error mapping.
+        self.calls = CallTracker(self.metrics, lambda: self.registry.default_model)
+        self.servicer = AutoencoderServicer(self.registry, settings, self.calls)
+        # The Open Inference Protocol (KServe v2): gRPC on the same port, REST on http_port.
+        self.v2 = V2Api(self.registry, settings, self.calls)
+        self.v2_servicer = InferenceServicer(self.v2)
+        self.http: HttpServer | None = None
+        self.health = health_aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._overall = NOT_SERVING
+        self._announced_serving = False  # drain_delay_s only matters once balancers saw SERVING
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, start answering (health NOT_SERVING until `load_models` finishes)."""
+        self.registry.scan()
+        await self._set_all_not_serving()
+        await self._listen()
+
+    async def start_warm(self) -> None:
+        """A worker's start: load and warm up every model first, then bind, so a worker
+        (re)started beside running ones takes no connection it cannot serve yet. The whole
+        server's health ("" and the service) stays NOT_SERVING until `announce_ready`: the
+        supervisor calls that once every worker is warm."""
+        self.registry.scan()
+        await self._set_all_not_serving()
+        await self.load_models(announce=False)
+        await self._listen()
+
+    async def _set_all_not_serving(self) -> None:
+        for service in ("", SERVICE_NAME, *(e.name for e in self.registry.entries)):
+            await self.health.set(service, NOT_SERVING)
+
+    async def _listen(self) -> None:
+        s = self.settings
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 1 if self.shared_port else 0),
+        ]
+        if s.max_connection_age_ms:
+            # gRFC A9: GOAWAY after the age (grpc adds +-10% jitter), then the grace for the
+            # calls in flight; clients reconnect, and SO_REUSEPORT places the new connection.
+            options += [
+                ("grpc.max_connection_age_ms", s.max_connection_age_ms),
+                ("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms),
+            ]
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+        tokens = tokens_from_settings(s)
+        if tokens:
+            interceptors.append(
+                BearerTokenInterceptor(tokens, exempt=(*EXEMPT_PREFIXES, *V2_PUBLIC_METHODS))
+            )
+        # Last: it caches the handlers it wraps, so interceptors after it would be skipped.
+        interceptors.append(MalformedRequestInterceptor())
+        server = grpc.aio.server(
+            options=options,
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
+        )
+        pb_grpc.add_AutoencoderServicer_to_server(self.servicer, server)
+        v2_pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.v2_servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                SERVICE_NAME,
+                V2_SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        credentials = server_credentials(s)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+            else:
+                self.port = server.add_secure_port(f"{s.host}:{s.port}", credentials)
+        except RuntimeError:  # grpc >= 1.60 raises instead of returning 0
+            self.port = 0
+        if self.port == 0:
+            raise StartupError(
+                f"cannot bind the gRPC port {s.port} on {s.host} (in use by another process?): "
+                "stop that process, or pass --port (LATENTSERVE_PORT) a free port"
+            )
+        await server.start()
+        self._server = server
+        transport = (
+            "mutual TLS" if s.tls_client_ca_file else "TLS" if s.tls else "plaintext, no TLS"
+        )
+        auth = f"bearer token auth on ({len(tokens)} tokens)" if tokens else "no auth"
+        log.info("listening on %s (%s, %s)", self.address, transport, auth)
+        if s.http_port:
+            await self._serve_http(tokens)
+        if s.metrics_port:
+            try:
+                self.metrics.serve_http(s.host, s.metrics_port)
+            except OSError as e:
+                raise StartupError(
+                    f"cannot serve metrics on {s.host}:{s.metrics_port} ({e.strerror}): pass "
+                    "--metrics-port (LATENTSERVE_METRICS_PORT) a free port, or 0 for no metrics"
+                ) from None
+
+    async def _serve_http(self, tokens: list[str]) -> None:
+        """The HTTP port (v2 REST, the explorer page), in this event loop; shared by the
+        workers (SO_REUSEPORT) like the gRPC port."""
+        s = self.settings
+        try:
+            sock = bind_socket(s.host, s.http_port, reuse_port=self.shared_port)
+        except OSError as e:
+            raise StartupError(
+                f"cannot bind the HTTP port {s.http_port} on {s.host} ({e.strerror}): pass "
+                "--http-port (LATENTSERVE_HTTP_PORT) a free port, or 0 for no HTTP"
+            ) from None
+        context = HttpContext(self.v2, self.registry, s)
+        app = build_app(context, [*rest.routes(self.v2), *packaged_routes(context)], tokens)
+        self.http = HttpServer(app, s)
+        await self.http.start(sock)
+        log.info("HTTP on %s:%d (Open Inference Protocol REST)", s.host, self.http.port)
+
+    async def load_models(self, announce: bool = True) -> None:
+        """Load and warm up every model, then report SERVING for what is ready (the whole
+        server only with `announce`; otherwise `announce_ready` does that later)."""
+        await self.registry.load_all()
+        # What exists now (modules, sessions, settings) lives as long as the process: keep it
+        # out of the cyclic collector's full passes, which otherwise walk all of it again and
+        # again under load (about 10% of the server's CPU per Encode call at 64 streams).
+        gc.freeze()
+        for entry in self.registry.entries:
+            ready = entry.state is ModelState.READY
+            self.metrics.model_ready.labels(entry.name).set(1 if ready else 0)
+            await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
+        ready_names = self.registry.ready_names
+        self._overall = SERVING if ready_names else NOT_SERVING
+        if announce:
+            await self.announce_ready()
+        failed = [e.name for e in self.registry.entries if e.state is ModelState.FAILED]
+        refused = f"; refused {', '.join(failed)}" if failed else ""
+        if not ready_names:
+            log.info("loading done: no model is ready%s", refused)
+            return
+        log.info(
+            "%s: serving %s (default %s)%s",
+            "ready" if announce else "warmed up",
+            ", ".join(ready_names),
+            self.registry.default_model,
+            refused,
+        )
+
+    async def announce_ready(self) -> None:
+        """The whole server's health follows the models: SERVING if at least one is ready."""
+        if not self._stopped.is_set() and not self.calls.draining:
+            await self.health.set("", self._overall)
+            await self.health.set(SERVICE_NAME, self._overall)
+            self._announced_serving = self._overall == SERVING
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING everywhere, refuse new calls, let in-flight ones finish."""
+        if self._stopped.is_set():
+            return
+        grace = self.settings.grace_period_s if grace is None else grace
+        started = time.monotonic()
+        log.info(
+            "shutting down: draining %d in-flight calls (grace %.1fs)",
+            self.calls.in_flight,
+            grace,
+        )
+        # Health says NOT_SERVING first and keeps answering while accepted calls finish
+        # (new ones get UNAVAILABLE), so probes and load balancers see the drain; only
+        # then does the server stop taking connections.
+        await self.health.enter_graceful_shutdown()
+        # Behind a balancer, NOT_SERVING alone changes nothing until its next health check:
+        # keep serving for drain_delay_s so it moves traffic away before anything is refused.
+        # A server that never said SERVING (start-up failure, stop while loading) has no
+        # traffic to move away.
+        if self.settings.drain_delay_s > 0 and self._announced_serving:
+            log.info(
+                "NOT_SERVING; still serving for drain_delay_s=%.1fs", self.settings.drain_delay_s
+            )
+            await asyncio.sleep(self.settings.drain_delay_s)
+        if not await self.calls.drain(grace):
+            log.warning(
+                "grace period over with %d calls still running; cancelling them",
+                self.calls.in_flight,
+            )
+        if self._server is not None:
+            await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
+        if self.http is not None:
+            await self.http.stop()
+        await self.registry.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.metrics.shutdown()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the configured PEM files, or None for plaintext."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    pair = (settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _log_loading_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("loading models failed; serving nothing", exc_info=task.exception())
+
+
+async def serve(settings: ServerSettings) -> int:
+    """One server process (workers=1): run until SIGTERM/SIGINT, then drain. The exit code:
+    0 after a drain, EXIT_STARTUP_ERROR (with one log line naming the fix) when it cannot
+    start: its port is taken, or no model in the models folder can be served."""
+    server = LatentServer(settings)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        await server.start()
+    except StartupError as e:
+        log.error("%s", e)
+        await server.stop(0)
+        return EXIT_STARTUP_ERROR
+    loading = asyncio.create_task(server.load_models())
+    # A crash while loading must be visible, not a forever NOT_SERVING server with no clue.
+    loading.add_done_callback(_log_loading_failure)
+    stopping = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and not server.registry.ready_names:
+        # Refuse rather than sit NOT_SERVING: a server that can serve nothing is a
+        # misconfiguration, and an exit is what supervisors and orchestrators report.
+        log.error("no servable model in %s: %s", settings.models_dir, NO_MODEL_FIX)
+        stopping.cancel()
+        await server.stop(0)
+        return EXIT_STARTUP_ERROR
+    await stopping
+    if not loading.done():
+        loading.cancel()
+    await server.stop()
+    return 0

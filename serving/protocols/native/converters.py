@@ -1,0 +1,112 @@
+"""Native protocol (latentserve.v1) conversions: wire enums to names, and the response
+messages built from the model API's numpy results and the registry's entries.
+
+The servicer reads arrays out of requests with latentserve.tensors and validates them with
+serving.core.requests; everything it sends back is built here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import numpy.typing as npt
+
+from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve.priors import PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName
+from latentserve.tensors import array_to_tensor
+from serving.core.errors import invalid_argument
+from serving.core.model import Encoded
+from serving.core.registry import ModelEntry, ModelRegistry, ModelState
+from serving.core.requests import DecodeRequest, EncodeRequest, SampleRequest
+
+Float32Array = npt.NDArray[np.float32]
+
+STATE_TO_PROTO = {
+    ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+    ModelState.LOADING: pb.MODEL_STATE_UNSPECIFIED,
+}
+
+
+def prior_from_proto(value: int) -> PriorName | None:
+    """The prior a request's enum names; None for PRIOR_UNSPECIFIED (the model's default)."""
+    if value == pb.PRIOR_UNSPECIFIED:
+        return None
+    prior = PROTO_TO_PRIOR.get(value)  # type: ignore[call-overload]
+    if prior is None:
+        raise invalid_argument(
+            f"prior: unknown value {value}; use one of "
+            + ", ".join(pb.Prior.Name(v) for v in pb.Prior.values())
+        )
+    return prior  # type: ignore[no-any-return]
+
+
+def encode_response(request: EncodeRequest, result: Encoded) -> pb.EncodeResponse:
+    return pb.EncodeResponse(
+        model=request.model.name,
+        model_version=request.model.manifest.version,
+        latents=array_to_tensor(result.latents),
+        # None leaves a field unset (a plain autoencoder has no log_var; z only on request).
+        log_var=None if result.log_var is None else array_to_tensor(result.log_var),
+        z=None if result.z is None else array_to_tensor(result.z),
+        seed=request.z_seed or 0,
+    )
+
+
+def decode_response(
+    request: DecodeRequest, images: Float32Array, pngs: list[bytes]
+) -> pb.DecodeResponse:
+    response = pb.DecodeResponse(
+        model=request.model.name,
+        model_version=request.model.manifest.version,
+        images=array_to_tensor(images),
+    )
+    response.png.extend(pngs)
+    return response
+
+
+def sample_response(
+    request: SampleRequest,
+    offset: int,
+    latents: Float32Array,
+    images: Float32Array,
+    pngs: list[bytes],
+) -> pb.SampleResponse:
+    response = pb.SampleResponse(
+        model=request.model.name,
+        model_version=request.model.manifest.version,
+        images=array_to_tensor(images),
+        seed=request.seed,
+        offset=offset,
+        prior=PRIOR_TO_PROTO[request.prior],
+    )
+    if request.return_latents:
+        response.latents.CopyFrom(array_to_tensor(latents))
+    response.png.extend(pngs)
+    return response
+
+
+def list_models_response(registry: ModelRegistry) -> pb.ListModelsResponse:
+    return pb.ListModelsResponse(
+        models=[model_info(e) for e in registry.entries], default_model=registry.default_model
+    )
+
+
+def model_info(entry: ModelEntry) -> pb.ModelInfo:
+    info = pb.ModelInfo(name=entry.name, state=STATE_TO_PROTO[entry.state], error=entry.error)
+    m = entry.manifest
+    if m is not None:
+        info.version = m.version
+        info.kind = m.kind
+        info.latent_dim = m.latent_dim
+        info.image_shape.extend(m.image.shape)
+        info.description = m.description
+        info.default_prior = PRIOR_TO_PROTO[m.prior.default]
+        info.metrics.update(m.metrics)
+        info.encoder_sha256 = m.encoder.sha256
+        info.decoder_sha256 = m.decoder.sha256
+        info.provenance_json = json.dumps(m.provenance, sort_keys=True)
+    if entry.model is not None:
+        info.providers.extend(entry.model.providers)
+    return info

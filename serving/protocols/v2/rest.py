@@ -1,0 +1,289 @@
+"""The Open Inference Protocol's REST API (KServe v2 HTTP/REST), as aiohttp routes.
+
+Handlers translate only: JSON (or the binary tensor data extension) in, :class:`V2Api`
+(inference.py) for the answer, JSON (plus binary outputs when asked) out. Inference calls
+go through the server's CallTracker like native calls, so drain, metrics and the error
+mapping are shared; a failure answers ``{"error": "..."}`` with the HTTP status for its
+gRPC code (http_app.HTTP_STATUS; a full queue is 429, a request too large 413).
+
+Binary tensor data extension: a request whose ``Inference-Header-Content-Length`` header
+is N carries N bytes of JSON, then the raw bytes of every input whose parameters hold
+``binary_data_size``, in input order. Outputs come back raw (after the JSON, with
+``binary_data_size`` in their parameters and the same header on the response) when the
+request asks for it per output (``"parameters": {"binary_data": true}``) or for all
+(request parameter ``binary_data_output: true``); otherwise as JSON ``data``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from latentserve.tensors import TensorError
+from serving.core.errors import ServingError, invalid_argument, resource_exhausted
+from serving.protocols.calls import UNKNOWN_MODEL_LABEL, Call, Refused
+from serving.protocols.http_app import HTTP_STATUS, json_error
+from serving.protocols.v2 import codec
+from serving.protocols.v2.inference import InferInput, QueueFull, V2Api
+from serving.protocols.v2.models import V2Model
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON = "application/json"
+BINARY = "application/octet-stream"
+INFER_METHOD = "RestInfer"
+
+
+def routes(api: V2Api) -> list[web.RouteDef]:
+    rest = V2Rest(api)
+    return [
+        web.get("/v2", rest.server_metadata),
+        web.get("/v2/health/live", rest.live),
+        web.get("/v2/health/ready", rest.ready),
+        web.get("/v2/models/{name}", rest.model_metadata),
+        web.get("/v2/models/{name}/ready", rest.model_ready),
+        web.post("/v2/models/{name}/infer", rest.infer),
+        web.get("/v2/models/{name}/versions/{version}", rest.model_metadata),
+        web.get("/v2/models/{name}/versions/{version}/ready", rest.model_ready),
+        web.post("/v2/models/{name}/versions/{version}/infer", rest.infer),
+    ]
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(value), content_type=JSON)
+
+
+def _failure(error: BaseException, code_status: int, message: str) -> web.Response:
+    status = 429 if isinstance(error, QueueFull) else code_status
+    return json_error(status, message)
+
+
+class V2Rest:
+    def __init__(self, api: V2Api) -> None:
+        self._api = api
+
+    async def _answer(
+        self, method: str, work: Callable[[Call], Awaitable[web.Response]]
+    ) -> web.Response:
+        """Run `work` as one tracked call: refused while draining, counted, errors mapped."""
+        calls = self._api.calls
+        try:
+            call = calls.begin(method, "")
+        except Refused as refused:
+            return json_error(503, refused.status.message)
+        try:
+            response = await work(call)
+        except BaseException as error:
+            status = calls.end(call, error)
+            if status is None:
+                raise
+            return _failure(error, HTTP_STATUS.get(status.code, 500), status.message)
+        calls.end(call)
+        return response
+
+    # -- health and metadata ----------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.Response:
+        live = self._api.live()
+        return _json({"live": live}, 200 if live else 503)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self._api.ready()
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+        try:
+            ready = self._api.model_ready(name, version)
+        except ServingError as e:
+            return json_error(HTTP_STATUS.get(e.code, 500), e.message)
+        return _json({"name": name, "ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        name, version, extensions = self._api.server_metadata()
+        return _json({"name": name, "version": version, "extensions": list(extensions)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        async def work(call: Call) -> web.Response:
+            call.model = UNKNOWN_MODEL_LABEL
+            model = self._api.model_metadata(
+                request.match_info["name"], request.match_info.get("version", "")
+            )
+            call.model = model.name
+            return _json(metadata_json(model))
+
+        return await self._answer("RestModelMetadata", work)
+
+    # -- inference --------------------------------------------------------------------------
+
+    async def infer(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["name"], request.match_info.get("version", "")
+
+        async def work(call: Call) -> web.Response:
+            # Labelled by the v2 model once it resolves; until then the URL's name is unchecked.
+            call.model = UNKNOWN_MODEL_LABEL
+            body = await read_body(request, self._api.settings.max_message_bytes)
+            header, inputs, binary_outputs, requested = parse_infer_request(
+                body, request.headers.get(HEADER_LENGTH)
+            )
+            model, outputs = await self._api.infer(name, version, inputs, requested, None, call)
+            return infer_response(model, header.get("id"), outputs, binary_outputs)
+
+        return await self._answer(INFER_METHOD, work)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise resource_exhausted(
+            f"request body too large: more than the server's max_message_bytes ({limit}); "
+            "split the request"
+        ) from None
+
+
+def metadata_json(model: V2Model) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "versions": [model.version],
+        "platform": model.platform,
+        "inputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.inputs
+        ],
+        "outputs": [
+            {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.outputs
+        ],
+    }
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None
+) -> tuple[dict[str, Any], list[InferInput], set[str] | bool, list[str] | None]:
+    """The JSON header, the decoded inputs, which outputs go back binary (a set of names, or
+    True for all) and the requested output names (None: all)."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= len(body):
+            raise invalid_argument(
+                f"{HEADER_LENGTH}: {header_length!r} is not a byte count within the body's "
+                f"{len(body)} bytes; give the length of the JSON part"
+            )
+        json_part, binary = body[:n], body[n:]
+    try:
+        header = orjson.loads(json_part)
+    except orjson.JSONDecodeError as e:
+        raise invalid_argument(
+            f"request body is not valid JSON ({e}); send an inference request object"
+        ) from None
+    if not isinstance(header, dict):
+        raise invalid_argument("request body must be a JSON object with an 'inputs' list")
+    raw_inputs = header.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise invalid_argument("'inputs' must be a non-empty list of tensors")
+    inputs: list[InferInput] = []
+    offset = 0
+    for i, tensor in enumerate(raw_inputs):
+        name, datatype, shape, parameters = _tensor_header(tensor, i)
+        size = parameters.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise invalid_argument(
+                    f"{name}: binary_data_size {size!r} does not fit the {len(binary) - offset} "
+                    "binary bytes left after the JSON header"
+                )
+            array = codec.from_raw(name, datatype, shape, binary[offset : offset + size])
+            offset += size
+        elif "data" in tensor:
+            array = codec.from_values(name, datatype, shape, tensor["data"])
+        else:
+            raise TensorError(f"{name}: no 'data', and no binary_data_size parameter")
+        inputs.append(InferInput(name, datatype, array))
+    if offset != len(binary):
+        raise invalid_argument(
+            f"{len(binary) - offset} binary bytes after the inputs' binary_data_size total; "
+            "each binary input must give its exact size"
+        )
+    binary_outputs: set[str] | bool = bool(_parameters(header).get("binary_data_output", False))
+    requested: list[str] | None = None
+    raw_outputs = header.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise invalid_argument("'outputs' must be a list of {'name': ...} objects")
+        requested = []
+        chosen: set[str] = set()
+        for out in raw_outputs:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise invalid_argument("each of 'outputs' must be an object with a 'name'")
+            requested.append(out["name"])
+            if _parameters(out).get("binary_data", False):
+                chosen.add(out["name"])
+        if binary_outputs is False:
+            binary_outputs = chosen
+    return header, inputs, binary_outputs, requested
+
+
+def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
+    parameters = obj.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise invalid_argument("'parameters' must be a JSON object")
+    return parameters
+
+
+def _tensor_header(tensor: Any, index: int) -> tuple[str, str, list[int], dict[str, Any]]:
+    if not isinstance(tensor, dict):
+        raise invalid_argument(f"inputs[{index}] must be an object with name, datatype, shape")
+    name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+    if not isinstance(name, str):
+        raise invalid_argument(f"inputs[{index}]: 'name' must be a string")
+    if not isinstance(datatype, str):
+        raise invalid_argument(f"{name}: 'datatype' must be a string such as \"FP32\"")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise invalid_argument(f"{name}: 'shape' must be a list of integers")
+    return name, datatype, shape, _parameters(tensor)
+
+
+def infer_response(
+    model: V2Model, request_id: Any, outputs: dict[str, Any], binary_outputs: set[str] | bool
+) -> web.Response:
+    described: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for out_name, array in outputs.items():
+        spec = model.output(out_name)
+        assert spec is not None
+        entry: dict[str, Any] = {
+            "name": out_name,
+            "datatype": spec.datatype,
+            "shape": list(array.shape),
+        }
+        if binary_outputs is True or (binary_outputs and out_name in binary_outputs):
+            raw = codec.to_raw(array, spec.datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            # orjson writes numpy arrays natively (float32 in its shortest form).
+            entry["data"] = array.ravel()
+        described.append(entry)
+    answer: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "outputs": described,
+    }
+    if isinstance(request_id, str) and request_id:
+        answer["id"] = request_id
+    head = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not chunks:
+        return web.Response(body=head, content_type=JSON)
+    return web.Response(
+        body=b"".join([head, *chunks]),
+        content_type=BINARY,
+        headers={HEADER_LENGTH: str(len(head))},
+    )
