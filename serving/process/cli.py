@@ -45,7 +45,8 @@ def _run(settings: ServerSettings) -> int:
 
     Nothing gRPC is imported here before the workers exist (they are spawned, not forked)."""
     from serving.process.logs import configure_logging
-    from serving.process.startup import EXIT_STARTUP_ERROR, StartupError, check_startup
+    from serving.process.settings import StartupError
+    from serving.process.startup import EXIT_STARTUP_ERROR, check_startup
     from serving.process.supervisor import resolve_workers, supervise
 
     configure_logging(settings.log_level, settings.log_format)

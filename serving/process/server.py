@@ -33,16 +33,16 @@ from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.core.registry import ModelRegistry, ModelState
 from serving.process.metrics import Metrics
-from serving.process.settings import ServerSettings
-from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError
+from serving.process.ports import listening_socket, port_error
+from serving.process.settings import ServerSettings, StartupError
+from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
+from serving.protocols import explorer
 from serving.protocols.auth import EXEMPT_PREFIXES, BearerTokenInterceptor, tokens_from_settings
 from serving.protocols.calls import CallTracker
 from serving.protocols.http_app import (
     HttpContext,
     HttpServer,
-    bind_socket,
     build_app,
-    packaged_routes,
 )
 from serving.protocols.native.service import AutoencoderServicer
 from serving.protocols.request_guard import MalformedRequestInterceptor
@@ -161,10 +161,7 @@ class LatentServer:
         except RuntimeError:  # grpc >= 1.60 raises instead of returning 0
             self.port = 0
         if self.port == 0:
-            raise StartupError(
-                f"cannot bind the gRPC port {s.port} on {s.host} (in use by another process?): "
-                "stop that process, or pass --port (LATENTSERVE_PORT) a free port"
-            )
+            raise port_error("port", s.host, s.port)
         await server.start()
         self._server = server
         transport = (
@@ -178,24 +175,15 @@ class LatentServer:
             try:
                 self.metrics.serve_http(s.host, s.metrics_port)
             except OSError as e:
-                raise StartupError(
-                    f"cannot serve metrics on {s.host}:{s.metrics_port} ({e.strerror}): pass "
-                    "--metrics-port (LATENTSERVE_METRICS_PORT) a free port, or 0 for no metrics"
-                ) from None
+                raise port_error("metrics_port", s.host, s.metrics_port, e) from None
 
     async def _serve_http(self, tokens: list[str]) -> None:
         """The HTTP port (v2 REST, the explorer page), in this event loop; shared by the
         workers (SO_REUSEPORT) like the gRPC port."""
         s = self.settings
-        try:
-            sock = bind_socket(s.host, s.http_port, reuse_port=self.shared_port)
-        except OSError as e:
-            raise StartupError(
-                f"cannot bind the HTTP port {s.http_port} on {s.host} ({e.strerror}): pass "
-                "--http-port (LATENTSERVE_HTTP_PORT) a free port, or 0 for no HTTP"
-            ) from None
+        sock = listening_socket(s.host, s.http_port, "http_port", reuse_port=self.shared_port)
         context = HttpContext(self.v2, self.registry, s)
-        app = build_app(context, [*rest.routes(self.v2), *packaged_routes(context)], tokens)
+        app = build_app(context, [*rest.routes(self.v2), *explorer.routes(context)], tokens)
         self.http = HttpServer(app, s)
         await self.http.start(sock)
         log.info("HTTP on %s:%d (Open Inference Protocol REST)", s.host, self.http.port)

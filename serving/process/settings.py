@@ -199,6 +199,10 @@ def read_token_file(path: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+class StartupError(Exception):
+    """The server cannot start with this configuration; the message names the fix."""
+
+
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 

@@ -53,8 +53,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from serving.process.settings import ServerSettings
-from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError, bind_addresses
+from serving.process.ports import port_error, reserve_port
+from serving.process.settings import ServerSettings, StartupError
+from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +166,11 @@ class Supervisor:
     signals: list[int] = field(default_factory=list)
 
     def run(self) -> int:
-        reservations = [reserve_port(self.settings.host, self.settings.port, "gRPC", "--port")]
+        reservations = [reserve_port(self.settings.host, self.settings.port, "port")]
         port = int(reservations[0].getsockname()[1])
         http_port = getattr(self.settings, "http_port", 0)
         if http_port:  # 0 means no HTTP: nothing to share
-            reservations.append(reserve_port(self.settings.host, http_port, "HTTP", "--http-port"))
+            reservations.append(reserve_port(self.settings.host, http_port, "http_port"))
         metrics_dir = tempfile.mkdtemp(prefix="latentserve-metrics-")
         # Read by prometheus_client when each (spawned) worker imports it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -380,24 +381,6 @@ def supervise(settings: ServerSettings, workers: int) -> int:
         return EXIT_STARTUP_ERROR
 
 
-def reserve_port(host: str, port: int, what: str, flag: str) -> socket.socket:
-    """A socket bound (not listening) to host:port with SO_REUSEPORT only: our workers join
-    the port, a plain bind by anyone else fails; with port 0 it picks the shared port."""
-    family, address = bind_addresses(host, port)[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        env = "LATENTSERVE_" + flag.removeprefix("--").replace("-", "_").upper()
-        raise StartupError(
-            f"{what} port {port} on {host} is already in use by another process ({e.strerror}): "
-            f"stop it, or pass {flag} ({env}) a free port"
-        ) from None
-    return sock
-
-
 def serve_aggregate_metrics(host: str, port: int, metrics_dir: str) -> Callable[[], None]:
     """/metrics for the whole server, summed over every worker's files; returns its stopper."""
     from prometheus_client import CollectorRegistry, start_http_server
@@ -408,10 +391,7 @@ def serve_aggregate_metrics(host: str, port: int, metrics_dir: str) -> Callable[
     try:
         httpd, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
-        raise StartupError(
-            f"cannot serve metrics on {host}:{port} ({e.strerror}): pass --metrics-port "
-            "(LATENTSERVE_METRICS_PORT) a free port, or 0 for no metrics"
-        ) from None
+        raise port_error("metrics_port", host, port, e) from None
     log.info("metrics on http://%s:%d/metrics (all workers)", host, httpd.server_port)
 
     def stop() -> None:

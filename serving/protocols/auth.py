@@ -1,4 +1,6 @@
-"""Optional bearer-token authentication: a server interceptor and where tokens come from.
+"""Optional bearer-token authentication, for every protocol: where tokens come from, the one
+check of an ``authorization`` value (:class:`TokenCheck`), and the gRPC interceptor that
+applies it (the HTTP port applies the same check in serving/protocols/http_app.py).
 
 When tokens are configured (`auth_token`, i.e. LATENTSERVE_AUTH_TOKEN, and/or
 `auth_token_file`, one token per line so a new one can be added before the old one is
@@ -31,6 +33,8 @@ else:
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SCHEME = "bearer "
+GRPC_CREDENTIALS = "the metadata 'authorization: Bearer <token>'"
+HTTP_CREDENTIALS = "the header 'Authorization: Bearer <token>'"
 
 
 def tokens_from_settings(settings: ServerSettings) -> list[str]:
@@ -44,13 +48,44 @@ def tokens_from_settings(settings: ServerSettings) -> list[str]:
     return tokens
 
 
-def _bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+class TokenCheck:
+    """Whether an ``authorization`` value (gRPC metadata or HTTP header) carries an accepted
+    bearer token. With no tokens configured, everything is accepted."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        # Compared as UTF-8 bytes; a value that is not valid text cannot match any token.
+        self._tokens = [t.encode("utf-8") for t in tokens]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def accepts(self, token: str) -> bool:
+        given = token.encode("utf-8", "replace")
+        # Check every token (no early exit) so timing does not reveal which one was close.
+        matches = [hmac.compare_digest(given, t) for t in self._tokens]
+        return any(matches)
+
+    def refusal(self, authorization: str | bytes | None, credentials: str) -> str | None:
+        """None if the call may go on; else why not, for UNAUTHENTICATED / 401.
+        `credentials` names what the caller must send (GRPC_ or HTTP_CREDENTIALS)."""
+        if not self._tokens:
+            return None
+        if authorization is None:
+            return f"missing credentials: this server requires {credentials}"
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode("utf-8", "replace")
+        if authorization[: len(SCHEME)].lower() == SCHEME and self.accepts(
+            authorization[len(SCHEME) :].strip()
+        ):
+            return None
+        return "invalid bearer token"
+
+
+def _authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | bytes | None:
     for key, value in metadata or ():
         if key.lower() == "authorization":
-            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-            if text[: len(SCHEME)].lower() == SCHEME:
-                return text[len(SCHEME) :].strip()
-            return ""
+            return value
     return None
 
 
@@ -76,37 +111,23 @@ def _denied(handler: Handler, message: str) -> Handler:
 
 
 class BearerTokenInterceptor(Interceptor):
+    """Applies the :class:`TokenCheck` to every gRPC method but the exempt ones."""
+
     def __init__(self, tokens: Sequence[str], exempt: Sequence[str] = EXEMPT_PREFIXES) -> None:
         if not tokens:
             raise ValueError("BearerTokenInterceptor needs at least one token")
-        self._tokens = [t.encode("utf-8") for t in tokens]
+        self._check = TokenCheck(tokens)
         self._exempt = tuple(exempt)
-
-    def accepts(self, token: str | None) -> bool:
-        if not token:
-            return False
-        given = token.encode("utf-8")
-        # Check every token (no early exit) so timing does not reveal which one was close.
-        matches = [hmac.compare_digest(given, t) for t in self._tokens]
-        return any(matches)
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> Handler:
         if handler_call_details.method.startswith(self._exempt):
             return await continuation(handler_call_details)
-        token = _bearer_token(handler_call_details.invocation_metadata)
-        if self.accepts(token):
-            return await continuation(handler_call_details)
+        authorization = _authorization(handler_call_details.invocation_metadata)
+        message = self._check.refusal(authorization, GRPC_CREDENTIALS)
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        if token is None:
-            message = (
-                "missing credentials: this server requires the metadata "
-                "'authorization: Bearer <token>'"
-            )
-        else:
-            message = "invalid bearer token"
+        if message is None or handler is None:
+            return handler
         log.debug("refused %s: %s", handler_call_details.method, message)
         return _denied(handler, message)

@@ -1,21 +1,17 @@
 """The HTTP port: one aiohttp application, run in the server's own event loop.
 
-It serves the Open Inference Protocol's REST API (rest.py) and whatever other parts add:
-:func:`build_app` takes extra routes, and :func:`packaged_routes` brings in those of
-optional parts shipped in the package (the explorer page, ``serving.protocols.explorer``, when
-present: its ``routes(context: HttpContext)`` returns aiohttp route definitions). The app
+It serves the routes the server wiring hands to :func:`build_app`: the Open Inference
+Protocol's REST API (serving/protocols/v2/rest.py) and the explorer page
+(serving/protocols/explorer/routes.py, whose ``routes(context)`` takes an
+:class:`HttpContext`). The app
 shares the gRPC side's limits (request bodies up to ``max_message_bytes``: larger ones get
 413), bearer tokens (every /v2 path but /v2/health/*; other routes, such as the static
 explorer page, are public), TLS files and drain (the CallTracker refuses new calls with 503;
 `HttpServer.stop` then closes the port). Every error answers ``{"error": "..."}`` JSON.
-:func:`bind_socket` opens the listening socket, with SO_REUSEPORT when the server's worker
-processes share the port.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import logging
 import socket
@@ -29,12 +25,11 @@ from aiohttp.typedefs import Middleware
 
 from serving.core.registry import ModelRegistry
 from serving.process.settings import ServerSettings
-from serving.protocols.auth import BearerTokenInterceptor
+from serving.protocols.auth import HTTP_CREDENTIALS, TokenCheck
 from serving.protocols.v2.inference import V2Api
 
 log = logging.getLogger(__name__)
 
-EXPLORER_MODULE = "serving.protocols.explorer"
 PUBLIC_PREFIXES = ("/v2/health/",)
 PROTECTED_PREFIX = "/v2"
 # gRPC status -> HTTP status. RESOURCE_EXHAUSTED is 413 for a request too large and 429
@@ -102,20 +97,16 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
 
 def bearer_auth(tokens: Sequence[str]) -> Middleware:
     """Middleware: /v2 paths (except health) need ``Authorization: Bearer <token>``."""
-    checker = BearerTokenInterceptor(tokens)  # its constant-time token comparison
+    check = TokenCheck(tokens)
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if not path.startswith(PROTECTED_PREFIX) or path.startswith(PUBLIC_PREFIXES):
             return await handler(request)
-        header = request.headers.get("Authorization")
-        if header is None:
-            message = "missing credentials: this server requires the header 'Authorization: Bearer <token>'"
-        elif header[:7].lower() == "bearer " and checker.accepts(header[7:].strip()):
+        message = check.refusal(request.headers.get("Authorization"), HTTP_CREDENTIALS)
+        if message is None:
             return await handler(request)
-        else:
-            message = "invalid bearer token"
         return json_error(401, message, {"WWW-Authenticate": "Bearer"})
 
     return auth
@@ -139,38 +130,6 @@ def build_app(
     app[MAX_BODY_KEY] = limit
     app.add_routes(list(routes))
     return app
-
-
-def packaged_routes(context: HttpContext) -> list[web.AbstractRouteDef]:
-    """Routes of optional parts shipped in the package: the explorer page, if present."""
-    if importlib.util.find_spec(EXPLORER_MODULE) is None:
-        return []
-    module = importlib.import_module(EXPLORER_MODULE)
-    provider = getattr(module, "routes", None)
-    if provider is None:
-        return []
-    return list(provider(context))
-
-
-def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket on host:port (0 = any free port). With `reuse_port`, worker
-    processes of one server share the port (the kernel spreads connections); without it a
-    port already in use is an error (OSError EADDRINUSE)."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from serving.protocols.auth import BearerTokenInterceptor, tokens_from_settings
+from serving.protocols.auth import HTTP_CREDENTIALS, TokenCheck, tokens_from_settings
 from serving.protocols.explorer.data import ExplorerData
 from serving.protocols.explorer.pages import (
     MODELS_PATH,
@@ -23,8 +23,6 @@ from serving.protocols.explorer.pages import (
 
 if TYPE_CHECKING:
     from serving.protocols.http_app import HttpContext
-
-SCHEME = "bearer "
 
 
 def _response(reply: Reply) -> web.Response:
@@ -38,33 +36,19 @@ def _response(reply: Reply) -> web.Response:
     )
 
 
-class _TokenCheck:
-    """The v2 API's rule for the data endpoints: no tokens configured, or a valid one."""
-
-    def __init__(self, tokens: list[str]) -> None:
-        self._checker = BearerTokenInterceptor(tokens) if tokens else None
-
-    def refusal(self, request: web.Request) -> Reply | None:
-        if self._checker is None:
-            return None
-        header = request.headers.get("Authorization")
-        if header is None:
-            return error_reply(
-                401,
-                "missing credentials: this server requires the header "
-                "'Authorization: Bearer <token>' (enter the token in the page's token field)",
-            )
-        if header[: len(SCHEME)].lower() == SCHEME and self._checker.accepts(
-            header[len(SCHEME) :].strip()
-        ):
-            return None
-        return error_reply(401, "invalid bearer token")
+def _refusal(check: TokenCheck, request: web.Request) -> Reply | None:
+    """The v2 API's rule for the data endpoints, answered the page's way."""
+    message = check.refusal(
+        request.headers.get("Authorization"),
+        f"{HTTP_CREDENTIALS} (enter the token in the page's token field)",
+    )
+    return None if message is None else error_reply(401, message)
 
 
 def routes(context: HttpContext) -> list[web.RouteDef]:
     """GET /, /explorer/static/{file}, /explorer/models and /explorer/models/{name}."""
     pages = ExplorerPages(ExplorerData(context.registry))
-    check = _TokenCheck(tokens_from_settings(context.settings))
+    check = TokenCheck(tokens_from_settings(context.settings))
 
     async def page(request: web.Request) -> web.Response:
         return _response(pages.page(request.headers.get("If-None-Match")))
@@ -74,13 +58,13 @@ def routes(context: HttpContext) -> list[web.RouteDef]:
         return _response(pages.static(name, request.headers.get("If-None-Match")))
 
     async def models(request: web.Request) -> web.Response:
-        refused = check.refusal(request)
+        refused = _refusal(check, request)
         if refused is not None:
             return _response(refused)
         return _response(pages.models())
 
     async def model(request: web.Request) -> web.Response:
-        refused = check.refusal(request)
+        refused = _refusal(check, request)
         if refused is not None:
             return _response(refused)
         return _response(pages.model(request.match_info["name"]))
