@@ -39,7 +39,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from serving.core.errors import ServingError, deadline_exceeded, resource_exhausted, unavailable
+from serving.core.errors import ServingError, deadline_exceeded, overloaded, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class DynamicBatcher:
         if not self.enabled:
             return await self._run_alone(inputs)
         if self.queue_depth >= self.max_queue:
-            raise resource_exhausted(
+            raise overloaded(
                 f"{self.name}: {self.queue_depth} requests already queued (max_queue "
                 f"{self.max_queue}); retry with backoff"
             )

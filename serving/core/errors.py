@@ -32,7 +32,18 @@ def not_found(message: str) -> ServingError:
 
 
 def resource_exhausted(message: str) -> ServingError:
+    """The request itself is too large for the limits: sending it again will not help."""
     return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+
+
+class Overloaded(ServingError):
+    """The server is too busy for this request now (a full queue, every stream slot taken): a
+    retry later may pass. RESOURCE_EXHAUSTED on gRPC, like a request too large; HTTP tells
+    the two apart (429, not 413)."""
+
+
+def overloaded(message: str) -> Overloaded:
+    return Overloaded(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
 def failed_precondition(message: str) -> ServingError:

@@ -24,7 +24,7 @@ from latentserve.priors import PRIOR_NAMES, PriorName
 from latentserve.sampling import MAX_TEMPERATURE, new_seed
 from serving.core.errors import invalid_argument, resource_exhausted
 from serving.core.images import decode_image
-from serving.core.model import SampleChunk, ServedModel
+from serving.core.model import Encoded, SampleChunk, ServedModel
 from serving.core.registry import ModelRegistry
 from serving.process.settings import ServerSettings
 
@@ -48,6 +48,14 @@ class EncodeRequest:
     def rows(self) -> int:
         return int(self.images.shape[0])
 
+    async def run(self, deadline: float | None = None) -> Encoded:
+        """Run it through the model's encoder batcher; outputs checked finite."""
+        result = await self.model.encode(self.images, deadline, z_seed=self.z_seed)
+        check_output(
+            {"latents": result.latents, "log_var": result.log_var, "z": result.z}, "images"
+        )
+        return result
+
 
 @dataclass(frozen=True)
 class DecodeRequest:
@@ -58,6 +66,12 @@ class DecodeRequest:
     @property
     def rows(self) -> int:
         return int(self.latents.shape[0])
+
+    async def run(self, deadline: float | None = None) -> Float32Array:
+        """Run it through the model's decoder batcher: images, checked finite."""
+        images = await self.model.decode(self.latents, deadline)
+        check_output({"images": images}, "latents")
+        return images
 
 
 @dataclass(frozen=True)

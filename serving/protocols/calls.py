@@ -188,10 +188,22 @@ UnaryHandler = Callable[[S, Req, Context, Call], Awaitable[Resp]]
 StreamHandler = Callable[[S, Req, Context, Call], AsyncIterator[Resp]]
 
 
-async def _admit(tracker: CallTracker, method: str, request: object, context: Context) -> Call:
+ModelOf = Callable[[Any], str]
+
+
+def native_model(request: Any) -> str:
+    """The model a native request names (its `model` field; empty = the default model)."""
+    return str(request.model)
+
+
+def unresolved_model(request: Any) -> str:
+    """For requests whose model name is only checked by the handler: the metric label stays
+    UNKNOWN_MODEL_LABEL until the handler sets `call.model` to the resolved name."""
+    return UNKNOWN_MODEL_LABEL
+
+
+async def _admit(tracker: CallTracker, method: str, model: str, context: Context) -> Call:
     """The call begun, or the draining refusal sent (abort raises)."""
-    # Every Autoencoder request names a model except ListModels, which counts as the default.
-    model = str(getattr(request, "model", ""))
     try:
         return tracker.begin(method, model)
     except Refused as refused:
@@ -209,9 +221,10 @@ async def _fail(
 
 
 def unary(
-    method: str,
+    method: str, model_of: ModelOf = native_model
 ) -> Callable[[UnaryHandler[S, Req, Resp]], Callable[[S, Req, Context], Awaitable[Resp]]]:
-    """A unary grpc.aio method from a handler that also gets the call's :class:`Call`."""
+    """A unary grpc.aio method from a handler that also gets the call's :class:`Call`;
+    `model_of(request)` is the call's model label until the handler resolves it."""
 
     def decorate(
         handler: UnaryHandler[S, Req, Resp],
@@ -219,7 +232,7 @@ def unary(
         @functools.wraps(handler)
         async def rpc(self: S, request: Req, context: Context) -> Resp:
             tracker = self.calls
-            call = await _admit(tracker, method, request, context)
+            call = await _admit(tracker, method, model_of(request), context)
             try:
                 response = await handler(self, request, context, call)
             except BaseException as error:
@@ -233,7 +246,7 @@ def unary(
 
 
 def stream(
-    method: str,
+    method: str, model_of: ModelOf = native_model
 ) -> Callable[[StreamHandler[S, Req, Resp]], Callable[[S, Req, Context], AsyncIterator[Resp]]]:
     """A response-streaming grpc.aio method from a handler that also gets its :class:`Call`."""
 
@@ -243,7 +256,7 @@ def stream(
         @functools.wraps(handler)
         async def rpc(self: S, request: Req, context: Context) -> AsyncIterator[Resp]:
             tracker = self.calls
-            call = await _admit(tracker, method, request, context)
+            call = await _admit(tracker, method, model_of(request), context)
             try:
                 async for response in handler(self, request, context, call):
                     yield response

@@ -21,11 +21,11 @@ import numpy.typing as npt
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from latentserve.tensors import tensor_to_array
-from serving.core.errors import invalid_argument, resource_exhausted
+from serving.core.errors import invalid_argument, overloaded
 from serving.core.images import encode_pngs
 from serving.core.model import ServedModel, monotonic_deadline
 from serving.core.registry import ModelRegistry
-from serving.core.requests import EncodeRequest, RequestParser, SampleRequest, check_output
+from serving.core.requests import EncodeRequest, RequestParser, SampleRequest
 from serving.process.settings import ServerSettings
 from serving.protocols import calls
 from serving.protocols.calls import Call, CallTracker
@@ -65,12 +65,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     ) -> pb.EncodeResponse:
         model = self._model(request.model, call)
         parsed = await self._encode_request(model, request)
-        result = await parsed.model.encode(
-            parsed.images, monotonic_deadline(context.time_remaining()), z_seed=parsed.z_seed
-        )
-        check_output(
-            {"latents": result.latents, "log_var": result.log_var, "z": result.z}, "images"
-        )
+        result = await parsed.run(monotonic_deadline(context.time_remaining()))
         call.samples = parsed.rows
         return encode_response(parsed, result)
 
@@ -99,8 +94,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
             tensor_to_array(request.latents, "latents") if request.HasField("latents") else None
         )
         parsed = self._parse.decode(model, latents, return_png=request.return_png)
-        images = await model.decode(parsed.latents, monotonic_deadline(context.time_remaining()))
-        check_output({"images": images}, "latents")
+        images = await parsed.run(monotonic_deadline(context.time_remaining()))
         pngs = await asyncio.to_thread(encode_pngs, images) if parsed.return_png else []
         call.samples = parsed.rows
         return decode_response(parsed, images, pngs)
@@ -126,7 +120,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         )
         most = self._settings.max_concurrent_streams
         if self.active_streams >= most:
-            raise resource_exhausted(
+            raise overloaded(
                 f"SampleRandomStream: {self.active_streams} streams already running "
                 f"(max_concurrent_streams {most}); retry with backoff"
             )
@@ -139,7 +133,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         finally:
             self.active_streams -= 1
 
-    @calls.unary("ListModels")
+    @calls.unary("ListModels", lambda request: "")
     async def ListModels(
         self, request: pb.ListModelsRequest, context: Context, call: Call
     ) -> pb.ListModelsResponse:

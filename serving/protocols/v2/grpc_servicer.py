@@ -20,7 +20,7 @@ from latentserve.tensors import TensorError
 from serving.core.errors import ServingError, invalid_argument
 from serving.core.model import monotonic_deadline
 from serving.protocols import calls
-from serving.protocols.calls import UNKNOWN_MODEL_LABEL, Call
+from serving.protocols.calls import Call
 from serving.protocols.v2 import codec
 from serving.protocols.v2.inference import InferInput, V2Api
 from serving.protocols.v2.models import V2Model
@@ -62,21 +62,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         name, version, extensions = self.api.server_metadata()
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
-    @calls.unary("ModelMetadata")
+    @calls.unary("ModelMetadata", calls.unresolved_model)
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context, call: Call
     ) -> pb.ModelMetadataResponse:
-        call.model = UNKNOWN_MODEL_LABEL
         model = self.api.model_metadata(request.name, request.version)
         call.model = model.name
         return metadata_response(model)
 
-    @calls.unary("ModelInfer")
+    @calls.unary("ModelInfer", calls.unresolved_model)
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context, call: Call
     ) -> pb.ModelInferResponse:
-        # Labelled by the v2 model once it resolves; until then the name is unchecked.
-        call.model = UNKNOWN_MODEL_LABEL
         inputs = infer_inputs(request)
         requested = [o.name for o in request.outputs] or None
         model, outputs = await self.api.infer(

@@ -11,19 +11,17 @@ protobuf, JSON or HTTP.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
-from serving.core.errors import ServingError, invalid_argument
+from serving.core.errors import invalid_argument
 from serving.core.model import ServedModel
 from serving.core.registry import ModelRegistry
-from serving.core.requests import RequestParser, check_output
+from serving.core.requests import RequestParser
 from serving.process.settings import ServerSettings
 from serving.protocols.calls import Call, CallTracker
 from serving.protocols.v2.models import Role, TensorSpec, V2Catalogue, V2Model
@@ -40,11 +38,6 @@ class InferInput:
     name: str
     datatype: str
     array: Array  # shape as sent
-
-
-class QueueFull(ServingError):
-    """The model's batcher refused the work (its queue is full): a retry later may pass.
-    Still RESOURCE_EXHAUSTED on gRPC; HTTP tells it from a too-large request (429 vs 413)."""
 
 
 class V2Api:
@@ -114,9 +107,7 @@ class V2Api:
         deadline: float | None,
     ) -> dict[str, Array]:
         request = self._parse.encode(model, given[described.inputs[0].name])
-        with _model_run():
-            result = await model.encode(request.images, deadline)
-        check_output({"latents": result.latents, "log_var": result.log_var}, "images")
+        result = await request.run(deadline)
         if result.log_var is None:
             return {"latents": result.latents}
         return {"mean": result.latents, "log_var": result.log_var}
@@ -129,9 +120,7 @@ class V2Api:
         deadline: float | None,
     ) -> dict[str, Array]:
         request = self._parse.decode(model, given[described.inputs[0].name])
-        with _model_run():
-            images = await model.decode(request.latents, deadline)
-        check_output({"images": images}, "latents")
+        images = await request.run(deadline)
         return {described.outputs[0].name: images}
 
     async def _sample(
@@ -150,26 +139,13 @@ class V2Api:
             method="the sampler",
             stream_method=None,
         )
-        with _model_run():
-            chunks = [c async for c in request.chunks(deadline)]
+        chunks = [c async for c in request.chunks(deadline)]
         (chunk,) = chunks
         return {
             "images": chunk.images,
             "latents": chunk.latents,
             "seed": np.array([request.seed], dtype=np.uint64),
         }
-
-
-@contextlib.contextmanager
-def _model_run() -> Iterator[None]:
-    """Around a model run: a RESOURCE_EXHAUSTED from there is the batcher's full queue (the
-    request's own sizes were checked before), so it becomes a :class:`QueueFull`."""
-    try:
-        yield
-    except ServingError as e:
-        if e.code is grpc.StatusCode.RESOURCE_EXHAUSTED and not isinstance(e, QueueFull):
-            raise QueueFull(e.code, e.message) from None
-        raise
 
 
 def _match_inputs(model: V2Model, inputs: Sequence[InferInput]) -> dict[str, Array]:

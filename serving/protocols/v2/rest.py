@@ -23,11 +23,11 @@ import orjson
 from aiohttp import web
 
 from latentserve.tensors import TensorError
-from serving.core.errors import ServingError, invalid_argument, resource_exhausted
+from serving.core.errors import Overloaded, ServingError, invalid_argument, resource_exhausted
 from serving.protocols.calls import UNKNOWN_MODEL_LABEL, Call, Refused
 from serving.protocols.http_app import HTTP_STATUS, json_error
 from serving.protocols.v2 import codec
-from serving.protocols.v2.inference import InferInput, QueueFull, V2Api
+from serving.protocols.v2.inference import InferInput, V2Api
 from serving.protocols.v2.models import V2Model
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -56,7 +56,7 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def _failure(error: BaseException, code_status: int, message: str) -> web.Response:
-    status = 429 if isinstance(error, QueueFull) else code_status
+    status = 429 if isinstance(error, Overloaded) else code_status
     return json_error(status, message)
 
 
@@ -70,7 +70,8 @@ class V2Rest:
         """Run `work` as one tracked call: refused while draining, counted, errors mapped."""
         calls = self._api.calls
         try:
-            call = calls.begin(method, "")
+            # Labelled by the v2 model once it resolves; until then the URL's name is unchecked.
+            call = calls.begin(method, UNKNOWN_MODEL_LABEL)
         except Refused as refused:
             return json_error(503, refused.status.message)
         try:
@@ -107,7 +108,6 @@ class V2Rest:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         async def work(call: Call) -> web.Response:
-            call.model = UNKNOWN_MODEL_LABEL
             model = self._api.model_metadata(
                 request.match_info["name"], request.match_info.get("version", "")
             )
@@ -122,8 +122,6 @@ class V2Rest:
         name, version = request.match_info["name"], request.match_info.get("version", "")
 
         async def work(call: Call) -> web.Response:
-            # Labelled by the v2 model once it resolves; until then the URL's name is unchecked.
-            call.model = UNKNOWN_MODEL_LABEL
             body = await read_body(request, self._api.settings.max_message_bytes)
             header, inputs, binary_outputs, requested = parse_infer_request(
                 body, request.headers.get(HEADER_LENGTH)
