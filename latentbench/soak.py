@@ -13,7 +13,7 @@ seconds; every answer must equal its golden (so rows mixed up between batched re
 show), and any error at all counts as a failure. The server's RSS is sampled throughout;
 growth is measured from the end of the warm-up (arenas and caches filled) to the end.
 
-The tests run a short version (tests/integration/test_soak.py); only loopback servers
+The tests run a short version (tests/integration/latentbench/test_soak.py); only loopback servers
 started here, or a target you name, are ever contacted.
 """
 

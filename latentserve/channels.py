@@ -151,7 +151,7 @@ def channel_options(
         # reconnect can reach its dying listener and fail; gRPC's default 1 s initial backoff
         # would then fail every call fast for a second, longer than the retries wait. With
         # 100 ms, 10 of 10 worker-kill runs failed at most one call per channel (3 of 5 runs
-        # at the default failed 6-7; tests/integration/test_workers.py).
+        # at the default failed 6-7; tests/integration/process/test_workers.py).
         ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
     ]
