@@ -39,6 +39,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from latentserve.wording import counted
+
 from .errors import ServingError, deadline_exceeded, resource_exhausted, unavailable
 
 log = logging.getLogger(__name__)
@@ -168,7 +170,7 @@ class DynamicBatcher:
             return await self._run_alone(inputs)
         if self.queue_depth >= self.max_queue:
             raise resource_exhausted(
-                f"{self.name}: {self.queue_depth} requests already queued (max_queue "
+                f"{self.name}: {counted(self.queue_depth, 'request')} already queued (max_queue "
                 f"{self.max_queue}); retry with backoff"
             )
         if (

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve.wording import counted
 
 from .auth import EXEMPT_PREFIXES, BearerTokenInterceptor, tokens_from_settings
 from .calls import CallTracker
@@ -238,8 +239,8 @@ class LatentServer:
         grace = self.settings.grace_period_s if grace is None else grace
         started = time.monotonic()
         log.info(
-            "shutting down: draining %d in-flight calls (grace %.1fs)",
-            self.calls.in_flight,
+            "shutting down: draining %s (grace %.1fs)",
+            counted(self.calls.in_flight, "in-flight call"),
             grace,
         )
         # Health says NOT_SERVING first and keeps answering while accepted calls finish
@@ -257,8 +258,8 @@ class LatentServer:
             await asyncio.sleep(self.settings.drain_delay_s)
         if not await self.calls.drain(grace):
             log.warning(
-                "grace period over with %d calls still running; cancelling them",
-                self.calls.in_flight,
+                "grace period over with %s still running; cancelling them",
+                counted(self.calls.in_flight, "call"),
             )
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - started)))

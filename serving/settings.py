@@ -206,12 +206,16 @@ def flag_name(field: str) -> str:
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per settings field; unset flags fall back to the environment, then defaults."""
     for name, info in ServerSettings.model_fields.items():
+        # On/off settings take on/off (also true/false, 1/0): show their default that way too.
+        default = info.default
+        if isinstance(default, bool):  # not a dict lookup: 1 == True
+            default = "on" if default else "off"
         parser.add_argument(
             flag_name(name),
             dest=name,
             default=argparse.SUPPRESS,
             metavar=name.upper(),
-            help=f"{info.description} [env {ENV_PREFIX}{name.upper()}, default {info.default}]",
+            help=f"{info.description} [env {ENV_PREFIX}{name.upper()}, default {default}]",
         )
 
 
