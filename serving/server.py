@@ -119,10 +119,9 @@ class LatentServer:
         if s.max_connection_age_ms:
             # gRFC A9: GOAWAY after the age (grpc adds +-10% jitter), then the grace for the
             # calls in flight; clients reconnect, and SO_REUSEPORT places the new connection.
-            options += [
-                ("grpc.max_connection_age_ms", s.max_connection_age_ms),
-                ("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms),
-            ]
+            options.append(("grpc.max_connection_age_ms", s.max_connection_age_ms))
+            if s.max_connection_age_grace_ms:  # else grpc's default: no limit
+                options.append(("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms))
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         tokens = tokens_from_settings(s)
         if tokens:

@@ -84,10 +84,11 @@ class ServerSettings(BaseSettings):
         "workers and over scaled-out servers; 0 = connections live forever",
     )
     max_connection_age_grace_ms: int = Field(
-        10_000,
+        0,
         ge=0,
         description="after max_connection_age, time in-flight calls get before the connection "
-        "is closed",
+        "is closed; 0 = as long as they run (a SampleRandomStream of a million samples takes "
+        "minutes)",
     )
     batch_concurrency: int = Field(
         1, ge=1, description="batches of one graph allowed to run at the same time"
