@@ -50,15 +50,21 @@ def _check_images_out(path: Path | None) -> None:
 
 
 def _check_npy_out(path: Path | None, flag: str) -> None:
-    # np.save would quietly add .npy to any other name: refuse it rather than write elsewhere.
+    # A name not ending in .npy would hold something else than its extension says.
     if path is not None and path.suffix.lower() != ".npy":
         raise ValueError(f"{flag} {path}: latents are written as .npy; give a name ending in .npy")
+
+
+def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
+    # Through a file object: np.save(name) appends .npy to a name ending otherwise (x.NPY).
+    with path.open("wb") as file:
+        np.save(file, array)
 
 
 def _write_images(path: Path, images: npt.NDArray[np.float32]) -> str:
     image_format = IMAGE_FORMATS.get(path.suffix.lower())
     if image_format is None:  # .npy, checked by _check_images_out
-        np.save(path, images.astype(np.float32))
+        _save_npy(path, images.astype(np.float32))
         shape = " x ".join(map(str, images.shape))
         return f"wrote {shape} float32 to {path}"
     if len(images) == 1:
@@ -165,7 +171,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     if enc.z is not None:
         print(f"(model {enc.model}, z seed {enc.seed})")
     if args.out:
-        np.save(args.out, enc.latents)
+        _save_npy(args.out, enc.latents)
         print(f"wrote {enc.latents.shape[0]} x {enc.latents.shape[1]} latents to {args.out}")
     return 0
 
@@ -205,7 +211,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.out:
         print(_write_images(args.out, res.images))
     if args.latents_out and res.latents is not None:
-        np.save(args.latents_out, res.latents)
+        _save_npy(args.latents_out, res.latents)
         print(f"wrote latents to {args.latents_out}")
     return 0
 

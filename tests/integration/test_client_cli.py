@@ -180,11 +180,16 @@ def test_sample_writes_the_format_its_extension_names(run, tmp_path, name, image
     assert [p.name for p in tmp_path.iterdir()] == [name]  # that file and no other
 
 
-def test_sample_npy_is_written_where_it_says(run, tmp_path):
-    path = tmp_path / "a.npy"
-    code, out, _ = run("sample", "--model", "tiny-vae", "--count", "3", "--out", str(path))
+@pytest.mark.parametrize("name", ["a.npy", "A.NPY"])
+def test_sample_npy_is_written_where_it_says(run, tmp_path, name):
+    path, latents = tmp_path / name, tmp_path / f"z-{name}"
+    code, out, _ = run(
+        "sample", "--model", "tiny-vae", "--count", "3", "--out", str(path),
+        "--latents-out", str(latents),
+    )  # fmt: skip
     assert code == 0 and f"wrote 3 x 1 x 28 x 28 float32 to {path}\n" in out, out
-    assert [p.name for p in tmp_path.iterdir()] == ["a.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, latents.name])
+    assert np.load(path).shape == (3, 1, 28, 28) and np.load(latents).shape == (3, 2)
 
 
 @pytest.mark.parametrize(
