@@ -3,8 +3,8 @@ file, the bare image for one, a grid for several.
 
 Pillow is optional for a client (`pip install latentserve` has numpy, grpcio and protobuf
 only), so it is imported when an image file is first written; without it,
-:class:`PngUnavailable` says which extra brings it. Sending PNG/JPEG files to Encode needs no Pillow on the client:
-the files travel as bytes and the server decodes them.
+:class:`PngUnavailable` says which extra brings it. Sending PNG/JPEG files to Encode needs no
+Pillow on the client: the files travel as bytes and the server decodes them.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ def decode_image(
             if (width, height) != (SIDE, SIDE):
                 if not resize:
                     raise invalid_argument(
-                        f"{where}: image is {width} x {height} pixels; it must be "
-                        f"{SIDE} x {SIDE}, or set resize to scale it (latent-client encode --resize)"
+                        f"{where}: image is {width} x {height} pixels; it must be {SIDE} x "
+                        f"{SIDE}, or set resize to scale it (latent-client encode --resize)"
                     )
                 if width * height > max_pixels:
                     raise resource_exhausted(

@@ -223,7 +223,7 @@ def test_host_network_compose_publishes_nothing(compose_project):
     assert int(service["environment"]["LATENTSERVE_HTTP_PORT"]) == 8000
 
 
-# -- Kubernetes --------------------------------------------------------------------------------------
+# -- Kubernetes ------------------------------------------------------------------------------
 
 RECORDER = """\
 import json, os, subprocess, sys
