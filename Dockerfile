@@ -67,12 +67,14 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     LATENTSERVE_HOST=0.0.0.0 \
     LATENTSERVE_PORT=50051 \
+    LATENTSERVE_HTTP_PORT=8000 \
     LATENTSERVE_METRICS_PORT=9090 \
     LATENTSERVE_MODELS_DIR=/models \
     LATENTSERVE_WORKERS=auto
 USER 10001:10001
 WORKDIR /home/latentserve
-EXPOSE 50051 9090
+# gRPC (native and v2), HTTP (v2 REST and the explorer page), Prometheus metrics.
+EXPOSE 50051 8000 9090
 # Asks grpc.health.v1 over loopback: healthy only when SERVING (warm-up done, not draining).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["latentserve-healthcheck"]
 ENTRYPOINT ["latent-serve"]

@@ -4,7 +4,7 @@ Subcommands: models, health, encode, decode, sample; each is one function below,
 argparse (`set_defaults(func=...)`). --target (env LATENTSERVE_TARGET) picks the server:
 host:port, or a name-resolver target such as dns:///host:port or ipv4:a:p,b:p for
 client-side round robin over replicas. Installs with the client alone (numpy, grpcio,
-protobuf); writing a .png grid needs Pillow (the `png` extra).
+protobuf); writing a .png or .jpg file needs Pillow (the `png` extra).
 """
 
 from __future__ import annotations
@@ -20,30 +20,60 @@ import numpy.typing as npt
 
 from .client import DEFAULT_TARGET, LatentClient, LatentServeError, ModelInfo, TlsConfig
 from .image_spec import IMAGE_SHAPE
-from .png import PngUnavailable, grid_png, require_pillow
+from .png import SIDE, PngUnavailable, image_file, require_pillow
 from .priors import PRIOR_NAMES
+from .wording import counted
 
-# The largest grid `--out x.png` draws; beyond this the PNG would be unwieldy to open.
+# The largest grid an image `--out` draws; beyond this the file would be unwieldy to open.
 MAX_GRID_IMAGES = 10_000
 PROG = "latent-client"
+# What `--out` writes, by its extension.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+IMAGES_OUT_HELP = ".png or .jpg: the image (a grid for several); .npy: N x 1 x 28 x 28 float32"
 
 
 # -- output helpers ------------------------------------------------------------------------------
 
 
-def _check_writable(path: Path | None) -> None:
-    if path is not None and path.suffix.lower() == ".png":
+def _check_images_out(path: Path | None) -> None:
+    """Refuse an --out the images cannot be written to, before the call that makes them."""
+    if path is None:
+        return
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_FORMATS:
         require_pillow()
+    elif suffix != ".npy":
+        raise ValueError(
+            f"--out {path}: unknown extension {suffix or '(none)'}; use .png, .jpg or .jpeg "
+            "(the image, a grid for several) or .npy (N x 1 x 28 x 28 float32)"
+        )
+
+
+def _check_npy_out(path: Path | None, flag: str) -> None:
+    # A name not ending in .npy would hold something else than its extension says.
+    if path is not None and path.suffix.lower() != ".npy":
+        raise ValueError(f"{flag} {path}: latents are written as .npy; give a name ending in .npy")
+
+
+def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
+    # Through a file object: np.save(name) appends .npy to a name ending otherwise (x.NPY).
+    with path.open("wb") as file:
+        np.save(file, array)
 
 
 def _write_images(path: Path, images: npt.NDArray[np.float32]) -> str:
-    if path.suffix.lower() == ".png":
-        shown = images[:MAX_GRID_IMAGES]
-        path.write_bytes(grid_png(shown))
-        extra = f" (first {MAX_GRID_IMAGES})" if len(images) > MAX_GRID_IMAGES else ""
-        return f"wrote a grid of {len(shown)} images{extra} to {path}"
-    np.save(path, images.astype(np.float32))
-    return f"wrote {images.shape[0]} x {' x '.join(map(str, images.shape[1:]))} float32 to {path}"
+    image_format = IMAGE_FORMATS.get(path.suffix.lower())
+    if image_format is None:  # .npy, checked by _check_images_out
+        _save_npy(path, images.astype(np.float32))
+        shape = " x ".join(map(str, images.shape))
+        return f"wrote {shape} float32 to {path}"
+    if len(images) == 1:
+        path.write_bytes(image_file(images, image_format))
+        return f"wrote one {SIDE} x {SIDE} image to {path}"
+    shown = images[:MAX_GRID_IMAGES]
+    path.write_bytes(image_file(shown, image_format))
+    extra = f" (first {MAX_GRID_IMAGES})" if len(images) > MAX_GRID_IMAGES else ""
+    return f"wrote a grid of {counted(len(shown), 'image')}{extra} to {path}"
 
 
 def _print_models(models: list[ModelInfo], default: str) -> None:
@@ -125,6 +155,7 @@ def _encode_inputs(paths: list[Path]) -> tuple[npt.NDArray[np.float32] | list[by
 
 
 def _cmd_encode(args: argparse.Namespace) -> int:
+    _check_npy_out(args.out, "--out")
     inputs, labels = _encode_inputs(args.images)
     with _connect(args) as client:
         enc = client.encode(
@@ -140,7 +171,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     if enc.z is not None:
         print(f"(model {enc.model}, z seed {enc.seed})")
     if args.out:
-        np.save(args.out, enc.latents)
+        _save_npy(args.out, enc.latents)
         print(f"wrote {enc.latents.shape[0]} x {enc.latents.shape[1]} latents to {args.out}")
     return 0
 
@@ -152,17 +183,18 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         latents = np.array(
             [[float(x) for x in v.split(",")] for v in args.latent], dtype=np.float32
         )
-    _check_writable(args.out)
+    _check_images_out(args.out)
     with _connect(args) as client:
         dec = client.decode(latents, model=args.model)
-    print(f"decoded {dec.images.shape[0]} images with {dec.model}")
+    print(f"decoded {counted(dec.images.shape[0], 'image')} with {dec.model}")
     if args.out:
         print(_write_images(args.out, dec.images))
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    _check_writable(args.out)
+    _check_images_out(args.out)
+    _check_npy_out(args.latents_out, "--latents-out")
     with _connect(args) as client:
         res = client.sample(
             args.count,
@@ -173,12 +205,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             return_latents=args.latents_out is not None,
         )
     print(
-        f"sampled {res.images.shape[0]} images from {res.model} (prior {res.prior}, seed {res.seed})"
+        f"sampled {counted(res.images.shape[0], 'image')} from {res.model} "
+        f"(prior {res.prior}, seed {res.seed})"
     )
     if args.out:
         print(_write_images(args.out, res.images))
     if args.latents_out and res.latents is not None:
-        np.save(args.latents_out, res.latents)
+        _save_npy(args.latents_out, res.latents)
         print(f"wrote latents to {args.latents_out}")
     return 0
 
@@ -237,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--latent", action="append", metavar="V1,V2,...", help="one latent vector (repeatable)"
     )
     p.add_argument("--model", default="")
-    p.add_argument("--out", type=Path, help=".npy (N x 1 x 28 x 28 float32) or .png grid")
+    p.add_argument("--out", type=Path, help=IMAGES_OUT_HELP)
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sample", help="random images from a model's latent space")
@@ -246,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same images")
     p.add_argument("--prior", choices=PRIOR_NAMES, default=None, help="default: the model's own")
     p.add_argument("--temperature", type=float, default=None, help="Gaussian spread, default 1")
-    p.add_argument("--out", type=Path, help=".npy (N x 1 x 28 x 28 float32) or .png grid")
+    p.add_argument("--out", type=Path, help=IMAGES_OUT_HELP)
     p.add_argument("--latents-out", type=Path, help="also write the N x D latents to a .npy")
     p.set_defaults(func=_cmd_sample)
     return parser

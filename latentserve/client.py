@@ -62,6 +62,7 @@ from .channels import channel_options as _channel_options  # a parameter's name 
 from .image_spec import IMAGE_SHAPE
 from .priors import PRIOR_NAMES, PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName, is_prior_name
 from .tensors import array_to_tensor, tensor_to_array
+from .wording import counted
 
 Float32Array = npt.NDArray[np.float32]
 PriorArg = PriorName | None
@@ -262,7 +263,7 @@ class _SampleAssembler:
         if self.first is None or self.images is None or self.received != self.count:
             raise LatentServeError(
                 grpc.StatusCode.DATA_LOSS,
-                f"stream ended after {self.received} of {self.count} samples",
+                f"stream ended after {self.received} of {counted(self.count, 'sample')}",
             )
         first = self.first
         return SampleResult(

@@ -1,9 +1,10 @@
-"""PNG grids for the client side: N images in [0, 1] -> one 8-bit grayscale PNG file.
+"""Image files for the client side: N images in [0, 1] -> one 8-bit grayscale PNG or JPEG
+file, the bare image for one, a grid for several.
 
 Pillow is optional for a client (`pip install latentserve` has numpy, grpcio and protobuf
-only), so it is imported when a PNG is first written; without it, :class:`PngUnavailable`
-says which extra brings it. Sending PNG/JPEG files to Encode needs no Pillow on the client:
-the files travel as bytes and the server decodes them.
+only), so it is imported when an image file is first written; without it,
+:class:`PngUnavailable` says which extra brings it. Sending PNG/JPEG files to Encode needs no
+Pillow on the client: the files travel as bytes and the server decodes them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _pillow_image() -> ModuleType:
         from PIL import Image
     except ImportError:
         raise PngUnavailable(
-            f"writing PNG files needs Pillow: {PNG_EXTRA_HINT} (or write .npy instead)"
+            f"writing PNG or JPEG files needs Pillow: {PNG_EXTRA_HINT} (or write .npy instead)"
         ) from None
     return Image
 
@@ -45,10 +46,13 @@ def to_uint8(images: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
 
 
 def grid_png(
-    images: npt.NDArray[np.float32], columns: int | None = None, padding: int = 2
+    images: npt.NDArray[np.float32],
+    columns: int | None = None,
+    padding: int = 2,
+    image_format: str = "PNG",
 ) -> bytes:
-    """N x 1 x 28 x 28 (or N x 28 x 28) float32 -> one PNG with the images in a grid."""
-    image = _pillow_image()
+    """N x 1 x 28 x 28 (or N x 28 x 28) float32 -> one PNG (or JPEG) with the images in a
+    grid."""
     n = int(images.shape[0])
     cells = to_uint8(images.reshape(n, SIDE, SIDE))
     cols = columns or max(1, int(np.ceil(np.sqrt(n))))
@@ -59,6 +63,20 @@ def grid_png(
         r, c = divmod(i, cols)
         y, x = padding + r * step, padding + c * step
         canvas[y : y + SIDE, x : x + SIDE] = cells[i]
+    return _encode(canvas, image_format)
+
+
+def image_file(images: npt.NDArray[np.float32], image_format: str = "PNG") -> bytes:
+    """N x 1 x 28 x 28 float32 -> one PNG or JPEG file: the bare 28 x 28 image when N is 1
+    (a file Encode takes back as it is), else a grid."""
+    if images.shape[0] == 1:
+        return _encode(to_uint8(images.reshape(SIDE, SIDE)), image_format)
+    return grid_png(images, image_format=image_format)
+
+
+def _encode(pixels: npt.NDArray[np.uint8], image_format: str) -> bytes:
     buffer = io.BytesIO()
-    image.fromarray(canvas).save(buffer, format="PNG")
+    # JPEG's default quality 75 blurs a 28-pixel digit's strokes visibly; 95 keeps them.
+    options = {"quality": 95} if image_format == "JPEG" else {}
+    _pillow_image().fromarray(pixels).save(buffer, format=image_format, **options)
     return buffer.getvalue()

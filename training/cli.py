@@ -240,10 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the train extra brings that a serve-only install lacks (import names).
+TRAIN_EXTRA_MODULES = {"torch", "onnx", "onnxscript", "matplotlib", "scipy", "tqdm"}
+TRAIN_EXTRA_HINT = (
+    'pip install "latentserve[train]" --extra-index-url https://download.pytorch.org/whl/cpu '
+    '(from a checkout: ".[train]"; the index gives Linux the CPU torch wheel)'
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except (DataNotFoundError, IdxError) as e:
         print(f"latent-train: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").partition(".")[0]
+        if missing not in TRAIN_EXTRA_MODULES:
+            raise
+        needs = "PyTorch" if missing == "torch" else missing
+        print(
+            f"latent-train {args.command} needs {needs} (the train extra): {TRAIN_EXTRA_HINT}",
+            file=sys.stderr,
+        )
         return 2

@@ -39,6 +39,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from latentserve.wording import counted
 from serving.core.errors import ServingError, deadline_exceeded, overloaded, unavailable
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class DynamicBatcher:
             return await self._run_alone(inputs)
         if self.queue_depth >= self.max_queue:
             raise overloaded(
-                f"{self.name}: {self.queue_depth} requests already queued (max_queue "
+                f"{self.name}: {counted(self.queue_depth, 'request')} already queued (max_queue "
                 f"{self.max_queue}); retry with backoff"
             )
         if (

@@ -40,8 +40,8 @@ def decode_image(
             if (width, height) != (SIDE, SIDE):
                 if not resize:
                     raise invalid_argument(
-                        f"{where}: image is {width} x {height} pixels; it must be "
-                        f"{SIDE} x {SIDE}, or set resize to scale it"
+                        f"{where}: image is {width} x {height} pixels; it must be {SIDE} x "
+                        f"{SIDE}, or set resize to scale it (latent-client encode --resize)"
                     )
                 if width * height > max_pixels:
                     raise resource_exhausted(
@@ -57,7 +57,12 @@ def decode_image(
         raise resource_exhausted(
             f"{where}: {e}; the server's max_image_pixels is {max_pixels}"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        # Pillow's own message names its internal buffer object: say what the bytes are not.
+        raise invalid_argument(
+            f"{where}: not a decodable PNG or JPEG image (the bytes are neither format)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise invalid_argument(
             f"{where}: not a decodable PNG or JPEG image ({type(e).__name__}: {e})"
         ) from None

@@ -22,6 +22,7 @@ import numpy.typing as npt
 from latentserve.image_spec import IMAGE_BYTES, IMAGE_SHAPE, PNG_BYTES_BOUND
 from latentserve.priors import PRIOR_NAMES, PriorName
 from latentserve.sampling import MAX_TEMPERATURE, new_seed
+from latentserve.wording import counted
 from serving.core.errors import invalid_argument, resource_exhausted
 from serving.core.images import decode_image
 from serving.core.model import Encoded, SampleChunk, ServedModel
@@ -327,7 +328,9 @@ def checked_temperature(temperature: float) -> float:
 def check_finite(array: Float32Array, what: str) -> None:
     if not np.isfinite(array).all():
         bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise invalid_argument(f"{what}: {bad} values are NaN or infinite; all must be finite")
+        raise invalid_argument(
+            f"{what}: {counted(bad, 'value is', 'values are')} NaN or infinite; all must be finite"
+        )
 
 
 def check_pixels(images: Float32Array) -> None:

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+from latentserve.wording import counted
 from serving.core.registry import ModelRegistry, ModelState
 from serving.process.metrics import Metrics
 from serving.process.ports import listening_socket, port_error
@@ -123,10 +124,9 @@ class LatentServer:
         if s.max_connection_age_ms:
             # gRFC A9: GOAWAY after the age (grpc adds +-10% jitter), then the grace for the
             # calls in flight; clients reconnect, and SO_REUSEPORT places the new connection.
-            options += [
-                ("grpc.max_connection_age_ms", s.max_connection_age_ms),
-                ("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms),
-            ]
+            options.append(("grpc.max_connection_age_ms", s.max_connection_age_ms))
+            if s.max_connection_age_grace_ms:  # else grpc's default: no limit
+                options.append(("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms))
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         tokens = tokens_from_settings(s)
         if tokens:
@@ -231,8 +231,8 @@ class LatentServer:
         grace = self.settings.grace_period_s if grace is None else grace
         started = time.monotonic()
         log.info(
-            "shutting down: draining %d in-flight calls (grace %.1fs)",
-            self.calls.in_flight,
+            "shutting down: draining %s (grace %.1fs)",
+            counted(self.calls.in_flight, "in-flight call"),
             grace,
         )
         # Health says NOT_SERVING first and keeps answering while accepted calls finish
@@ -250,8 +250,8 @@ class LatentServer:
             await asyncio.sleep(self.settings.drain_delay_s)
         if not await self.calls.drain(grace):
             log.warning(
-                "grace period over with %d calls still running; cancelling them",
-                self.calls.in_flight,
+                "grace period over with %s still running; cancelling them",
+                counted(self.calls.in_flight, "call"),
             )
         if self._server is not None:
             await self._server.stop(max(0.0, grace - (time.monotonic() - started)))

@@ -84,10 +84,11 @@ class ServerSettings(BaseSettings):
         "workers and over scaled-out servers; 0 = connections live forever",
     )
     max_connection_age_grace_ms: int = Field(
-        10_000,
+        0,
         ge=0,
         description="after max_connection_age, time in-flight calls get before the connection "
-        "is closed",
+        "is closed; 0 = as long as they run (a SampleRandomStream of a million samples takes "
+        "minutes)",
     )
     batch_concurrency: int = Field(
         1, ge=1, description="batches of one graph allowed to run at the same time"
@@ -210,12 +211,16 @@ def flag_name(field: str) -> str:
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per settings field; unset flags fall back to the environment, then defaults."""
     for name, info in ServerSettings.model_fields.items():
+        # On/off settings take on/off (also true/false, 1/0): show their default that way too.
+        default = info.default
+        if isinstance(default, bool):  # not a dict lookup: 1 == True
+            default = "on" if default else "off"
         parser.add_argument(
             flag_name(name),
             dest=name,
             default=argparse.SUPPRESS,
             metavar=name.upper(),
-            help=f"{info.description} [env {ENV_PREFIX}{name.upper()}, default {info.default}]",
+            help=f"{info.description} [env {ENV_PREFIX}{name.upper()}, default {default}]",
         )
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from latentserve.wording import counted
 from serving.process.ports import port_error, reserve_port
 from serving.process.settings import ServerSettings, StartupError
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
@@ -126,11 +127,11 @@ def worker_settings(settings: ServerSettings, port: int, workers: int) -> Server
     threads = settings.intra_op_threads or max(1, usable_cores() // workers)
     if workers * threads > usable_cores():
         log.warning(
-            "%d workers x %d onnxruntime threads (--intra-op-threads) exceed the %d usable "
-            "cores; they will compete for them",
+            "%d workers x %d onnxruntime threads (--intra-op-threads) exceed the %s; "
+            "they will compete for them",
             workers,
             threads,
-            usable_cores(),
+            counted(usable_cores(), "usable core"),
         )
     return settings.model_copy(
         update={"port": port, "metrics_port": 0, "intra_op_threads": threads}
@@ -356,7 +357,9 @@ class Supervisor:
             time.monotonic() + s.grace_period_s + getattr(s, "drain_delay_s", 0.0) + STOP_MARGIN_S
         )
         if not quiet:
-            log.info("%s: stopping %d workers (each drains its calls)", why, len(self.running))
+            log.info(
+                "%s: stopping %s (each drains its calls)", why, counted(len(self.running), "worker")
+            )
         for worker in self.running.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)

@@ -92,6 +92,9 @@ class CallTracker:
         """Refuse new calls (UNAVAILABLE) and wait up to `timeout` seconds for the accepted
         ones to finish; True when none is left."""
         self.draining = True
+        if self._idle.is_set():
+            # wait_for with a timeout of 0 gives up even on a set event: nothing to wait for.
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:

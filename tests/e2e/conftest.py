@@ -81,15 +81,17 @@ def stack_factory(
     made: list[ComposeStack] = []
 
     def make(**env: str) -> ComposeStack:
-        grpc_port, metrics_port = free_port(), free_port()
-        while metrics_port == grpc_port:
-            metrics_port = free_port()
+        ports: set[int] = set()
+        while len(ports) < 3:
+            ports.add(free_port())
+        grpc_port, http_port, metrics_port = sorted(ports)
         stack = ComposeStack(
             compose,
             f"latentserve-e2e-{os.getpid()}-{len(made)}",
             {
                 **build_env,
                 "LATENTSERVE_PORT": str(grpc_port),
+                "LATENTSERVE_HTTP_PORT": str(http_port),
                 "LATENTSERVE_METRICS_PORT": str(metrics_port),
                 **env,
             },

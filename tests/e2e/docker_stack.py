@@ -98,6 +98,10 @@ class ComposeStack:
         return int(self.env["LATENTSERVE_PORT"])
 
     @property
+    def http_port(self) -> int:
+        return int(self.env["LATENTSERVE_HTTP_PORT"])
+
+    @property
     def metrics_port(self) -> int:
         return int(self.env["LATENTSERVE_METRICS_PORT"])
 
@@ -143,8 +147,9 @@ class ComposeStack:
         self("down", "-v", "--remove-orphans", "-t", "30", timeout=120, check=False)
 
 
-def scrape(url: str, timeout: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def scrape(url: str, timeout: float = 10, data: bytes | None = None) -> str:
+    """The body of a GET (or, with `data`, a POST) to `url`; raises on an HTTP error."""
+    with urllib.request.urlopen(url, data=data, timeout=timeout) as response:
         body: bytes = response.read()
     return body.decode()
 

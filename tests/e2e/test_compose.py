@@ -3,8 +3,13 @@
 Builds the service image through docker-compose.yml, starts the stack with the host-network
 override on fresh ports, waits for Docker's HEALTHCHECK (gRPC health) to say healthy, calls
 Encode, Decode and SampleRandom from the host with the real client and compares them with
-in-process onnxruntime on the same model folders, reads the Prometheus endpoint, stops the
-service with `compose stop` (SIGTERM) and checks its clean exit. Stacks are always torn down.
+in-process onnxruntime on the same model folders, opens the explorer page and calls v2 REST on
+the HTTP port, reads the Prometheus endpoint, stops the service with `compose stop` (SIGTERM)
+and checks its clean exit. Stacks are always torn down.
+
+These stacks run on the host network (no bridge network here), so the server's own ports are
+the host's; which ports the default (bridge) setup publishes is checked against the server's
+ports by tests/unit/test_docs_deploy_commands.py.
 """
 
 from __future__ import annotations
@@ -123,6 +128,35 @@ def metric_values(text: str, family: str) -> dict[tuple[str, str], float]:
     return values
 
 
+def check_http_port(stack: ComposeStack, model: str, reference: Reference) -> None:
+    """The explorer page and v2 REST answer from the host on the stack's HTTP port."""
+    base = f"http://127.0.0.1:{stack.http_port}"
+    page = scrape(f"{base}/")
+    assert "<html" in page.lower() and "explorer" in page.lower(), page[:500]
+    assert json.loads(scrape(f"{base}/v2"))["name"], "v2 server metadata"
+    latents = [[0.5, -1.0]] if reference.manifest.latent_dim == 2 else None
+    if latents is None:
+        latents = [[0.1] * reference.manifest.latent_dim]
+    body = {
+        "inputs": [
+            {
+                "name": "latents",
+                "datatype": "FP32",
+                "shape": [1, len(latents[0])],
+                "data": latents[0],
+            }
+        ]
+    }
+    answer = json.loads(
+        scrape(f"{base}/v2/models/{model}-decoder/infer", data=json.dumps(body).encode())
+    )
+    (output,) = answer["outputs"]
+    assert output["shape"] == [1, 1, 28, 28], output["shape"]
+    expected = reference.decode(np.asarray(latents, np.float32))
+    got = np.asarray(output["data"], np.float32).reshape(1, 1, 28, 28)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+
+
 def stop_and_check_clean_exit(stack: ComposeStack) -> None:
     container = stack.container_id()
     started = time.monotonic()
@@ -185,6 +219,8 @@ def test_compose_stack_serves_the_shipped_models(stack_factory: StackFactory) ->
             assert client.default_model() == "mnist-vae"
         for name in names:
             check_rpcs_match_onnxruntime(client, name, Reference(REPO / "models" / name))
+    default_name = "mnist-vae" if "mnist-vae" in names else names[0]
+    check_http_port(stack, default_name, Reference(REPO / "models" / default_name))
 
     sampled = stack(
         "exec",
@@ -228,6 +264,7 @@ def test_mounted_models_folder_replaces_the_baked_in_ones(
         assert client.default_model() == "tiny-vae"
         for name in ("tiny-ae", "tiny-vae"):
             check_rpcs_match_onnxruntime(client, name, Reference(mounted / name))
+    check_http_port(stack, "tiny-vae", Reference(mounted / "tiny-vae"))
 
     # The documented in-container client call (docs/deployment.md) reaches the server.
     listed = stack("exec", "-T", SERVICE, "latent-client", "models").stdout

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from latentserve._proto.inference import grpc_predict_v2_pb2 as pb
 from latentserve.tensors import TensorError
+from latentserve.wording import counted
 
 # Fixed-size datatypes and their little-endian numpy dtypes (the protocol's byte order).
 FIXED_DTYPES: dict[str, np.dtype[Any]] = {
@@ -140,7 +141,8 @@ def from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> 
         array = narrowed.ravel()
     if array.size != count:
         raise TensorError(
-            f"{name}: {array.size} values, but shape {list(dims)} needs {count} (row-major)"
+            f"{name}: {counted(array.size, 'value')}, but shape {list(dims)} needs {count} "
+            "(row-major)"
         )
     return array.reshape(dims)
 

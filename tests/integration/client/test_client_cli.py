@@ -117,6 +117,7 @@ def test_errors_are_friendly(run, tmp_path):
     bad.write_bytes(b"not an image")
     code, _, err = run("encode", str(bad))
     assert code == 1 and "INVALID_ARGUMENT" in err and "not a decodable PNG or JPEG" in err
+    assert "object at 0x" not in err, err  # no internal object address in the message
     code, _, err = run("sample", "--model", "nope", "--count", "1")
     assert code == 1 and "NOT_FOUND" in err and "available models" in err
     code, _, err = run("decode", "--latent", "1,2,3")
@@ -152,3 +153,70 @@ def test_encode_npy_arrays(run, tmp_path):
     code, out, _ = run("encode", "--model", "tiny-ae", str(path))
     assert code == 0
     assert [line.split(":")[0] for line in out.splitlines()] == [f"{path}[{i}]" for i in range(3)]
+
+
+def test_one_sampled_image_is_a_bare_digit_that_encode_takes_back(run, tmp_path):
+    """`sample --count 1 --out my-digit.png` writes the 28 x 28 image itself, not a padded
+    grid, so `encode my-digit.png` takes it as it is."""
+    digit = tmp_path / "my-digit.png"
+    code, out, _ = run(
+        "sample", "--model", "tiny-vae", "--count", "1", "--seed", "3", "--out", str(digit)
+    )  # fmt: skip
+    assert code == 0 and "sampled 1 image from tiny-vae" in out, out
+    assert f"wrote one 28 x 28 image to {digit}\n" in out, out
+    image = Image.open(digit)
+    assert (image.format, image.mode, image.size) == ("PNG", "L", (28, 28))
+    code, out, err = run("encode", "--model", "tiny-vae", str(digit))
+    assert code == 0 and out.startswith(f"{digit}: latents ["), (out, err)
+
+
+@pytest.mark.parametrize(
+    ("name", "image_format"), [("x.jpg", "JPEG"), ("x.JPEG", "JPEG"), ("x.png", "PNG")]
+)
+def test_sample_writes_the_format_its_extension_names(run, tmp_path, name, image_format):
+    path = tmp_path / name
+    code, out, _ = run(
+        "sample", "--model", "tiny-vae", "--count", "4", "--seed", "1", "--out", str(path)
+    )  # fmt: skip
+    assert code == 0 and f"wrote a grid of 4 images to {path}\n" in out, out
+    assert Image.open(path).format == image_format
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # that file and no other
+
+
+@pytest.mark.parametrize("name", ["a.npy", "A.NPY"])
+def test_sample_npy_is_written_where_it_says(run, tmp_path, name):
+    path, latents = tmp_path / name, tmp_path / f"z-{name}"
+    code, out, _ = run(
+        "sample", "--model", "tiny-vae", "--count", "3", "--out", str(path),
+        "--latents-out", str(latents),
+    )  # fmt: skip
+    assert code == 0 and f"wrote 3 x 1 x 28 x 28 float32 to {path}\n" in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, latents.name])
+    assert np.load(path).shape == (3, 1, 28, 28) and np.load(latents).shape == (3, 2)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("sample", "--count", "1", "--out", "x.gif"),
+        ("sample", "--count", "1", "--out", "x"),
+        ("decode", "--latent", "0,0", "--out", "x.bmp"),
+        ("sample", "--count", "1", "--latents-out", "z.txt"),
+        ("encode", "digit.png", "--out", "latents"),
+    ],
+)
+def test_an_unknown_extension_is_refused_in_one_line_before_any_call(run, tmp_path, argv):
+    argv = tuple(str(tmp_path / a) if "." in a or a in ("x", "latents") else a for a in argv)
+    code, out, err = run(*argv)
+    assert code == 2 and out == "", (out, err)
+    assert len(err.strip().splitlines()) == 1 and ".npy" in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_wrong_size_image_is_refused_naming_the_resize_flag(run, tmp_path):
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(big)
+    code, _, err = run("encode", "--model", "tiny-vae", str(big))
+    assert code == 1 and "32 x 32" in err and "--resize" in err, err
+    code, _, err = run("encode", "--model", "tiny-vae", "--resize", str(big))
+    assert code == 0, err

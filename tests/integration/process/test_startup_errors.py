@@ -104,6 +104,8 @@ def test_models_dir_without_a_valid_model_is_refused(tmp_path, workers):
 def test_empty_models_dir_is_refused(tmp_path):
     result = latent_serve("--port", "0", "--metrics-port", "0", "--models-dir", str(tmp_path))
     assert_one_line_naming(result, f"no servable model in {tmp_path}", "--models-dir")
+    # Nothing was ever running: no warning about calls to cancel before the clear error.
+    assert "grace period over" not in result.stderr and "still running" not in result.stderr
 
 
 def test_shipped_models_are_the_default_from_any_folder(tmp_path):

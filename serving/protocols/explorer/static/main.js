@@ -77,7 +77,7 @@ const decoder = new Latest(async ({ z, uv }) => {
 function renderSpeed() {
   const t = api.decodeTimes;
   const recent = t.slice(-200);
-  if (t.length) $("speed").textContent = `decode round trip p50 ${median(recent).toFixed(1)} ms (last ${recent.length} calls)`;
+  if (t.length) $("speed").textContent = `decode round trip p50 ${median(recent).toFixed(1)} ms (last ${recent.length === 1 ? "call" : `${recent.length} calls`})`;
 }
 
 function fmt(x) {

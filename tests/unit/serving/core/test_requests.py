@@ -72,7 +72,8 @@ async def test_decode_checks_presence_size_and_finiteness(parse):
     refused(INVALID, "latents: missing; send N x 8", parse.decode, vae8, None)
     refused(INVALID, "latent_dim 8", parse.decode, vae8, np.zeros((2, 2), np.float32))
     bad = np.array([[0.0] * 7 + [np.inf]], np.float32)
-    refused(INVALID, "1 values are NaN or infinite", parse.decode, vae8, bad)
+    refused(INVALID, "1 value is NaN or infinite", parse.decode, vae8, bad)
+    refused(INVALID, "2 values are NaN or infinite", parse.decode, vae8, np.vstack([bad, bad]))
 
 
 async def test_sampling_names_priors_and_bounds_count_and_temperature(parse):

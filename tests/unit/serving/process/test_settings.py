@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,15 @@ def test_invalid_values_are_rejected(argv):
 def test_latent_serve_reports_invalid_configuration(capsys):
     assert serve_main(["--device", "tpu"]) == 2
     assert "device" in capsys.readouterr().err
+
+
+def test_help_shows_on_off_defaults_as_on_off(capsys):
+    from serving.process.settings import add_settings_flags
+
+    parser = argparse.ArgumentParser(prog="latent-serve")
+    add_settings_flags(parser)
+    text = " ".join(parser.format_help().split())
+    assert "(on/off) [env LATENTSERVE_BATCHING, default on]" in text
+    assert "default True" not in text and "default False" not in text
+    # Numbers equal to True are not bools: --workers' default stays 1.
+    assert "LATENTSERVE_WORKERS, default 1]" in text

@@ -84,6 +84,12 @@ async def test_drain_waits_for_accepted_calls_then_refuses_new_ones(tracker, met
     assert count(metrics, "latentserve_request_errors_total", **labels) == 1
 
 
+async def test_drain_with_nothing_in_flight_is_done_even_with_no_time(tracker):
+    # A server stopping with no grace (e.g. one that found no model) has nothing to wait for.
+    assert await tracker.drain(timeout=0) is True
+    assert tracker.draining
+
+
 async def test_drain_gives_up_after_its_timeout(tracker):
     tracker.begin("Encode", "m")
     assert await tracker.drain(timeout=0.01) is False
