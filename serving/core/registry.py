@@ -29,6 +29,7 @@ from serving.core.batching import (
 from serving.core.errors import failed_precondition, not_found, unavailable
 from serving.core.model import ServedModel
 from serving.core.runtime import Dim, GraphSession, choose_providers
+from serving.core.statistics import StatisticsBook
 from serving.process.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class ModelRegistry:
         self._observer_factory = observer_factory
         self._entries: dict[str, ModelEntry] = {}
         self.default_model = ""
+        # Every model's request and run statistics (Triton's statistics extension).
+        self.statistics = StatisticsBook()
 
     @property
     def entries(self) -> list[ModelEntry]:
@@ -209,6 +212,7 @@ class ModelRegistry:
                 inline_after_idle_s=INLINE_AFTER_IDLE_S,
                 observer=observer,
                 name=f"{manifest.name}/{graph}",
+                statistics=self.statistics.graph(manifest.name, manifest.version, graph),
             )
 
         model = ServedModel(
@@ -218,6 +222,7 @@ class ModelRegistry:
             decoder,
             batcher("encoder", encoder),
             batcher("decoder", decoder),
+            self.statistics,
         )
         model.warm_up(s.warmup_runs)
         return model

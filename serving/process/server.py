@@ -19,6 +19,7 @@ import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,6 +35,7 @@ from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from serving.core.registry import ModelRegistry, ModelState
 from serving.process.metrics import Metrics
 from serving.process.settings import ServerSettings
+from serving.process.shared_statistics import SharedStatistics
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError
 from serving.protocols.auth import EXEMPT_PREFIXES, BearerTokenInterceptor, tokens_from_settings
 from serving.protocols.calls import CallTracker
@@ -63,11 +65,17 @@ class LatentServer:
     """One server instance: `await start()`, `await load_models()`, ..., `await stop()`."""
 
     def __init__(
-        self, settings: ServerSettings, *, shared_port: bool = False, worker: int | None = None
+        self,
+        settings: ServerSettings,
+        *,
+        shared_port: bool = False,
+        worker: int | None = None,
+        statistics_dir: Path | None = None,
     ) -> None:
         """`shared_port`: one of the supervisor's workers, which bind the same port with
         SO_REUSEPORT; otherwise the port is this server's alone (grpc would share it with
-        any other server on it by default). `worker`: its index, a label on the metrics."""
+        any other server on it by default). `worker`: its index, a label on the metrics.
+        `statistics_dir`: where the workers share their statistics (shared_statistics.py)."""
         self.settings = settings
         self.shared_port = shared_port
         self.metrics = Metrics(worker=worker)
@@ -75,6 +83,11 @@ class LatentServer:
             max_workers=settings.inference_workers, thread_name_prefix="inference"
         )
         self.registry = ModelRegistry(settings, self._executor, self.metrics.batch_observer)
+        self._shared_statistics = (
+            None
+            if statistics_dir is None
+            else SharedStatistics(self.registry.statistics, statistics_dir)
+        )
         # One call tracker for every front end: shared drain state, metrics, error mapping.
         self.calls = CallTracker(self.metrics, lambda: self.registry.default_model)
         self.servicer = AutoencoderServicer(self.registry, settings, self.calls)
@@ -114,6 +127,8 @@ class LatentServer:
             await self.health.set(service, NOT_SERVING)
 
     async def _listen(self) -> None:
+        if self._shared_statistics is not None:
+            self._shared_statistics.start()
         s = self.settings
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -270,6 +285,8 @@ class LatentServer:
         if self.http is not None:
             await self.http.stop()
         await self.registry.close()
+        if self._shared_statistics is not None:
+            await self._shared_statistics.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.metrics.shutdown()
         self._stopped.set()

@@ -171,6 +171,7 @@ class Supervisor:
         if http_port:  # 0 means no HTTP: nothing to share
             reservations.append(reserve_port(self.settings.host, http_port, "HTTP", "--http-port"))
         metrics_dir = tempfile.mkdtemp(prefix="latentserve-metrics-")
+        self._metrics_dir = metrics_dir
         # Read by prometheus_client when each (spawned) worker imports it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         stop_metrics: Callable[[], None] | None = None
@@ -220,7 +221,7 @@ class Supervisor:
         parent_end, child_end = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_worker,
-            args=(self._child_settings, index, child_end, announce_at_once),
+            args=(self._child_settings, index, child_end, announce_at_once, self._metrics_dir),
             name=f"latentserve-worker-{index}",
         )
         process.start()
@@ -444,9 +445,15 @@ class _WorkerTag(logging.Filter):
 
 
 def run_worker(
-    settings: ServerSettings, index: int, conn: Connection, announce_at_once: bool
+    settings: ServerSettings,
+    index: int,
+    conn: Connection,
+    announce_at_once: bool,
+    metrics_dir: str = "",
 ) -> None:
-    """A worker process's entry point (spawned): one LatentServer on the shared port."""
+    """A worker process's entry point (spawned): one LatentServer on the shared port.
+    `metrics_dir`: the supervisor's Prometheus multiprocess folder, where the workers also
+    share their statistics (serving/process/shared_statistics.py)."""
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from serving.process.logs import configure_logging
@@ -460,17 +467,22 @@ def run_worker(
             logging.Formatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
         )
     keep_large_buffers_out_of_heap()
-    code = asyncio.run(_serve_worker(settings, index, conn, announce_at_once))
+    code = asyncio.run(_serve_worker(settings, index, conn, announce_at_once, metrics_dir))
     conn.close()
     sys.exit(code)
 
 
 async def _serve_worker(
-    settings: ServerSettings, index: int, conn: Connection, announce_at_once: bool
+    settings: ServerSettings,
+    index: int,
+    conn: Connection,
+    announce_at_once: bool,
+    metrics_dir: str = "",
 ) -> int:
     from serving.process.server import LatentServer
 
-    server = LatentServer(settings, shared_port=True, worker=index)
+    statistics_dir = Path(metrics_dir, "statistics") if metrics_dir else None
+    server = LatentServer(settings, shared_port=True, worker=index, statistics_dir=statistics_dir)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     announcing: set[asyncio.Task[None]] = set()

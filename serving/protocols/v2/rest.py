@@ -42,6 +42,10 @@ def routes(api: V2Api) -> list[web.RouteDef]:
         web.get("/v2", rest.server_metadata),
         web.get("/v2/health/live", rest.live),
         web.get("/v2/health/ready", rest.ready),
+        # Before /v2/models/{name}, which would take "stats" for a model name.
+        web.get("/v2/models/stats", rest.model_statistics),
+        web.get("/v2/models/{name}/stats", rest.model_statistics),
+        web.get("/v2/models/{name}/versions/{version}/stats", rest.model_statistics),
         web.get("/v2/models/{name}", rest.model_metadata),
         web.get("/v2/models/{name}/ready", rest.model_ready),
         web.post("/v2/models/{name}/infer", rest.infer),
@@ -115,6 +119,17 @@ class V2Rest:
             return _json(metadata_json(model))
 
         return await self._answer("RestModelMetadata", work)
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        async def work(call: Call) -> web.Response:
+            call.model = UNKNOWN_MODEL_LABEL
+            name = request.match_info.get("name", "")
+            stats = self._api.model_statistics(name, request.match_info.get("version", ""))
+            if name:
+                call.model = name
+            return _json({"model_stats": stats})
+
+        return await self._answer("RestModelStatistics", work)
 
     # -- inference --------------------------------------------------------------------------
 
