@@ -65,9 +65,15 @@ class BatchObserver(Protocol):
 
     def queue_changed(self, depth: int) -> None: ...
 
+    def queue_waited(self, seconds: float) -> None:
+        """One request's wait from `submit` to its run (0 when it ran at once)."""
+
 
 class _NullObserver:
     def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
+        pass
+
+    def queue_waited(self, seconds: float) -> None:
         pass
 
     def queue_changed(self, depth: int) -> None:
@@ -219,6 +225,7 @@ class DynamicBatcher:
 
     def _ran_alone(self, rows: int, seconds: float, timing: RequestTiming | None) -> None:
         """Statistics of a request that ran by itself, with no queue and no input copy."""
+        self._observer.queue_waited(0.0)
         if self._statistics is not None:
             self._statistics.executed(rows, 0, _ns(seconds), 0)
         if timing is not None:
@@ -417,6 +424,7 @@ class DynamicBatcher:
         if self._statistics is not None:
             self._statistics.executed(rows, input_ns, infer_ns, output_ns)
         for pending in batch:
+            self._observer.queue_waited(gathered - pending.enqueued)
             timing = pending.timing
             if timing is not None:
                 timing.queue_ns += _ns(gathered - pending.enqueued)

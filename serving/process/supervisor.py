@@ -45,16 +45,19 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.process.settings import ServerSettings
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX, StartupError, bind_addresses
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,7 @@ class Supervisor:
     stop_deadline: float = 0.0
     exit_code: int = 0
     signals: list[int] = field(default_factory=list)
+    restarts: int = 0  # workers restarted after dying (latentserve_worker_restarts_total)
 
     def run(self) -> int:
         reservations = [reserve_port(self.settings.host, self.settings.port, "gRPC", "--port")]
@@ -179,7 +183,7 @@ class Supervisor:
         try:
             if self.settings.metrics_port:
                 stop_metrics = serve_aggregate_metrics(
-                    self.settings.host, self.settings.metrics_port, metrics_dir
+                    self.settings.host, self.settings.metrics_port, metrics_dir, self
                 )
             self._child_settings = worker_settings(self.settings, port, self.workers)
             self._context = multiprocessing.get_context("spawn")
@@ -347,6 +351,7 @@ class Supervisor:
         for index, due in list(self.restarts_due.items()):
             if due <= now:
                 del self.restarts_due[index]
+                self.restarts += 1
                 self._start(index, announce_at_once=True)
 
     def _stop(self, why: str, quiet: bool = False) -> None:
@@ -399,13 +404,35 @@ def reserve_port(host: str, port: int, what: str, flag: str) -> socket.socket:
     return sock
 
 
-def serve_aggregate_metrics(host: str, port: int, metrics_dir: str) -> Callable[[], None]:
+class _SupervisorCollector:
+    """The supervisor's own series: a collector reading its fields at each scrape (a
+    Counter here would be written to the workers' multiprocess folder, or not, depending on
+    when prometheus_client was imported)."""
+
+    def __init__(self, supervisor: Supervisor | None) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        restarts = self._supervisor.restarts if self._supervisor is not None else 0
+        yield CounterMetricFamily(
+            "latentserve_worker_restarts",
+            "Worker processes the supervisor restarted after they died",
+            value=restarts,
+        )
+
+
+def serve_aggregate_metrics(
+    host: str, port: int, metrics_dir: str, supervisor: Supervisor | None = None
+) -> Callable[[], None]:
     """/metrics for the whole server, summed over every worker's files; returns its stopper."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+    registry.register(_SupervisorCollector(supervisor))
     try:
         httpd, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
