@@ -32,7 +32,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
 
@@ -69,6 +69,25 @@ class BatchObserver(Protocol):
         """One request's wait from `submit` to its run (0 when it ran at once)."""
 
 
+class BatchTracer(Protocol):
+    """Records spans of the runs (serving/process/tracing.py implements this; the core
+    never imports opentelemetry)."""
+
+    def current(self) -> object | None:
+        """A handle of the calling request's span, or None when it is not traced."""
+
+    def ran(
+        self,
+        rows: int,
+        calls: Sequence[tuple[object | None, float]],
+        gathered: float,
+        start: float,
+        done: float,
+    ) -> None:
+        """One run of `rows` rows for `calls` (handle, time queued), all times
+        time.monotonic(): gathering ended, the run started, the run ended."""
+
+
 class _NullObserver:
     def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
         pass
@@ -81,7 +100,7 @@ class _NullObserver:
 
 
 class _Pending:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows", "timing")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows", "timing", "trace")
 
     def __init__(
         self,
@@ -97,6 +116,7 @@ class _Pending:
         self.rows = int(inputs.shape[0])
         self.timing = timing
         self.enqueued = time.monotonic()
+        self.trace: object | None = None
 
 
 def _ns(seconds: float) -> int:
@@ -119,6 +139,7 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         name: str = "",
         statistics: GraphStatistics | None = None,
+        tracer: BatchTracer | None = None,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -132,6 +153,7 @@ class DynamicBatcher:
         self._observer: BatchObserver = observer or _NullObserver()
         # Runs by batch size, for the statistics extension (serving.core.statistics).
         self._statistics = statistics
+        self._tracer = tracer
         self._queue: deque[_Pending] = deque()
         # Resolved by `submit` (or the batch's delay timer) while the gatherer waits: a bare
         # future, since asyncio.Event.wait under wait_for costs a task and a timer per wait,
@@ -208,6 +230,8 @@ class DynamicBatcher:
             return await self._run_now(inputs, timing)
         loop = asyncio.get_running_loop()
         pending = _Pending(inputs, loop.create_future(), deadline, timing)
+        if self._tracer is not None:
+            pending.trace = self._tracer.current()
         self._queue.append(pending)
         self._observer.queue_changed(self.queue_depth)
         self._wake_gatherer()
@@ -220,12 +244,17 @@ class DynamicBatcher:
         outputs = await loop.run_in_executor(self._executor, self._run, inputs)
         seconds = time.monotonic() - start
         self._observer.batch_ran(int(inputs.shape[0]), 1, seconds)
-        self._ran_alone(int(inputs.shape[0]), seconds, timing)
+        self._ran_alone(int(inputs.shape[0]), start, seconds, timing)
         return outputs
 
-    def _ran_alone(self, rows: int, seconds: float, timing: RequestTiming | None) -> None:
+    def _ran_alone(
+        self, rows: int, start: float, seconds: float, timing: RequestTiming | None
+    ) -> None:
         """Statistics of a request that ran by itself, with no queue and no input copy."""
         self._observer.queue_waited(0.0)
+        if self._tracer is not None:
+            call = ((self._tracer.current(), start),)
+            self._tracer.ran(rows, call, start, start, start + seconds)
         if self._statistics is not None:
             self._statistics.executed(rows, 0, _ns(seconds), 0)
         if timing is not None:
@@ -248,7 +277,7 @@ class DynamicBatcher:
             finally:
                 self._run_ended()
             self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
-            self._ran_alone(int(inputs.shape[0]), self._last_run_end - start, timing)
+            self._ran_alone(int(inputs.shape[0]), start, self._last_run_end - start, timing)
             return outputs
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs)
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
@@ -256,7 +285,7 @@ class DynamicBatcher:
         outputs = await asyncio.shield(running)
         seconds = time.monotonic() - start
         self._observer.batch_ran(int(inputs.shape[0]), 1, seconds)
-        self._ran_alone(int(inputs.shape[0]), seconds, timing)
+        self._ran_alone(int(inputs.shape[0]), start, seconds, timing)
         return outputs
 
     def _run_ended(self) -> None:
@@ -423,6 +452,9 @@ class DynamicBatcher:
         )
         if self._statistics is not None:
             self._statistics.executed(rows, input_ns, infer_ns, output_ns)
+        if self._tracer is not None:
+            calls = [(p.trace, p.enqueued) for p in batch]
+            self._tracer.ran(rows, calls, gathered, start, done)
         for pending in batch:
             self._observer.queue_waited(gathered - pending.enqueued)
             timing = pending.timing

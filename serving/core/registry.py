@@ -24,6 +24,7 @@ from serving.core.batching import (
     INLINE_AFTER_IDLE_S,
     INLINE_MAX_ROWS,
     BatchObserver,
+    BatchTracer,
     DynamicBatcher,
 )
 from serving.core.errors import failed_precondition, not_found, unavailable
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 
 ObserverFactory = Callable[[str, str], BatchObserver]
+# (model, version, graph) -> the graph's span recorder, when tracing is on.
+TracerFactory = Callable[[str, str, str], BatchTracer]
 
 
 class ModelState(enum.Enum):
@@ -110,10 +113,12 @@ class ModelRegistry:
         settings: ServerSettings,
         executor: Executor,
         observer_factory: ObserverFactory | None = None,
+        tracer_factory: TracerFactory | None = None,
     ) -> None:
         self._settings = settings
         self._executor = executor
         self._observer_factory = observer_factory
+        self._tracer_factory = tracer_factory
         self._entries: dict[str, ModelEntry] = {}
         self.default_model = ""
         # Every model's request and run statistics (Triton's statistics extension).
@@ -213,6 +218,11 @@ class ModelRegistry:
                 observer=observer,
                 name=f"{manifest.name}/{graph}",
                 statistics=self.statistics.graph(manifest.name, manifest.version, graph),
+                tracer=(
+                    self._tracer_factory(manifest.name, manifest.version, graph)
+                    if self._tracer_factory
+                    else None
+                ),
             )
 
         model = ServedModel(

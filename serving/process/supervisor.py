@@ -483,7 +483,7 @@ def run_worker(
     share their statistics (serving/process/shared_statistics.py)."""
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from serving.process.logs import configure_logging
+    from serving.process.logs import TextFormatter, configure_logging
     from serving.process.memory import keep_large_buffers_out_of_heap
 
     configure_logging(settings.log_level, settings.log_format)
@@ -491,7 +491,7 @@ def run_worker(
     handler.addFilter(_WorkerTag(index))
     if settings.log_format == "text":
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
+            TextFormatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
         )
     keep_large_buffers_out_of_heap()
     code = asyncio.run(_serve_worker(settings, index, conn, announce_at_once, metrics_dir))
@@ -507,9 +507,17 @@ async def _serve_worker(
     metrics_dir: str = "",
 ) -> int:
     from serving.process.server import LatentServer
+    from serving.process.tracing import configure_tracing
 
+    try:
+        tracing = configure_tracing(os.environ)
+    except StartupError as e:
+        conn.send(("failed", str(e)))
+        return EXIT_STARTUP_ERROR
     statistics_dir = Path(metrics_dir, "statistics") if metrics_dir else None
-    server = LatentServer(settings, shared_port=True, worker=index, statistics_dir=statistics_dir)
+    server = LatentServer(
+        settings, shared_port=True, worker=index, statistics_dir=statistics_dir, tracing=tracing
+    )
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     announcing: set[asyncio.Task[None]] = set()
@@ -536,4 +544,6 @@ async def _serve_worker(
     conn.send(("warm", os.getpid(), server.registry.ready_names, server.registry.default_model))
     await stop_requested.wait()
     await server.stop()
+    if tracing is not None:
+        tracing.shutdown()
     return 0

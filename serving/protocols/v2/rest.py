@@ -69,12 +69,17 @@ class V2Rest:
         self._api = api
 
     async def _answer(
-        self, method: str, work: Callable[[Call], Awaitable[web.Response]]
+        self,
+        method: str,
+        work: Callable[[Call], Awaitable[web.Response]],
+        request: web.Request | None = None,
     ) -> web.Response:
-        """Run `work` as one tracked call: refused while draining, counted, errors mapped."""
+        """Run `work` as one tracked call: refused while draining, counted, errors mapped;
+        traced as a continuation of the `request`'s traceparent header, if any."""
         calls = self._api.calls
+        headers = request.headers.items() if request is not None and calls.tracing else None
         try:
-            call = calls.begin(method, "")
+            call = calls.begin(method, "", headers)
         except Refused as refused:
             return json_error(503, refused.status.message)
         try:
@@ -118,7 +123,7 @@ class V2Rest:
             call.model = model.name
             return _json(metadata_json(model))
 
-        return await self._answer("RestModelMetadata", work)
+        return await self._answer("RestModelMetadata", work, request)
 
     async def model_statistics(self, request: web.Request) -> web.Response:
         async def work(call: Call) -> web.Response:
@@ -129,7 +134,7 @@ class V2Rest:
                 call.model = name
             return _json({"model_stats": stats})
 
-        return await self._answer("RestModelStatistics", work)
+        return await self._answer("RestModelStatistics", work, request)
 
     # -- inference --------------------------------------------------------------------------
 
@@ -146,7 +151,7 @@ class V2Rest:
             model, outputs = await self._api.infer(name, version, inputs, requested, None, call)
             return infer_response(model, header.get("id"), outputs, binary_outputs)
 
-        return await self._answer(INFER_METHOD, work)
+        return await self._answer(INFER_METHOD, work, request)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
