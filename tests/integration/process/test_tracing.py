@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from fixtures.servers import InProcessServer, free_port
+from fixtures.servers import InProcessServer, SubprocessServer, free_port
 from fixtures.slow_model import build_slow_model_folder
 
 from latentserve._proto.inference import grpc_predict_v2_pb2 as v2_pb
@@ -292,3 +292,49 @@ def test_a_bad_exporter_name_is_refused_at_start(tiny_models_dir: Path) -> None:
         "OTEL_TRACES_EXPORTER='jaeger': unknown exporter jaeger; use otlp, console" in done.stderr
     )
     assert "Traceback" not in done.stderr
+
+
+# -- OTLP, to a test-local receiver, from a --workers 2 server --------------------------------
+
+
+def test_otlp_export_from_a_two_worker_server_reaches_a_receiver(tiny_models_dir: Path) -> None:
+    from fixtures.otlp_receiver import OtlpReceiver
+
+    receiver = OtlpReceiver().start()
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_SERVICE_NAME": "latentserve-under-test",
+    }
+    server = SubprocessServer(
+        tiny_models_dir, ["--workers", "2", "--default-model", "tiny-vae"], env=env
+    ).start()
+    sent = [traceparent() for _ in range(6)]
+    try:
+        server.wait_for_log("ready: serving")
+        request = pb.DecodeRequest(model="tiny-vae", latents=array_to_tensor(LATENTS))
+        for header, _, _ in sent:
+            # A channel each: SO_REUSEPORT spreads the connections over both workers.
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(server.target, options=options) as channel:
+                stub = pb_grpc.AutoencoderStub(channel)
+                stub.Decode(request, metadata=[("traceparent", header)], timeout=10)
+    finally:
+        server.terminate()  # each worker exports what it still holds as it stops
+        assert server.wait(60) == 0
+        receiver.stop()
+    assert {r.get("service.name") for r in receiver.resources} == {"latentserve-under-test"}
+    for _, trace_id, parent_id in sent:
+        mine = [s for s in receiver.spans if s.trace_id.hex() == trace_id]
+        by_name = {s.name: s for s in mine}
+        assert sorted(by_name) == ["Decode", "batch", "onnxruntime run", "queue wait"], by_name
+        call = by_name["Decode"]
+        assert call.parent_span_id.hex() == parent_id
+        assert by_name["queue wait"].parent_span_id == call.span_id
+        assert by_name["batch"].parent_span_id == call.span_id
+        assert [link.span_id for link in by_name["batch"].links] == [call.span_id]
+        assert by_name["onnxruntime run"].parent_span_id == by_name["batch"].span_id
+        run = {a.key: a.value for a in by_name["onnxruntime run"].attributes}
+        assert run["latentserve.batch_size"].int_value == 1
+        assert run["latentserve.model_version"].string_value == "1"
