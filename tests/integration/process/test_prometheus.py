@@ -2,7 +2,8 @@
 `latent-serve --workers 2` under a short load, with deploy/prometheus/latentserve-rules.yml
 loaded; every query of deploy/grafana/latentserve-dashboard.json and every recorded series
 behind an alert must return data, and every rule must evaluate without error. The same
-server shows the statistics extension summed over both workers.
+server shows the statistics extension summed over both workers; then a SIGKILLed worker
+makes the worker-restart alert fire.
 
 Prometheus listens on 127.0.0.1:<free port> with its own temporary storage and a 1 s scrape
 and evaluation interval, and is stopped by its pid. Where it is not installed (`apt-get
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -329,3 +332,31 @@ def test_statistics_sum_over_both_workers(
         assert stat["inference_count"] == 2 * served.load.decoded
         # Bad latents are refused at the edge, before the model: not a model failure.
         assert inference["fail"]["count"] == 0
+
+
+def test_a_killed_worker_fires_the_restart_alert(
+    served: Served, prometheus: tuple[Prometheus, float]
+) -> None:
+    """Last in this module: it kills a worker (statistics of the run above are read first)."""
+    prom, _ = prometheus
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{served.metrics_port}/metrics", timeout=10
+    ) as response:
+        families = text_string_to_metric_families(response.read().decode())
+        pids = {
+            s.labels["worker"]: int(s.labels["pid"])
+            for f in families
+            for s in f.samples
+            if s.name == "latentserve_worker_up"
+        }
+    os.kill(pids["1"], signal.SIGKILL)  # a worker of the server this module started
+    served.proc.wait_for_log("worker 1 .* is back and serving", timeout=60)
+    end = time.monotonic() + 30  # a bound for scrapes and rule evaluations, not a timing claim
+    while True:
+        firing = prom.query('ALERTS{alertname="LatentserveWorkerRestarts"}', time.time())
+        if any(a["metric"]["alertstate"] == "firing" for a in firing):
+            break
+        assert time.monotonic() < end, firing
+        time.sleep(0.5)
+    restarts = prom.query("latentserve_worker_restarts_total", time.time())
+    assert finite_values(restarts) == [1.0]
