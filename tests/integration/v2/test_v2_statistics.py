@@ -168,3 +168,38 @@ def test_unknown_model_or_version_is_not_found(report: dict[str, Any]) -> None:
         assert "model_stats" not in error, key
         assert error["status"] in ("StatusCode.NOT_FOUND", "404"), error
         assert "version" in error["message"] or "unknown model" in error["message"]
+
+
+def test_calls_that_fail_in_the_model_count_as_fail(tmp_path: Path) -> None:
+    """Deadlines that pass while the slow decoder runs: the model's failures, with their time."""
+    import json
+    import urllib.request
+
+    import grpc
+    from fixtures.slow_model import build_slow_model_folder
+
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+    from latentserve.tensors import array_to_tensor
+
+    build_slow_model_folder(tmp_path, "slow", matmuls=100)
+    with InProcessServer(tmp_path, http_port=free_port()) as running:
+        latents = array_to_tensor(np.zeros((512, 2), dtype=np.float32))  # ~2 s a run
+        codes = []
+        with grpc.insecure_channel(running.target) as channel:
+            stub = pb_grpc.AutoencoderStub(channel)
+            for _ in range(3):
+                try:
+                    stub.Decode(pb.DecodeRequest(model="slow", latents=latents), timeout=0.3)
+                    codes.append("OK")
+                except grpc.RpcError as e:
+                    codes.append(e.code().name)
+        url = f"http://127.0.0.1:{running.server.http.port}/v2/models/slow-decoder/stats"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            (stat,) = json.load(response)["model_stats"]
+    inference = stat["inference_stats"]
+    assert codes.count("DEADLINE_EXCEEDED") >= 1, codes
+    assert inference["success"]["count"] == codes.count("OK")
+    assert 1 <= inference["fail"]["count"] <= codes.count("DEADLINE_EXCEEDED")
+    assert inference["fail"]["ns"] > 0
+    assert inference["queue"]["count"] == inference["success"]["count"]  # only successes' parts
