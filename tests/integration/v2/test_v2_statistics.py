@@ -171,8 +171,11 @@ def test_unknown_model_or_version_is_not_found(report: dict[str, Any]) -> None:
 
 
 def test_calls_that_fail_in_the_model_count_as_fail(tmp_path: Path) -> None:
-    """Deadlines that pass while the slow decoder runs: the model's failures, with their time."""
+    """Calls whose deadline passes while they wait behind a long run of the slow decoder:
+    the model's failures, with their time."""
     import json
+    import threading
+    import time
     import urllib.request
 
     import grpc
@@ -184,22 +187,30 @@ def test_calls_that_fail_in_the_model_count_as_fail(tmp_path: Path) -> None:
 
     build_slow_model_folder(tmp_path, "slow", matmuls=100)
     with InProcessServer(tmp_path, http_port=free_port()) as running:
-        latents = array_to_tensor(np.zeros((512, 2), dtype=np.float32))  # ~2 s a run
-        codes = []
         with grpc.insecure_channel(running.target) as channel:
             stub = pb_grpc.AutoencoderStub(channel)
-            for _ in range(3):
+
+            def decode(rows: int, timeout: float) -> str:
+                latents = array_to_tensor(np.zeros((rows, 2), dtype=np.float32))
                 try:
-                    stub.Decode(pb.DecodeRequest(model="slow", latents=latents), timeout=0.3)
-                    codes.append("OK")
+                    stub.Decode(pb.DecodeRequest(model="slow", latents=latents), timeout=timeout)
                 except grpc.RpcError as e:
-                    codes.append(e.code().name)
+                    return str(e.code().name)
+                return "OK"
+
+            # 512 rows: a run of a second or so here (64 rows take 80 ms), in the executor.
+            blocker = threading.Thread(target=decode, args=(512, 60.0))
+            blocker.start()
+            time.sleep(0.05)
+            codes = [decode(1, 0.05) for _ in range(2)]  # queued behind it, then expired
+            blocker.join(60)
         url = f"http://127.0.0.1:{running.server.http.port}/v2/models/slow-decoder/stats"
         with urllib.request.urlopen(url, timeout=10) as response:
             (stat,) = json.load(response)["model_stats"]
     inference = stat["inference_stats"]
-    assert codes.count("DEADLINE_EXCEEDED") >= 1, codes
-    assert inference["success"]["count"] == codes.count("OK")
-    assert 1 <= inference["fail"]["count"] <= codes.count("DEADLINE_EXCEEDED")
+    assert codes == ["DEADLINE_EXCEEDED"] * 2
+    assert inference["success"]["count"] == 1  # the blocker
+    assert inference["fail"]["count"] == 2
     assert inference["fail"]["ns"] > 0
-    assert inference["queue"]["count"] == inference["success"]["count"]  # only successes' parts
+    assert inference["queue"]["count"] == 1  # only successes add queue and compute times
+    assert stat["inference_count"] == 512
