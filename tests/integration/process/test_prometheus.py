@@ -159,10 +159,14 @@ class Prometheus:
         return data["result"]  # type: ignore[no-any-return]
 
 
-def start_prometheus(work: Path, metrics_port: int) -> Prometheus:
+NO_PROMETHEUS = "Debian's prometheus is not installed (apt-get install -y prometheus)"
+
+
+def start_prometheus(work: Path, metrics_port: int) -> Prometheus | None:
+    """Prometheus scraping 127.0.0.1:metrics_port every second, or None if not installed."""
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.skip("Debian's prometheus is not installed (apt-get install -y prometheus)")
+        return None
     port = free_port()
     config = work / "prometheus.yml"
     config.write_text(
@@ -206,25 +210,35 @@ def start_prometheus(work: Path, metrics_port: int) -> Prometheus:
 
 
 @pytest.fixture(scope="module")
-def prometheus(
+def observed(
     served: Served, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Prometheus, float]]:
-    """Prometheus scraping the server through the load; yields it and the time to query at
-    (just after the load, once scraped and evaluated)."""
+) -> Iterator[tuple[Prometheus | None, float]]:
+    """The load, with Prometheus scraping the server throughout where it is installed;
+    yields it (or None) and the time to query at (just after the load, once scraped and
+    evaluated)."""
     prom = start_prometheus(tmp_path_factory.mktemp("prometheus"), served.metrics_port)
     try:
         time.sleep(2)  # scrapes before the load: the counters' starting values
         served.load.run()
         at = time.time() + 3
-        time.sleep(4)  # the last scrapes and rule evaluations after the load
+        time.sleep(4)  # the last scrapes and rule evaluations (and statistics shared) after it
         yield prom, at
     finally:
-        prom.process.terminate()  # the pid this test started
-        try:
-            prom.process.wait(10)
-        except subprocess.TimeoutExpired:
-            prom.process.kill()
-            prom.process.wait(5)
+        if prom is not None:
+            prom.process.terminate()  # the pid this test started
+            try:
+                prom.process.wait(10)
+            except subprocess.TimeoutExpired:
+                prom.process.kill()
+                prom.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def prometheus(observed: tuple[Prometheus | None, float]) -> tuple[Prometheus, float]:
+    prom, at = observed
+    if prom is None:
+        pytest.skip(NO_PROMETHEUS)
+    return prom, at
 
 
 def grafana_queries() -> list[tuple[str, str]]:
@@ -308,7 +322,7 @@ def test_promtool_accepts_the_rules() -> None:
 
 
 def test_statistics_sum_over_both_workers(
-    served: Served, prometheus: tuple[Prometheus, float]
+    served: Served, observed: tuple[Prometheus | None, float]
 ) -> None:
     """Any worker answers for the whole server (each shares its figures within a second)."""
     with urllib.request.urlopen(
