@@ -32,7 +32,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Protocol
 
@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from latentserve.wording import counted
 from serving.core.errors import ServingError, deadline_exceeded, overloaded, unavailable
+from serving.core.statistics import GraphStatistics, RequestTiming
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,34 @@ class BatchObserver(Protocol):
 
     def queue_changed(self, depth: int) -> None: ...
 
+    def queue_waited(self, seconds: float) -> None:
+        """One request's wait from `submit` to its run (0 when it ran at once)."""
+
+
+class BatchTracer(Protocol):
+    """Records spans of the runs (serving/process/tracing.py implements this; the core
+    never imports opentelemetry)."""
+
+    def current(self) -> object | None:
+        """A handle of the calling request's span, or None when it is not traced."""
+
+    def ran(
+        self,
+        rows: int,
+        calls: Sequence[tuple[object | None, float]],
+        gathered: float,
+        start: float,
+        done: float,
+    ) -> None:
+        """One run of `rows` rows for `calls` (handle, time queued), all times
+        time.monotonic(): gathering ended, the run started, the run ended."""
+
 
 class _NullObserver:
     def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
+        pass
+
+    def queue_waited(self, seconds: float) -> None:
         pass
 
     def queue_changed(self, depth: int) -> None:
@@ -75,16 +101,27 @@ class _NullObserver:
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "inputs", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows", "timing", "trace")
 
     def __init__(
-        self, inputs: Float32Array, future: asyncio.Future[Outputs], deadline: float | None
+        self,
+        inputs: Float32Array,
+        future: asyncio.Future[Outputs],
+        deadline: float | None,
+        timing: RequestTiming | None = None,
     ) -> None:
         self.inputs = inputs
         self.future = future
         # Absolute time (time.monotonic()) after which the caller no longer wants the answer.
         self.deadline = deadline
         self.rows = int(inputs.shape[0])
+        self.timing = timing
+        self.enqueued = time.monotonic()
+        self.trace: object | None = None
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
 
 
 class DynamicBatcher:
@@ -102,6 +139,8 @@ class DynamicBatcher:
         inline_after_idle_s: float = 0.0,
         observer: BatchObserver | None = None,
         name: str = "",
+        statistics: GraphStatistics | None = None,
+        tracer: BatchTracer | None = None,
     ) -> None:
         self._run = run
         self._executor = executor
@@ -113,6 +152,9 @@ class DynamicBatcher:
         self.inline_after_idle_s = inline_after_idle_s
         self.name = name
         self._observer: BatchObserver = observer or _NullObserver()
+        # Runs by batch size, for the statistics extension (serving.core.statistics).
+        self._statistics = statistics
+        self._tracer = tracer
         self._queue: deque[_Pending] = deque()
         # Resolved by `submit` (or the batch's delay timer) while the gatherer waits: a bare
         # future, since asyncio.Event.wait under wait_for costs a task and a timer per wait,
@@ -158,15 +200,21 @@ class DynamicBatcher:
             running = [asyncio.wrap_future(f) for f in self._running]
             await asyncio.gather(*running, return_exceptions=True)
 
-    async def submit(self, inputs: Float32Array, deadline: float | None = None) -> Outputs:
+    async def submit(
+        self,
+        inputs: Float32Array,
+        deadline: float | None = None,
+        timing: RequestTiming | None = None,
+    ) -> Outputs:
         """Queue `inputs` (N x ...) for a batched run and return this request's N output rows.
 
         `deadline` is a time.monotonic() value; past it the request is dropped unrun.
+        `timing`, when given, gets this request's queue, input, run and output times added.
         """
         if self._closed:
             raise self._shutting_down()
         if not self.enabled:
-            return await self._run_alone(inputs)
+            return await self._run_alone(inputs, timing)
         if self.queue_depth >= self.max_queue:
             raise overloaded(
                 f"{self.name}: {counted(self.queue_depth, 'request')} already queued (max_queue "
@@ -180,23 +228,40 @@ class DynamicBatcher:
         ):
             # An idle graph and no sign of concurrent callers: run at once, skipping the
             # hand-over to the gatherer task (two event-loop turns of latency).
-            return await self._run_now(inputs)
+            return await self._run_now(inputs, timing)
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, loop.create_future(), deadline)
+        pending = _Pending(inputs, loop.create_future(), deadline, timing)
+        if self._tracer is not None:
+            pending.trace = self._tracer.current()
         self._queue.append(pending)
         self._observer.queue_changed(self.queue_depth)
         self._wake_gatherer()
         # If our caller is cancelled, the future is cancelled too and the gatherer skips it.
         return await pending.future
 
-    async def _run_alone(self, inputs: Float32Array) -> Outputs:
+    async def _run_alone(self, inputs: Float32Array, timing: RequestTiming | None) -> Outputs:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
         outputs = await loop.run_in_executor(self._executor, self._run, inputs)
-        self._observer.batch_ran(int(inputs.shape[0]), 1, time.monotonic() - start)
+        seconds = time.monotonic() - start
+        self._observer.batch_ran(int(inputs.shape[0]), 1, seconds)
+        self._ran_alone(int(inputs.shape[0]), start, seconds, timing)
         return outputs
 
-    async def _run_now(self, inputs: Float32Array) -> Outputs:
+    def _ran_alone(
+        self, rows: int, start: float, seconds: float, timing: RequestTiming | None
+    ) -> None:
+        """Statistics of a request that ran by itself, with no queue and no input copy."""
+        self._observer.queue_waited(0.0)
+        if self._tracer is not None:
+            call = ((self._tracer.current(), start),)
+            self._tracer.ran(rows, call, start, start, start + seconds)
+        if self._statistics is not None:
+            self._statistics.executed(rows, 0, _ns(seconds), 0)
+        if timing is not None:
+            timing.infer_ns += _ns(seconds)
+
+    async def _run_now(self, inputs: Float32Array, timing: RequestTiming | None) -> Outputs:
         await self._slots.acquire()  # free (checked by the caller): does not suspend
         start = time.monotonic()
         # While a run blocks the loop thread no other request is even read, so under load
@@ -213,12 +278,15 @@ class DynamicBatcher:
             finally:
                 self._run_ended()
             self._observer.batch_ran(int(inputs.shape[0]), 1, self._last_run_end - start)
+            self._ran_alone(int(inputs.shape[0]), start, self._last_run_end - start, timing)
             return outputs
         running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, inputs)
         # The slot stays taken until onnxruntime is done, even if our caller gives up first.
         running.add_done_callback(lambda _: self._run_ended())
         outputs = await asyncio.shield(running)
-        self._observer.batch_ran(int(inputs.shape[0]), 1, time.monotonic() - start)
+        seconds = time.monotonic() - start
+        self._observer.batch_ran(int(inputs.shape[0]), 1, seconds)
+        self._ran_alone(int(inputs.shape[0]), start, seconds, timing)
         return outputs
 
     def _run_ended(self) -> None:
@@ -319,6 +387,7 @@ class DynamicBatcher:
     def _start_batch(self, batch: list[_Pending]) -> None:
         """Run `batch` in the executor; `_finish_batch` hands out the rows (a callback, not a
         task per batch)."""
+        gathered = time.monotonic()
         inputs = (
             batch[0].inputs
             if len(batch) == 1
@@ -326,7 +395,7 @@ class DynamicBatcher:
         )
         loop = asyncio.get_running_loop()
         finish = functools.partial(
-            self._finish_batch, batch, int(inputs.shape[0]), time.monotonic()
+            self._finish_batch, batch, int(inputs.shape[0]), gathered, time.monotonic()
         )
         try:
             running = self._executor.submit(self._run, inputs)
@@ -345,9 +414,11 @@ class DynamicBatcher:
         self,
         batch: list[_Pending],
         rows: int,
+        gathered: float,
         start: float,
         running: concurrent.futures.Future[Outputs],
     ) -> None:
+        done = time.monotonic()
         self._running.discard(running)
         try:
             error = self._shutting_down() if running.cancelled() else running.exception()
@@ -359,12 +430,37 @@ class DynamicBatcher:
                         pending.future.set_exception(error)
                 return
             outputs = running.result()
-            self._observer.batch_ran(rows, len(batch), time.monotonic() - start)
+            self._observer.batch_ran(rows, len(batch), done - start)
             offset = 0
             for pending in batch:
                 end = offset + pending.rows
                 if not pending.future.done():
                     pending.future.set_result(tuple(o[offset:end] for o in outputs))
                 offset = end
+            self._account(batch, rows, gathered, start, done)
         finally:
             self._run_ended()
+
+    def _account(
+        self, batch: list[_Pending], rows: int, gathered: float, start: float, done: float
+    ) -> None:
+        """Statistics of a gathered batch: the run's, and each request's (its own queue
+        wait, the batch's input copy, run and hand-out), before any caller resumes."""
+        input_ns, infer_ns, output_ns = (
+            _ns(start - gathered),
+            _ns(done - start),
+            _ns(time.monotonic() - done),
+        )
+        if self._statistics is not None:
+            self._statistics.executed(rows, input_ns, infer_ns, output_ns)
+        if self._tracer is not None:
+            calls = [(p.trace, p.enqueued) for p in batch]
+            self._tracer.ran(rows, calls, gathered, start, done)
+        for pending in batch:
+            self._observer.queue_waited(gathered - pending.enqueued)
+            timing = pending.timing
+            if timing is not None:
+                timing.queue_ns += _ns(gathered - pending.enqueued)
+                timing.input_ns += input_ns
+                timing.infer_ns += infer_ns
+                timing.output_ns += output_ns

@@ -22,6 +22,7 @@ from latentserve.priors import PriorName
 from latentserve.sampling import generator, prior_from_manifest, sample_posterior
 from serving.core.batching import DynamicBatcher
 from serving.core.runtime import GraphSession
+from serving.core.statistics import GraphStatistics, RequestTiming, StatisticsBook
 
 Float32Array = npt.NDArray[np.float32]
 # Largest warm-up batch (a GPU session takes whole batches: no need to warm up 2^30 rows).
@@ -51,6 +52,7 @@ class ServedModel:
         decoder: GraphSession,
         encoder_batcher: DynamicBatcher,
         decoder_batcher: DynamicBatcher,
+        statistics: StatisticsBook | None = None,
     ) -> None:
         self.manifest = manifest
         self.folder = folder
@@ -61,6 +63,12 @@ class ServedModel:
         # Where each encoder output sits in a run's outputs (looked up once, not per call).
         heads = ("mean", "log_var") if self.is_vae else ("latents",)
         self._encoder_heads = tuple(encoder.output_names.index(name) for name in heads)
+        # Per-role request statistics (the batchers record their graphs' runs themselves).
+        book = statistics or StatisticsBook()
+        version = manifest.version
+        self._encoder_stats = book.graph(manifest.name, version, "encoder")
+        self._decoder_stats = book.graph(manifest.name, version, "decoder")
+        self._sampler_stats = book.graph(manifest.name, version, "sampler")
 
     @property
     def name(self) -> str:
@@ -109,16 +117,35 @@ class ServedModel:
 
         With `z_seed` (VAE only) also z = mean + exp(log_var / 2) * eps, eps from PCG64(z_seed).
         """
-        outputs = await self._encoder_batcher.submit(images, deadline)
+        timing, start = RequestTiming(), time.monotonic()
+        try:
+            outputs = await self._encoder_batcher.submit(images, deadline, timing)
+        except BaseException:
+            self._encoder_stats.failed(_ns_since(start))
+            raise
         if not self.is_vae:
-            return Encoded(outputs[self._encoder_heads[0]], None)
-        mean, log_var = (outputs[i] for i in self._encoder_heads)
-        z = None if z_seed is None else sample_posterior(mean, log_var, z_seed)
-        return Encoded(mean, log_var, z)
+            result = Encoded(outputs[self._encoder_heads[0]], None)
+        else:
+            mean, log_var = (outputs[i] for i in self._encoder_heads)
+            z = None if z_seed is None else sample_posterior(mean, log_var, z_seed)
+            result = Encoded(mean, log_var, z)
+        self._encoder_stats.succeeded(int(images.shape[0]), _ns_since(start), timing)
+        return result
 
     async def decode(self, latents: Float32Array, deadline: float | None = None) -> Float32Array:
         """latents: N x D float32 -> images N x 1 x 28 x 28 float32."""
-        (images,) = await self._decoder_batcher.submit(latents, deadline)
+        return await self._decode(latents, deadline, self._decoder_stats)
+
+    async def _decode(
+        self, latents: Float32Array, deadline: float | None, stats: GraphStatistics
+    ) -> Float32Array:
+        timing, start = RequestTiming(), time.monotonic()
+        try:
+            (images,) = await self._decoder_batcher.submit(latents, deadline, timing)
+        except BaseException:
+            stats.failed(_ns_since(start))
+            raise
+        stats.succeeded(int(latents.shape[0]), _ns_since(start), timing)
         return images
 
     async def sample_chunks(
@@ -132,14 +159,20 @@ class ServedModel:
     ) -> AsyncIterator[SampleChunk]:
         """Draw `count` latents from `prior` with PCG64(seed) and decode them, `chunk_size`
         rows at a time. The draws are sequential from one generator, so any chunk size
-        yields the same rows (see sampling.py)."""
+        yields the same rows (see sampling.py). Each chunk counts as one request of the
+        model's sampler in its statistics."""
         rng = generator(seed)
         distribution = prior_from_manifest(self.manifest, prior)
         for offset in range(0, count, chunk_size):
             n = min(chunk_size, count - offset)
             latents = distribution.draw(rng, n, temperature)
-            images = await self.decode(latents, deadline)
+            images = await self._decode(latents, deadline, self._sampler_stats)
+            self._sampler_stats.chunk_ran()
             yield SampleChunk(offset, latents, images)
+
+
+def _ns_since(start: float) -> int:
+    return int((time.monotonic() - start) * 1e9)
 
 
 def monotonic_deadline(time_remaining: float | None) -> float | None:

@@ -24,17 +24,21 @@ from serving.core.batching import (
     INLINE_AFTER_IDLE_S,
     INLINE_MAX_ROWS,
     BatchObserver,
+    BatchTracer,
     DynamicBatcher,
 )
 from serving.core.errors import failed_precondition, not_found, unavailable
 from serving.core.model import ServedModel
 from serving.core.runtime import Dim, GraphSession, choose_providers
+from serving.core.statistics import StatisticsBook
 from serving.process.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 
 ObserverFactory = Callable[[str, str], BatchObserver]
+# (model, version, graph) -> the graph's span recorder, when tracing is on.
+TracerFactory = Callable[[str, str, str], BatchTracer]
 
 
 class ModelState(enum.Enum):
@@ -109,12 +113,16 @@ class ModelRegistry:
         settings: ServerSettings,
         executor: Executor,
         observer_factory: ObserverFactory | None = None,
+        tracer_factory: TracerFactory | None = None,
     ) -> None:
         self._settings = settings
         self._executor = executor
         self._observer_factory = observer_factory
+        self._tracer_factory = tracer_factory
         self._entries: dict[str, ModelEntry] = {}
         self.default_model = ""
+        # Every model's request and run statistics (Triton's statistics extension).
+        self.statistics = StatisticsBook()
 
     @property
     def entries(self) -> list[ModelEntry]:
@@ -209,6 +217,12 @@ class ModelRegistry:
                 inline_after_idle_s=INLINE_AFTER_IDLE_S,
                 observer=observer,
                 name=f"{manifest.name}/{graph}",
+                statistics=self.statistics.graph(manifest.name, manifest.version, graph),
+                tracer=(
+                    self._tracer_factory(manifest.name, manifest.version, graph)
+                    if self._tracer_factory
+                    else None
+                ),
             )
 
         model = ServedModel(
@@ -218,6 +232,7 @@ class ModelRegistry:
             decoder,
             batcher("encoder", encoder),
             batcher("decoder", decoder),
+            self.statistics,
         )
         model.warm_up(s.warmup_runs)
         return model

@@ -1,6 +1,7 @@
 """Logging set-up for the server: plain text for people, or one JSON object per line for log
 collectors (`--log-format json`). Called once by the CLI; library code only uses
-`logging.getLogger(__name__)`.
+`logging.getLogger(__name__)`. With tracing on (serving/process/tracing.py), a line logged
+during a traced call carries its trace id (`trace_id`: a JSON field, or appended to text).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 # Attributes every LogRecord has; anything else was passed via `extra=` and is kept.
@@ -28,12 +30,41 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """The plain-text line, with ` trace_id=...` at the end when the record has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        return f"{line} trace_id={trace_id}" if trace_id else line
+
+
+class TraceIdFilter(logging.Filter):
+    """Adds the current trace id (from `trace_id()`) to each record logged inside a trace."""
+
+    def __init__(self, trace_id: Callable[[], str | None]) -> None:
+        super().__init__()
+        self._trace_id = trace_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        trace_id = self._trace_id()
+        if trace_id:
+            record.trace_id = trace_id
+        return True
+
+
+def add_trace_ids(trace_id: Callable[[], str | None]) -> None:
+    """Make every handler of the root logger mark records with the current trace id."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(TraceIdFilter(trace_id))
+
+
 def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -10,11 +10,14 @@ Exported series (labels in braces):
   latentserve_batch_rows{model,graph}                    rows per onnxruntime run (histogram)
   latentserve_batch_requests{model,graph}                requests merged per run (histogram)
   latentserve_inference_seconds{model,graph}             onnxruntime run time (histogram)
+  latentserve_queue_wait_seconds{model,graph}            each request's wait for its run
   latentserve_queue_depth{model,graph}                   requests waiting for a batch
   latentserve_model_ready{model}                         1 when READY, else 0
 With several worker processes (serving/process/supervisor.py) also:
   latentserve_worker_requests_total{worker}              RPCs received by each worker
   latentserve_worker_up{worker,pid}                      1 per live worker process
+  latentserve_worker_restarts_total                      workers the supervisor restarted
+docs/operations.md has the table with what each means.
 
 Worker processes use prometheus_client's multiprocess mode: the supervisor sets
 PROMETHEUS_MULTIPROC_DIR before it starts them, every worker writes its values there, and the
@@ -61,6 +64,7 @@ class BatchMetrics:
         self._requests = metrics.batch_requests.labels(model, graph)
         self._seconds = metrics.inference_seconds.labels(model, graph)
         self._depth = metrics.queue_depth.labels(model, graph)
+        self._wait = metrics.queue_wait.labels(model, graph)
 
     def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
         self._rows.observe(rows)
@@ -69,6 +73,9 @@ class BatchMetrics:
 
     def queue_changed(self, depth: int) -> None:
         self._depth.set(depth)
+
+    def queue_waited(self, seconds: float) -> None:
+        self._wait.observe(seconds)
 
 
 class Metrics:
@@ -113,6 +120,13 @@ class Metrics:
             "onnxruntime run time in seconds",
             ["model", "graph"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "latentserve_queue_wait_seconds",
+            "Each request's wait in the batcher's queue before its onnxruntime run, in seconds",
+            ["model", "graph"],
+            buckets=(0.0, *LATENCY_BUCKETS),
             registry=r,
         )
         self.queue_depth = Gauge(

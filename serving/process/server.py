@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -36,7 +38,9 @@ from serving.core.registry import ModelRegistry, ModelState
 from serving.process.metrics import Metrics
 from serving.process.ports import listening_socket, port_error
 from serving.process.settings import ServerSettings, StartupError
+from serving.process.shared_statistics import SharedStatistics
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
+from serving.process.tracing import Tracing, configure_tracing
 from serving.protocols import explorer
 from serving.protocols.auth import EXEMPT_PREFIXES, BearerTokenInterceptor, tokens_from_settings
 from serving.protocols.calls import CallTracker
@@ -64,20 +68,38 @@ class LatentServer:
     """One server instance: `await start()`, `await load_models()`, ..., `await stop()`."""
 
     def __init__(
-        self, settings: ServerSettings, *, shared_port: bool = False, worker: int | None = None
+        self,
+        settings: ServerSettings,
+        *,
+        shared_port: bool = False,
+        worker: int | None = None,
+        statistics_dir: Path | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`shared_port`: one of the supervisor's workers, which bind the same port with
         SO_REUSEPORT; otherwise the port is this server's alone (grpc would share it with
-        any other server on it by default). `worker`: its index, a label on the metrics."""
+        any other server on it by default). `worker`: its index, a label on the metrics.
+        `statistics_dir`: where the workers share their statistics (shared_statistics.py).
+        `tracing`: OpenTelemetry spans of each call and run (tracing.py), or None."""
         self.settings = settings
         self.shared_port = shared_port
         self.metrics = Metrics(worker=worker)
         self._executor = ThreadPoolExecutor(
             max_workers=settings.inference_workers, thread_name_prefix="inference"
         )
-        self.registry = ModelRegistry(settings, self._executor, self.metrics.batch_observer)
+        self.registry = ModelRegistry(
+            settings,
+            self._executor,
+            self.metrics.batch_observer,
+            tracing.batch_tracer if tracing is not None else None,
+        )
+        self._shared_statistics = (
+            None
+            if statistics_dir is None
+            else SharedStatistics(self.registry.statistics, statistics_dir)
+        )
         # One call tracker for every front end: shared drain state, metrics, error mapping.
-        self.calls = CallTracker(self.metrics, lambda: self.registry.default_model)
+        self.calls = CallTracker(self.metrics, lambda: self.registry.default_model, tracing)
         self.servicer = AutoencoderServicer(self.registry, settings, self.calls)
         # The Open Inference Protocol (KServe v2): gRPC on the same port, REST on http_port.
         self.v2 = V2Api(self.registry, settings, self.calls)
@@ -115,6 +137,8 @@ class LatentServer:
             await self.health.set(service, NOT_SERVING)
 
     async def _listen(self) -> None:
+        if self._shared_statistics is not None:
+            self._shared_statistics.start()
         s = self.settings
         options: list[tuple[str, Any]] = [
             ("grpc.max_send_message_length", s.max_message_bytes),
@@ -258,6 +282,8 @@ class LatentServer:
         if self.http is not None:
             await self.http.stop()
         await self.registry.close()
+        if self._shared_statistics is not None:
+            await self._shared_statistics.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.metrics.shutdown()
         self._stopped.set()
@@ -287,7 +313,20 @@ async def serve(settings: ServerSettings) -> int:
     """One server process (workers=1): run until SIGTERM/SIGINT, then drain. The exit code:
     0 after a drain, EXIT_STARTUP_ERROR (with one log line naming the fix) when it cannot
     start: its port is taken, or no model in the models folder can be served."""
-    server = LatentServer(settings)
+    try:
+        tracing = configure_tracing(os.environ)
+    except StartupError as e:
+        log.error("%s", e)
+        return EXIT_STARTUP_ERROR
+    try:
+        return await _serve(settings, tracing)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+
+
+async def _serve(settings: ServerSettings, tracing: Tracing | None) -> int:
+    server = LatentServer(settings, tracing=tracing)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -45,18 +45,21 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latentserve.wording import counted
 from serving.process.ports import port_error, reserve_port
 from serving.process.settings import ServerSettings, StartupError
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,7 @@ class Supervisor:
     stop_deadline: float = 0.0
     exit_code: int = 0
     signals: list[int] = field(default_factory=list)
+    restarts: int = 0  # workers restarted after dying (latentserve_worker_restarts_total)
 
     def run(self) -> int:
         reservations = [reserve_port(self.settings.host, self.settings.port, "port")]
@@ -173,6 +177,7 @@ class Supervisor:
         if http_port:  # 0 means no HTTP: nothing to share
             reservations.append(reserve_port(self.settings.host, http_port, "http_port"))
         metrics_dir = tempfile.mkdtemp(prefix="latentserve-metrics-")
+        self._metrics_dir = metrics_dir
         # Read by prometheus_client when each (spawned) worker imports it.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         stop_metrics: Callable[[], None] | None = None
@@ -180,7 +185,7 @@ class Supervisor:
         try:
             if self.settings.metrics_port:
                 stop_metrics = serve_aggregate_metrics(
-                    self.settings.host, self.settings.metrics_port, metrics_dir
+                    self.settings.host, self.settings.metrics_port, metrics_dir, self
                 )
             self._child_settings = worker_settings(self.settings, port, self.workers)
             self._context = multiprocessing.get_context("spawn")
@@ -222,7 +227,7 @@ class Supervisor:
         parent_end, child_end = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_worker,
-            args=(self._child_settings, index, child_end, announce_at_once),
+            args=(self._child_settings, index, child_end, announce_at_once, self._metrics_dir),
             name=f"latentserve-worker-{index}",
         )
         process.start()
@@ -348,6 +353,7 @@ class Supervisor:
         for index, due in list(self.restarts_due.items()):
             if due <= now:
                 del self.restarts_due[index]
+                self.restarts += 1
                 self._start(index, announce_at_once=True)
 
     def _stop(self, why: str, quiet: bool = False) -> None:
@@ -384,13 +390,35 @@ def supervise(settings: ServerSettings, workers: int) -> int:
         return EXIT_STARTUP_ERROR
 
 
-def serve_aggregate_metrics(host: str, port: int, metrics_dir: str) -> Callable[[], None]:
+class _SupervisorCollector:
+    """The supervisor's own series: a collector reading its fields at each scrape (a
+    Counter here would be written to the workers' multiprocess folder, or not, depending on
+    when prometheus_client was imported)."""
+
+    def __init__(self, supervisor: Supervisor | None) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        restarts = self._supervisor.restarts if self._supervisor is not None else 0
+        yield CounterMetricFamily(
+            "latentserve_worker_restarts",
+            "Worker processes the supervisor restarted after they died",
+            value=restarts,
+        )
+
+
+def serve_aggregate_metrics(
+    host: str, port: int, metrics_dir: str, supervisor: Supervisor | None = None
+) -> Callable[[], None]:
     """/metrics for the whole server, summed over every worker's files; returns its stopper."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
+    registry.register(_SupervisorCollector(supervisor))
     try:
         httpd, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as e:
@@ -427,12 +455,18 @@ class _WorkerTag(logging.Filter):
 
 
 def run_worker(
-    settings: ServerSettings, index: int, conn: Connection, announce_at_once: bool
+    settings: ServerSettings,
+    index: int,
+    conn: Connection,
+    announce_at_once: bool,
+    metrics_dir: str = "",
 ) -> None:
-    """A worker process's entry point (spawned): one LatentServer on the shared port."""
+    """A worker process's entry point (spawned): one LatentServer on the shared port.
+    `metrics_dir`: the supervisor's Prometheus multiprocess folder, where the workers also
+    share their statistics (serving/process/shared_statistics.py)."""
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from serving.process.logs import configure_logging
+    from serving.process.logs import TextFormatter, configure_logging
     from serving.process.memory import keep_large_buffers_out_of_heap
 
     configure_logging(settings.log_level, settings.log_format)
@@ -440,20 +474,33 @@ def run_worker(
     handler.addFilter(_WorkerTag(index))
     if settings.log_format == "text":
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
+            TextFormatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
         )
     keep_large_buffers_out_of_heap()
-    code = asyncio.run(_serve_worker(settings, index, conn, announce_at_once))
+    code = asyncio.run(_serve_worker(settings, index, conn, announce_at_once, metrics_dir))
     conn.close()
     sys.exit(code)
 
 
 async def _serve_worker(
-    settings: ServerSettings, index: int, conn: Connection, announce_at_once: bool
+    settings: ServerSettings,
+    index: int,
+    conn: Connection,
+    announce_at_once: bool,
+    metrics_dir: str = "",
 ) -> int:
     from serving.process.server import LatentServer
+    from serving.process.tracing import configure_tracing
 
-    server = LatentServer(settings, shared_port=True, worker=index)
+    try:
+        tracing = configure_tracing(os.environ)
+    except StartupError as e:
+        conn.send(("failed", str(e)))
+        return EXIT_STARTUP_ERROR
+    statistics_dir = Path(metrics_dir, "statistics") if metrics_dir else None
+    server = LatentServer(
+        settings, shared_port=True, worker=index, statistics_dir=statistics_dir, tracing=tracing
+    )
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     announcing: set[asyncio.Task[None]] = set()
@@ -480,4 +527,6 @@ async def _serve_worker(
     conn.send(("warm", os.getpid(), server.registry.ready_names, server.registry.default_model))
     await stop_requested.wait()
     await server.stop()
+    if tracing is not None:
+        tracing.shutdown()
     return 0

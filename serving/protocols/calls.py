@@ -31,15 +31,18 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import grpc
 
 from latentserve.tensors import TensorError
 from serving.core.errors import ServingError
 from serving.process.metrics import Metrics
+
+if TYPE_CHECKING:
+    from serving.process.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,18 @@ class Call:
     model: str  # metric label: the request's model name until it is resolved
     samples: int = 0
     start: float = field(default_factory=time.perf_counter)
+    trace: object = None  # the call's span, when tracing is on
 
 
 class CallTracker:
-    def __init__(self, metrics: Metrics, default_model: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        default_model: Callable[[], str],
+        tracing: Tracing | None = None,
+    ) -> None:
         self._metrics = metrics
+        self.tracing = tracing
         # The registry's default model is only known once loading is done.
         self._default_model = default_model
         self.draining = False
@@ -101,8 +111,12 @@ class CallTracker:
             return False
         return True
 
-    def begin(self, method: str, model: str) -> Call:
-        """Admit a call to `method` naming `model` (empty = the default model)."""
+    def begin(
+        self, method: str, model: str, carrier: Iterable[tuple[str, Any]] | None = None
+    ) -> Call:
+        """Admit a call to `method` naming `model` (empty = the default model). With
+        tracing on, its span opens, continuing the trace of a `traceparent` in `carrier`
+        (the call's gRPC metadata or HTTP headers)."""
         if self.draining:
             # The model name is unchecked here: keep it out of the metric labels.
             call = Call(method, UNKNOWN_MODEL_LABEL)
@@ -111,7 +125,10 @@ class CallTracker:
             raise Refused(status)
         self.in_flight += 1
         self._idle.clear()
-        return Call(method, model or self._default_model() or UNKNOWN_MODEL_LABEL)
+        call = Call(method, model or self._default_model() or UNKNOWN_MODEL_LABEL)
+        if self.tracing is not None:
+            call.trace = self.tracing.start_call(method, carrier)
+        return call
 
     def end(
         self, call: Call, error: BaseException | None = None, time_remaining: float | None = None
@@ -156,6 +173,8 @@ class CallTracker:
         self._metrics.observe_request(
             call.model, call.method, code, time.perf_counter() - call.start, call.samples
         )
+        if call.trace is not None and self.tracing is not None:
+            self.tracing.end_call(call.trace, call.model, code)
 
 
 def _invalid(error: TensorError) -> ServingError:
@@ -207,8 +226,9 @@ def unresolved_model(request: Any) -> str:
 
 async def _admit(tracker: CallTracker, method: str, model: str, context: Context) -> Call:
     """The call begun, or the draining refusal sent (abort raises)."""
+    metadata = context.invocation_metadata() if tracker.tracing is not None else None
     try:
-        return tracker.begin(method, model)
+        return tracker.begin(method, model, metadata)
     except Refused as refused:
         await context.abort(refused.status.code, refused.status.message)
 

@@ -5,7 +5,8 @@ The Open Inference Protocol (KServe v2) gRPC API, from KServe (Apache-2.0). Rebu
 the FileDescriptorProto in kserve 0.21.0's kserve/protocol/grpc/grpc_predict_v2_pb2.py
 (PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers. latentserve
 serves the inference and health RPCs (the repository RPCs answer UNIMPLEMENTED); see
-docs/serving.md, "Open Inference Protocol (KServe v2)".
+docs/serving.md, "Open Inference Protocol (KServe v2)". ModelStatistics and its messages
+(at the end) are added from Triton's statistics extension; see docs/operations.md.
 """
 
 import abc
@@ -64,6 +65,14 @@ class GRPCInferenceServiceStub:
         inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse,
     ]
 
+    ModelStatistics: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelStatisticsRequest,
+        inference.grpc_predict_v2_pb2.ModelStatisticsResponse,
+    ]
+    """Triton's statistics extension (not in KServe's proto): same names and field numbers as
+    Triton's grpc_service.proto, so tritonclient's get_inference_statistics() reads it.
+    """
+
 class GRPCInferenceServiceAsyncStub:
     ServerLive: grpc.aio.UnaryUnaryMultiCallable[
         inference.grpc_predict_v2_pb2.ServerLiveRequest,
@@ -104,6 +113,14 @@ class GRPCInferenceServiceAsyncStub:
         inference.grpc_predict_v2_pb2.RepositoryModelUnloadRequest,
         inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse,
     ]
+
+    ModelStatistics: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.ModelStatisticsRequest,
+        inference.grpc_predict_v2_pb2.ModelStatisticsResponse,
+    ]
+    """Triton's statistics extension (not in KServe's proto): same names and field numbers as
+    Triton's grpc_service.proto, so tritonclient's get_inference_statistics() reads it.
+    """
 
 class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -161,5 +178,15 @@ class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
         request: inference.grpc_predict_v2_pb2.RepositoryModelUnloadRequest,
         context: _ServicerContext,
     ) -> typing.Union[inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse]]: ...
+
+    @abc.abstractmethod
+    def ModelStatistics(
+        self,
+        request: inference.grpc_predict_v2_pb2.ModelStatisticsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.ModelStatisticsResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.ModelStatisticsResponse]]:
+        """Triton's statistics extension (not in KServe's proto): same names and field numbers as
+        Triton's grpc_service.proto, so tritonclient's get_inference_statistics() reads it.
+        """
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

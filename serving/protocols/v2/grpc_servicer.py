@@ -24,6 +24,7 @@ from serving.protocols.calls import Call
 from serving.protocols.v2 import codec
 from serving.protocols.v2.inference import InferInput, V2Api
 from serving.protocols.v2.models import V2Model
+from serving.protocols.v2.statistics import statistics_response
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -85,6 +86,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             call,
         )
         return infer_response(model, request.id, outputs)
+
+    @calls.unary("ModelStatistics", calls.unresolved_model)
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context, call: Call
+    ) -> pb.ModelStatisticsResponse:
+        stats = self.api.model_statistics(request.name, request.version)
+        if request.name:
+            call.model = request.name
+        return statistics_response(stats)
 
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context

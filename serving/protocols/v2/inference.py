@@ -24,11 +24,12 @@ from serving.core.registry import ModelRegistry
 from serving.core.requests import RequestParser
 from serving.process.settings import ServerSettings
 from serving.protocols.calls import Call, CallTracker
+from serving.protocols.v2 import statistics
 from serving.protocols.v2.models import Role, TensorSpec, V2Catalogue, V2Model
 
 SERVER_NAME = "latentserve"
 # Protocol extensions served beyond the core API (Triton's names, which clients check).
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "statistics")
 
 Array = npt.NDArray[Any]
 
@@ -71,6 +72,10 @@ class V2Api:
     def model_metadata(self, name: str, version: str = "") -> V2Model:
         _, described = self.catalogue.resolve(name, version)
         return described
+
+    def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
+        """Triton's statistics extension: cumulative figures per v2 model and version."""
+        return statistics.model_statistics(self._registry, self.catalogue, name, version)
 
     # -- inference --------------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ def routes(api: V2Api) -> list[web.RouteDef]:
         web.get("/v2", rest.server_metadata),
         web.get("/v2/health/live", rest.live),
         web.get("/v2/health/ready", rest.ready),
+        # Before /v2/models/{name}, which would take "stats" for a model name.
+        web.get("/v2/models/stats", rest.model_statistics),
+        web.get("/v2/models/{name}/stats", rest.model_statistics),
+        web.get("/v2/models/{name}/versions/{version}/stats", rest.model_statistics),
         web.get("/v2/models/{name}", rest.model_metadata),
         web.get("/v2/models/{name}/ready", rest.model_ready),
         web.post("/v2/models/{name}/infer", rest.infer),
@@ -65,13 +69,18 @@ class V2Rest:
         self._api = api
 
     async def _answer(
-        self, method: str, work: Callable[[Call], Awaitable[web.Response]]
+        self,
+        method: str,
+        work: Callable[[Call], Awaitable[web.Response]],
+        request: web.Request | None = None,
     ) -> web.Response:
-        """Run `work` as one tracked call: refused while draining, counted, errors mapped."""
+        """Run `work` as one tracked call: refused while draining, counted, errors mapped;
+        traced as a continuation of the `request`'s traceparent header, if any."""
         calls = self._api.calls
+        headers = request.headers.items() if request is not None and calls.tracing else None
         try:
             # Labelled by the v2 model once it resolves; until then the URL's name is unchecked.
-            call = calls.begin(method, UNKNOWN_MODEL_LABEL)
+            call = calls.begin(method, UNKNOWN_MODEL_LABEL, headers)
         except Refused as refused:
             return json_error(503, refused.status.message)
         try:
@@ -114,7 +123,18 @@ class V2Rest:
             call.model = model.name
             return _json(metadata_json(model))
 
-        return await self._answer("RestModelMetadata", work)
+        return await self._answer("RestModelMetadata", work, request)
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        async def work(call: Call) -> web.Response:
+            call.model = UNKNOWN_MODEL_LABEL
+            name = request.match_info.get("name", "")
+            stats = self._api.model_statistics(name, request.match_info.get("version", ""))
+            if name:
+                call.model = name
+            return _json({"model_stats": stats})
+
+        return await self._answer("RestModelStatistics", work, request)
 
     # -- inference --------------------------------------------------------------------------
 
@@ -129,7 +149,7 @@ class V2Rest:
             model, outputs = await self._api.infer(name, version, inputs, requested, None, call)
             return infer_response(model, header.get("id"), outputs, binary_outputs)
 
-        return await self._answer(INFER_METHOD, work)
+        return await self._answer(INFER_METHOD, work, request)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

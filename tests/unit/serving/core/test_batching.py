@@ -50,6 +50,9 @@ class Stats:
     def queue_changed(self, depth: int) -> None:
         self.depths.append(depth)
 
+    def queue_waited(self, seconds: float) -> None:
+        pass
+
 
 @pytest.fixture
 def executor():
