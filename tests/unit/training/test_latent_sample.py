@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from latentserve.manifest import LatentSpec, load_model_folder
-from training.analyze import Plane
 from training.data import Mnist, to_float
 from training.graphs import ModelGraphs
 from training.latent_sample import latent_sample, stratified_indices, write_latent_sample
+from training.plane import Plane
 
 
 def test_latents_are_the_encoders_and_pca_points_lie_on_the_plane(
