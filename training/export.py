@@ -33,6 +33,7 @@ from latentserve.manifest import (
     BoundingBox,
     FittedGaussian,
     GraphSpec,
+    ImageSpec,
     Kind,
     LatentSpec,
     ModelManifest,
@@ -41,10 +42,10 @@ from latentserve.manifest import (
     write_manifest,
 )
 from latentserve.priors import PriorName
-from training.data import Mnist, to_float
+from training.data import to_float
 from training.graphs import ModelGraphs, open_session, run_batched
 from training.models import AnyAutoencoder, VariationalAutoencoder
-from training.train import library_versions, load_checkpoint
+from training.train import TrainingData, library_versions, load_checkpoint
 
 PARITY_ATOL = 1e-4
 PARITY_BATCH_SIZES = (1, 7, 64)
@@ -140,6 +141,8 @@ def check_parity(
     start = 0
     for size in PARITY_BATCH_SIZES:
         batch = inputs[start : start + size]
+        if not len(batch):
+            break
         start += size
         with torch.no_grad():
             expected = module(torch.from_numpy(batch))
@@ -162,16 +165,25 @@ def check_parity(
 
 @torch.no_grad()
 def _latent_points(model: AnyAutoencoder, images: np.ndarray) -> np.ndarray:
-    """Deterministic latent per image (AE latent / VAE mean), N x D float64."""
+    """Deterministic latent per image (AE latent / VAE mean), N x D or N x C x h x w float64."""
     points = []
-    for start in range(0, len(images), 1000):
-        out = model.encode(torch.from_numpy(images[start : start + 1000]))
+    for start in range(0, len(images), 500):
+        out = model.encode(torch.from_numpy(images[start : start + 500]))
         points.append((out[0] if isinstance(out, tuple) else out).numpy())
     return np.concatenate(points).astype(np.float64)
 
 
+def prior_points(latents: np.ndarray) -> np.ndarray:
+    """What the priors are fitted to: N x D flat latents as they are; spatial N x C x h x w
+    latents per channel, every position a point (N*h*w x C)."""
+    if latents.ndim == 2:
+        return latents
+    return latents.transpose(0, 2, 3, 1).reshape(-1, latents.shape[1])
+
+
 def fit_priors(points: np.ndarray, default: PriorName) -> PriorSpec:
-    """The Gaussian fitted to the training latents and their per-axis bounding box."""
+    """The Gaussian fitted to the training latents (P-dimensional points, see prior_points)
+    and their per-axis bounding box."""
     covariance = np.atleast_2d(np.cov(points, rowvar=False))
     return PriorSpec(
         default=default,
@@ -183,13 +195,12 @@ def fit_priors(points: np.ndarray, default: PriorName) -> PriorSpec:
 
 
 def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Reconstruction quality of the exported graphs on the test images (N x 1 x 28 x 28).
+    """Reconstruction quality of the exported graphs on the test images (N x C x H x W).
 
     Reconstruction decodes the deterministic latent (the VAE mean), as an Encode -> Decode
     round trip through the server does. The VAE's ELBO uses one reparameterised sample per image.
     """
-    encoded = graphs.encode(images)
-    points = encoded["latents"] if graphs.kind == "ae" else encoded["mean"]
+    points = graphs.encode_points(images)
     recon = graphs.decode(points.astype(np.float32)).astype(np.float64)
     x = images.astype(np.float64)
     eps = 1e-7
@@ -201,8 +212,8 @@ def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict
         "test_bce_per_image": float(bce.mean()),
     }
     if graphs.kind == "vae":
-        mean, log_var = encoded["mean"].astype(np.float64), encoded["log_var"].astype(np.float64)
-        kl = -0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(1)
+        mean, log_var = (t.astype(np.float64) for t in graphs.encode_mean_log_var(images))
+        kl = -0.5 * (1 + log_var - mean**2 - np.exp(log_var)).reshape(len(x), -1).sum(1)
         rng = np.random.default_rng(seed)
         z = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)
         sampled = np.clip(graphs.decode(z.astype(np.float32)).astype(np.float64), eps, 1 - eps)
@@ -215,10 +226,15 @@ def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict
 DEFAULT_PRIOR: dict[Kind, PriorName] = {"vae": "standard_normal", "ae": "fitted_gaussian"}
 
 
+def image_spec(model: AnyAutoencoder) -> ImageSpec:
+    c, h, w = model.config.image_shape
+    return ImageSpec(channels=c, height=h, width=w)  # type: ignore[arg-type]
+
+
 def export_model(
     checkpoint: Path,
     folder: Path,
-    data: Mnist,
+    data: TrainingData,
     *,
     name: str,
     description: str = "",
@@ -230,16 +246,23 @@ def export_model(
     folder.mkdir(parents=True, exist_ok=True)
     test_images = to_float(data.test_images)
     encoder, decoder = export_graphs(model, kind, folder, test_images[:4])
-    parity = check_graphs(model, folder, test_images)
+    # Held-out images first; a small image folder's test set is topped up from training images.
+    wanted = sum(PARITY_BATCH_SIZES)
+    parity_images = test_images[:wanted]
+    if len(parity_images) < wanted:
+        extra = to_float(data.train_images[: wanted - len(parity_images)])
+        parity_images = np.concatenate([parity_images, extra])
+    parity = check_graphs(model, folder, parity_images)
     train_points = _latent_points(model, to_float(data.train_images))
     manifest = ModelManifest(
         name=name,
         kind=kind,
         description=description,
-        latent=LatentSpec(shape=(model.config.latent_dim,)),
+        image=image_spec(model),
+        latent=LatentSpec(shape=model.config.latent_shape),
         encoder=encoder,
         decoder=decoder,
-        prior=fit_priors(train_points, prior or DEFAULT_PRIOR[kind]),
+        prior=fit_priors(prior_points(train_points), prior or DEFAULT_PRIOR[kind]),
         provenance=provenance(checkpoint, state, kind, parity),
         metrics={},
     )
@@ -263,7 +286,7 @@ def export_graphs(
     )
     decoder = _export_spec(
         _DecoderGraph(model),
-        torch.zeros(len(example_images), model.config.latent_dim),
+        torch.zeros(len(example_images), *model.config.latent_shape),
         folder / DECODER_FILE,
         DECODER_INPUT,
         [DECODER_OUTPUT],

@@ -4,7 +4,7 @@
 bar); :func:`fit` runs it for the autoencoders and the evaluation classifier reuses it.
 
 Losses (per image, averaged over the batch): reconstruction is the binary cross-entropy
-summed over the 784 pixels, treating each grey level as a Bernoulli mean as in the original
+summed over the image's values (784 for MNIST, C x H x W in general), treating each grey level as a Bernoulli mean as in the original
 VAE paper (or, with ``recon_loss="mse"``, the squared error summed over pixels, which is
 what the reconstruction-MSE metric measures); the AE minimises it alone, the VAE adds beta times the KL divergence of
 q(z|x) = N(mean, diag(exp(log_var))) from N(0, I) (Kingma & Welling 2014, appendix B).
@@ -30,9 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import Mnist, to_float
+from training.images import ImageFolderData
 from training.models import AnyAutoencoder, ModelConfig, VariationalAutoencoder, build_model
 
 CHECKPOINT = "checkpoint.pt"
+
+# What fit, export and analysis take: MNIST's IDX files or a folder of images. Both hold uint8
+# train/test arrays with labels and describe themselves with provenance().
+TrainingData = Mnist | ImageFolderData
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,9 @@ def reconstruction_loss(
 
 
 def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(log_var)) || N(0, I)) per image: N values."""
-    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(1)
+    """KL(N(mean, exp(log_var)) || N(0, I)) per image: N values (summed over every latent
+    value, flat N x D or spatial N x C x h x w)."""
+    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).flatten(1).sum(1)
 
 
 def loss_terms(
@@ -162,7 +168,7 @@ def library_versions() -> dict[str, str]:
 
 
 def fit(
-    data: Mnist,
+    data: TrainingData,
     config: FitConfig,
     out_dir: Path,
     *,
@@ -170,6 +176,9 @@ def fit(
     progress: bool = True,
 ) -> Path:
     """Train (or continue training) a model; returns the checkpoint path."""
+    shape = tuple(to_float(data.train_images[:1]).shape[1:])
+    if shape != config.model.image_shape:
+        raise ValueError(f"images are {shape}, the model is built for {config.model.image_shape}")
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +254,7 @@ def _save_checkpoint(
     config: FitConfig,
     epoch: int,
     history: list[dict[str, float]],
-    data: Mnist,
+    data: TrainingData,
 ) -> None:
     state = {
         "model_state": model.state_dict(),
@@ -259,6 +268,12 @@ def _save_checkpoint(
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a stopped run never leaves a half-written checkpoint
+
+
+def checkpoint_data(path: Path) -> dict[str, Any]:
+    """The data provenance a checkpoint was trained on (export reloads an image folder from it)."""
+    record: dict[str, Any] = torch.load(path, weights_only=False)["data"]
+    return record
 
 
 def load_checkpoint(path: Path) -> tuple[AnyAutoencoder, dict[str, Any]]:
