@@ -31,6 +31,7 @@ from latentserve.manifest import (
     ENCODER_INPUT,
     VAE_ENCODER_OUTPUTS,
     BoundingBox,
+    DynamicSize,
     FittedGaussian,
     GraphSpec,
     ImageSpec,
@@ -44,11 +45,12 @@ from latentserve.manifest import (
 from latentserve.priors import PriorName
 from training.data import to_float
 from training.graphs import ModelGraphs, open_session, run_batched
-from training.models import AnyAutoencoder, VariationalAutoencoder
+from training.models import AnyAutoencoder, ModelConfig, VariationalAutoencoder
 from training.train import TrainingData, library_versions, load_checkpoint
 
 PARITY_ATOL = 1e-4
 PARITY_BATCH_SIZES = (1, 7, 64)
+MAX_DYNAMIC_SIDE = 1024
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 
@@ -81,8 +83,10 @@ def export_graph(
     path: Path,
     input_name: str,
     output_names: list[str],
+    spatial_dims: dict[int, Any] | None = None,
 ) -> int:
-    """Export module(example) to one self-contained ONNX file with a dynamic batch axis; returns the opset."""
+    """Export module(example) to one self-contained ONNX file with a dynamic batch axis (and
+    `spatial_dims`: dynamic height and width); returns the opset."""
     module.eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     # The example batch must be > 1, or torch.export specialises the batch size to 1.
@@ -95,7 +99,7 @@ def export_graph(
             dynamo=True,
             input_names=[input_name],
             output_names=output_names,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: batch, **(spatial_dims or {})},),
             external_data=False,
             verbose=False,
         )
@@ -226,9 +230,22 @@ def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict
 DEFAULT_PRIOR: dict[Kind, PriorName] = {"vae": "standard_normal", "ae": "fitted_gaussian"}
 
 
-def image_spec(model: AnyAutoencoder) -> ImageSpec:
+def image_spec(model: AnyAutoencoder, dynamic: DynamicSize | None = None) -> ImageSpec:
     c, h, w = model.config.image_shape
-    return ImageSpec(channels=c, height=h, width=w)  # type: ignore[arg-type]
+    return ImageSpec(channels=c, height=h, width=w, dynamic=dynamic)  # type: ignore[arg-type]
+
+
+def check_other_size(model: AnyAutoencoder, folder: Path, dynamic: DynamicSize) -> dict[str, Any]:
+    """Parity of a dynamic model's graphs at a size other than the one exported with."""
+    _, height, width = model.config.image_shape
+    m = dynamic.multiple
+    size = (min(height + m, dynamic.max), min(width + 2 * m, dynamic.max))
+    rng = np.random.default_rng(1)
+    images = rng.random((sum(PARITY_BATCH_SIZES), model.config.channels, *size), np.float32)
+    encoder_diff = check_parity(_EncoderGraph(model), folder / ENCODER_FILE, images)
+    points = _latent_points(model, images).astype(np.float32)
+    decoder_diff = check_parity(_DecoderGraph(model), folder / DECODER_FILE, points)
+    return {"other_size": list(size), "other_size_max_abs_diff": max(encoder_diff, decoder_diff)}
 
 
 def export_model(
@@ -245,20 +262,23 @@ def export_model(
     kind: Kind = "vae" if isinstance(model, VariationalAutoencoder) else "ae"
     folder.mkdir(parents=True, exist_ok=True)
     test_images = to_float(data.test_images)
-    encoder, decoder = export_graphs(model, kind, folder, test_images[:4])
+    dynamic = dynamic_size(model.config)
+    encoder, decoder = export_graphs(model, kind, folder, test_images[:4], dynamic)
     # Held-out images first; a small image folder's test set is topped up from training images.
     wanted = sum(PARITY_BATCH_SIZES)
     parity_images = test_images[:wanted]
     if len(parity_images) < wanted:
         extra = to_float(data.train_images[: wanted - len(parity_images)])
         parity_images = np.concatenate([parity_images, extra])
-    parity = check_graphs(model, folder, parity_images)
+    parity: dict[str, Any] = dict(check_graphs(model, folder, parity_images))
+    if dynamic is not None:
+        parity |= check_other_size(model, folder, dynamic)
     train_points = _latent_points(model, to_float(data.train_images))
     manifest = ModelManifest(
         name=name,
         kind=kind,
         description=description,
-        image=image_spec(model),
+        image=image_spec(model, dynamic),
         latent=LatentSpec(shape=model.config.latent_shape),
         encoder=encoder,
         decoder=decoder,
@@ -272,17 +292,47 @@ def export_model(
     return folder
 
 
+def dynamic_size(config: ModelConfig) -> DynamicSize | None:
+    """The sizes a fully convolutional model takes: multiples of 2**halvings from twice that
+    up to MAX_DYNAMIC_SIDE (a latent side of 1 would let torch.export specialise it)."""
+    if not config.is_spatial or min(config.feature_size) < 2:
+        return None
+    multiple = 2**config.halvings
+    return DynamicSize(
+        multiple=multiple, min=2 * multiple, max=multiple * (MAX_DYNAMIC_SIDE // multiple)
+    )
+
+
+def _spatial_dims(dynamic: DynamicSize | None) -> tuple[dict[int, Any], dict[int, Any]] | None:
+    """torch.export dims for (image, latent): height and width free, images a multiple of
+    the latent's size."""
+    if dynamic is None:
+        return None
+    m = dynamic.multiple
+    h = torch.export.Dim("h", min=dynamic.min // m, max=dynamic.max // m)
+    w = torch.export.Dim("w", min=dynamic.min // m, max=dynamic.max // m)
+    if m == 1:
+        return {2: h, 3: w}, {2: h, 3: w}
+    return {2: m * h, 3: m * w}, {2: h, 3: w}
+
+
 def export_graphs(
-    model: AnyAutoencoder, kind: Kind, folder: Path, example_images: np.ndarray
+    model: AnyAutoencoder,
+    kind: Kind,
+    folder: Path,
+    example_images: np.ndarray,
+    dynamic: DynamicSize | None = None,
 ) -> tuple[GraphSpec, GraphSpec]:
     """Write encoder.onnx and decoder.onnx; returns their specs for model.json."""
     encoder_outputs = list(VAE_ENCODER_OUTPUTS if kind == "vae" else AE_ENCODER_OUTPUTS)
+    dims = _spatial_dims(dynamic)
     encoder = _export_spec(
         _EncoderGraph(model),
         torch.from_numpy(example_images),
         folder / ENCODER_FILE,
         ENCODER_INPUT,
         encoder_outputs,
+        dims[0] if dims else None,
     )
     decoder = _export_spec(
         _DecoderGraph(model),
@@ -290,14 +340,20 @@ def export_graphs(
         folder / DECODER_FILE,
         DECODER_INPUT,
         [DECODER_OUTPUT],
+        dims[1] if dims else None,
     )
     return encoder, decoder
 
 
 def _export_spec(
-    module: nn.Module, example: torch.Tensor, path: Path, input_name: str, outputs: list[str]
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    outputs: list[str],
+    spatial_dims: dict[int, Any] | None,
 ) -> GraphSpec:
-    opset = export_graph(module, example, path, input_name, outputs)
+    opset = export_graph(module, example, path, input_name, outputs, spatial_dims)
     return GraphSpec(
         file=path.name, sha256=sha256_of(path), inputs=[input_name], outputs=outputs, opset=opset
     )
@@ -322,7 +378,7 @@ def check_graphs(model: AnyAutoencoder, folder: Path, test_images: np.ndarray) -
 
 
 def provenance(
-    checkpoint: Path, state: dict[str, Any], kind: Kind, parity: dict[str, float]
+    checkpoint: Path, state: dict[str, Any], kind: Kind, parity: dict[str, Any]
 ) -> dict[str, Any]:
     """Where the model came from: data, training run, export checks, library versions."""
     fit_config = state["fit_config"]

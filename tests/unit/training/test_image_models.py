@@ -106,6 +106,15 @@ def test_spatial_autoencoder_has_per_channel_priors(shapes: Path, tmp_path: Path
     assert len(g.mean) == 2 and np.array(g.covariance).shape == (2, 2)
     latents = ModelGraphs(folder).encode_points(to_float(data.test_images))
     assert latents.shape == (len(data.test_images), 2, 8, 8)
+    # Fully convolutional: any even size within the recorded range, checked at export.
+    dynamic = manifest.image.dynamic
+    assert dynamic is not None and (dynamic.multiple, dynamic.min) == (2, 4)
+    assert manifest.provenance["export"]["other_size"] == [18, 20]
+    assert manifest.provenance["export"]["other_size_max_abs_diff"] <= 1e-4
+    graphs = ModelGraphs(folder)
+    wide = graphs.encode_points(np.random.default_rng(0).random((2, 3, 24, 40), np.float32))
+    assert wide.shape == (2, 2, 12, 20) == (2, *manifest.latent_shape_for(24, 40))
+    assert graphs.decode(wide).shape == (2, 3, 24, 40)
     assert trained_on_images(folder) is not None
     result = analyze_image_model(folder, data)
     assert result["files"] == ["reconstructions.png", "samples.png", "analysis.json"]
