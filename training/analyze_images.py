@@ -10,7 +10,8 @@ samples, so this writes what a reader can look at, through the shipped graphs in
 - flat latents only: ``latent_scatter.png``, the test and train latents in the plane (the
   latent itself when 2-D, else its PCA plane) coloured by class, ``latent_grid.png``, images
   decoded over that plane, and ``latent_sample.json`` for the explorer, with the class names;
-- ``analysis.json``: the test metrics, the latent cloud's extent and the files written.
+- ``analysis.json``: the test metrics, the latent cloud's extent, how close samples from each
+  prior come to a real test image (flat latents; no classifier judges them) and the files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from latentserve.manifest import MANIFEST_FILE, describe_shape
+from latentserve.priors import PRIOR_NAMES
 from latentserve.sampling import draw_latents, generator
 from training.analyze import latent_stats
 from training.data import to_float
@@ -123,6 +125,27 @@ def sample_latents(graphs: ModelGraphs, count: int, seed: int) -> np.ndarray:
     return draw_latents(m, m.prior.default, count, seed)
 
 
+def nearest_real_mse(images: np.ndarray, real: np.ndarray) -> float:
+    """Mean over images of the per-value squared error to the closest real image: how far
+    samples fall from anything in the data (lower is closer; reconstructions are a floor)."""
+    a = images.reshape(len(images), -1).astype(np.float64)
+    b = real.reshape(len(real), -1).astype(np.float64)
+    squared = (a**2).sum(1)[:, None] - 2 * a @ b.T + (b**2).sum(1)[None, :]
+    return float(np.clip(squared.min(1), 0, None).mean() / a.shape[1])
+
+
+def prior_distances(graphs: ModelGraphs, test: np.ndarray, count: int, seed: int) -> dict[str, Any]:
+    """nearest_real_mse of count samples from each prior (flat latents), and of the test
+    images' reconstructions for reference."""
+    m = graphs.manifest
+    recon = graphs.decode(graphs.encode_points(test))
+    distances: dict[str, Any] = {"reconstructions": nearest_real_mse(recon, test)}
+    for prior in PRIOR_NAMES:
+        images = graphs.decode(draw_latents(m, prior, count, seed))
+        distances[prior] = nearest_real_mse(images, test)
+    return {"count": count, "seed": seed, "nearest_test_mse": distances}
+
+
 def analyze_image_model(
     folder: Path, data: ImageFolderData, *, seed: int = 0, rows: int = 4
 ) -> dict[str, Any]:
@@ -151,6 +174,7 @@ def analyze_image_model(
         "classes": data.class_names,
     }
     if not m.is_spatial:
+        numbers["samples"] = prior_distances(graphs, test, 500, seed)
         files += _plane_figures(folder, graphs, data, test, seed, numbers)
     numbers["files"] = [*files, "analysis.json"]
     (folder / "analysis.json").write_text(json.dumps(numbers, indent=2) + "\n")

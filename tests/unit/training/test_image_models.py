@@ -17,8 +17,9 @@ import torch
 from PIL import Image
 
 from latentserve.manifest import load_model_folder
+from latentserve.priors import PRIOR_NAMES
 from training import cli
-from training.analyze_images import analyze_image_model, trained_on_images
+from training.analyze_images import analyze_image_model, nearest_real_mse, trained_on_images
 from training.data import to_float
 from training.export import export_model
 from training.graphs import ModelGraphs
@@ -87,6 +88,9 @@ def test_analysis_of_an_image_model(cli_vae: Path) -> None:
         assert name in analysis["files"]
         with Image.open(cli_vae / name) as figure:
             assert figure.width > 300 and figure.mode == "RGBA"
+    distances = analysis["samples"]["nearest_test_mse"]
+    assert set(distances) == {"reconstructions", *PRIOR_NAMES}
+    assert all(0 < d < 1 for d in distances.values())
     sample = json.loads((cli_vae / "latent_sample.json").read_text())
     assert sample["classes"] == ["bars", "discs"] and sample["count"] == 4
     assert set(sample["labels"]) == {0, 1} and len(sample["latents"][0]) == 2
@@ -173,3 +177,9 @@ def test_without_the_train_extra_fit_says_which_extra(shapes: Path, tmp_path: Pa
         "latent-train fit needs the train extra (torch is not installed): "
         'pip install "latentserve[train]"'
     )
+
+
+def test_nearest_real_mse() -> None:
+    real = np.random.default_rng(0).random((5, 3, 4, 4)).astype(np.float32)
+    assert nearest_real_mse(real, real) == pytest.approx(0, abs=1e-9)
+    assert nearest_real_mse(real[:2] + 0.1, real) == pytest.approx(0.01, rel=1e-4)
