@@ -170,7 +170,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     started = time.perf_counter()
-    path = fit(data, config, args.out, resume=args.resume, progress=_progress_bars(args))
+    path = fit(
+        data,
+        config,
+        args.out,
+        resume=args.resume,
+        progress=_progress_bars(args),
+        stop_after=args.stop_after,
+    )
     print(f"checkpoint: {path}  ({time.perf_counter() - started:.0f}s)")
     return 0
 
@@ -306,6 +313,12 @@ def _add_fit_command(sub: Subparsers) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoint.pt goes here)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="E",
+        help="end after epoch E of the --epochs schedule (--resume continues it)",
+    )
     _add_progress_flag(p)
     p.set_defaults(func=_cmd_fit)
 

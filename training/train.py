@@ -174,8 +174,10 @@ def fit(
     *,
     resume: bool = False,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> Path:
-    """Train (or continue training) a model; returns the checkpoint path."""
+    """Train (or continue training) a model; returns the checkpoint path. `stop_after`: end
+    after that epoch of the config's schedule (a later `resume` continues it exactly)."""
     shape = tuple(to_float(data.train_images[:1]).shape[1:])
     if shape != config.model.image_shape:
         raise ValueError(f"images are {shape}, the model is built for {config.model.image_shape}")
@@ -211,7 +213,8 @@ def fit(
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return loss_terms(model, train_images[idx], config.beta, config.recon_loss)["loss"]
 
-    for epoch in range(start_epoch, config.epochs):
+    last = config.epochs if stop_after is None else min(stop_after, config.epochs)
+    for epoch in range(start_epoch, last):
         started = time.perf_counter()
         lr = _learning_rate(config, epoch)
         torch.manual_seed(_epoch_seed(config.seed, epoch))  # reparameterisation noise, dropout
