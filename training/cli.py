@@ -257,6 +257,10 @@ def _cmd_classifier(args: argparse.Namespace) -> int:
     from training.classifier import train_and_export
 
     data = _load_data(args)
+    if isinstance(data, ImageFolderData):
+        raise ImageFolderError(
+            "the classifier judges MNIST digits: run it without --images/--emoji"
+        )
     info = train_and_export(
         data,
         args.out,
