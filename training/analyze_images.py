@@ -50,6 +50,13 @@ def trained_on_images(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("kind") == KIND else None
 
 
+def display_names(data: ImageFolderData) -> list[str]:
+    """Class names for figures and the explorer: the folder names, or the names a SOURCE.json
+    gives them (the emoji set: 'smileys-emotion' -> 'Smileys & Emotion')."""
+    names = data.source.get("category_names", {})
+    return [str(names.get(c, c)) for c in data.class_names]
+
+
 def montage(images: np.ndarray, rows: int, cols: int, gap: int = 2) -> np.ndarray:
     """Images N x C x H x W in [0, 1] tiled into one H' x W' x 3 picture with white gaps."""
     n, c, h, w = images.shape
@@ -171,7 +178,7 @@ def analyze_image_model(
         "default_prior": m.prior.default,
         "test_images": len(test),
         "reconstruction": {k: v for k, v in m.metrics.items() if k.startswith("test_")},
-        "classes": data.class_names,
+        "classes": display_names(data),
     }
     if not m.is_spatial:
         numbers["samples"] = prior_distances(graphs, test, 500, seed)
@@ -240,7 +247,7 @@ def _plane_figures(
         " (VAE: encoder means)" if graphs.kind == "vae" else ""
     )
     fig, ax = plt.subplots(figsize=(8, 6.5))
-    draw_scatter(ax, graphs.name, plane, points, labels, data.class_names)
+    draw_scatter(ax, graphs.name, plane, points, labels, display_names(data))
     files = [_save(fig, folder / "latent_scatter.png")]
     fig, ax = plt.subplots(figsize=(7, 7))
     draw_grid(ax, graphs, plane, points, steps=16)
@@ -251,7 +258,7 @@ def _plane_figures(
         data.test_labels,
         plane,
         seed=seed,
-        classes=data.class_names,
+        classes=display_names(data),
     )
     files.append(write_latent_sample(folder, explorer))
     return files

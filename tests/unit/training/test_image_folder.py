@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from training import emoji
+from training.analyze_images import display_names
 from training.data import DataNotFoundError
 from training.images import (
     ImageFolderError,
@@ -181,6 +182,7 @@ def test_local_tarball_is_checked_and_extracted_by_category(
     data = load_image_folder(source.folder, size=(8, 8), channels=3, test_fraction=0.0)
     assert data.class_names == ["food-drink", "people-body", "smileys-emotion"]
     assert data.provenance()["source"]["package"] == "emoji-datasource-google@16.0.0"
+    assert display_names(data) == ["Food & Drink", "People & Body", "Smileys & Emotion"]
     # Half-transparent orange on white is a lighter orange.
     assert data.train_images[0, :, 0, 0].tolist() == [227, 177, 127]
 
