@@ -196,19 +196,7 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
-        saved = state["fit_config"]
-        was = (saved["model"], saved["seed"], saved.get("recon_loss", "bce"))
-        now = (config.model.to_dict(), config.seed, config.recon_loss)
-        if was != now:
-            raise ValueError(
-                f"{checkpoint_path} was trained as (model, seed, loss) {was}; cannot resume it as {now}"
-            )
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        history = state["history"]
-        start_epoch = state["epoch"]
-        print(f"resuming {checkpoint_path} after epoch {start_epoch}")
+        history, start_epoch = _resume(checkpoint_path, config, model, optimizer)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return loss_terms(model, train_images[idx], config.beta, config.recon_loss)["loss"]
@@ -239,15 +227,37 @@ def fit(
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
-        print(
-            f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.3f}  "
-            f"val loss {val['loss']:.3f}"
-            + (f" (recon {val['recon']:.3f}, kl {val['kl']:.3f})" if "kl" in val else "")
-            + f"  {record['seconds']:.0f}s",
-            flush=True,
-        )
+        _log_epoch(record, val, config.epochs)
         _save_checkpoint(checkpoint_path, model, optimizer, config, epoch + 1, history, data)
     return checkpoint_path
+
+
+def _resume(
+    path: Path, config: FitConfig, model: AnyAutoencoder, optimizer: torch.optim.Optimizer
+) -> tuple[list[dict[str, float]], int]:
+    """Load a checkpoint into model and optimizer; returns its history and last epoch."""
+    state = torch.load(path, weights_only=False)
+    saved = state["fit_config"]
+    was = (saved["model"], saved["seed"], saved.get("recon_loss", "bce"))
+    now = (config.model.to_dict(), config.seed, config.recon_loss)
+    if was != now:
+        raise ValueError(
+            f"{path} was trained as (model, seed, loss) {was}; cannot resume it as {now}"
+        )
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    print(f"resuming {path} after epoch {state['epoch']}")
+    return state["history"], int(state["epoch"])
+
+
+def _log_epoch(record: dict[str, float], val: dict[str, float], epochs: int) -> None:
+    print(
+        f"epoch {int(record['epoch'])}/{epochs}  train loss {record['train_loss']:.3f}  "
+        f"val loss {val['loss']:.3f}"
+        + (f" (recon {val['recon']:.3f}, kl {val['kl']:.3f})" if "kl" in val else "")
+        + f"  {record['seconds']:.0f}s",
+        flush=True,
+    )
 
 
 def _save_checkpoint(
