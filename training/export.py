@@ -171,8 +171,8 @@ def check_parity(
 def _latent_points(model: AnyAutoencoder, images: np.ndarray) -> np.ndarray:
     """Deterministic latent per image (AE latent / VAE mean), N x D or N x C x h x w float64."""
     points = []
-    for start in range(0, len(images), 500):
-        out = model.encode(torch.from_numpy(images[start : start + 500]))
+    for start in range(0, len(images), 1000):
+        out = model.encode(torch.from_numpy(images[start : start + 1000]))
         points.append((out[0] if isinstance(out, tuple) else out).numpy())
     return np.concatenate(points).astype(np.float64)
 
