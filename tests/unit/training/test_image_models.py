@@ -24,7 +24,7 @@ from training.data import to_float
 from training.export import export_model
 from training.graphs import ModelGraphs
 from training.images import load_image_folder
-from training.models import ModelConfig, build_model
+from training.models import Kind, ModelConfig, build_model
 from training.train import FitConfig, fit
 
 SIZE = 16
@@ -96,16 +96,20 @@ def test_analysis_of_an_image_model(cli_vae: Path) -> None:
     assert set(sample["labels"]) == {0, 1} and len(sample["latents"][0]) == 2
 
 
-def test_spatial_autoencoder_has_per_channel_priors(shapes: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["ae", "vae"])
+def test_spatial_models_have_per_channel_priors(shapes: Path, tmp_path: Path, kind: Kind) -> None:
     data = load_image_folder(shapes, size=(SIZE, SIZE), channels=3, test_fraction=0.1)
-    model = ModelConfig(kind="ae", channels=3, height=SIZE, width=SIZE, latent_channels=2)
+    model = ModelConfig(kind=kind, channels=3, height=SIZE, width=SIZE, latent_channels=2)
     config = FitConfig(model=model, epochs=1, batch_size=16, val_size=4, threads=1)
     fit(data, config, tmp_path / "run", progress=False)
-    folder = tmp_path / "shapes-ae"
-    export_model(tmp_path / "run" / "checkpoint.pt", folder, data, name="shapes-ae")
+    folder = tmp_path / f"shapes-{kind}"
+    export_model(tmp_path / "run" / "checkpoint.pt", folder, data, name=f"shapes-{kind}")
     manifest = load_model_folder(folder)
     assert manifest.is_spatial and manifest.latent_shape == (2, 8, 8) and manifest.prior_dim == 2
-    assert manifest.prior.default == "fitted_gaussian"
+    assert manifest.prior.default == {"ae": "fitted_gaussian", "vae": "standard_normal"}[kind]
+    if kind == "vae":  # the KL term sums over the whole 2 x 8 x 8 map
+        assert manifest.metrics["test_kl_per_image"] > 0
+        assert manifest.metrics["test_elbo_per_image"] < -manifest.metrics["test_kl_per_image"]
     g = manifest.prior.fitted_gaussian
     assert len(g.mean) == 2 and np.array(g.covariance).shape == (2, 2)
     latents = ModelGraphs(folder).encode_points(to_float(data.test_images))
