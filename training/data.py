@@ -164,8 +164,10 @@ class Mnist:
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 N x 28 x 28 -> float32 N x 1 x 28 x 28 in [0, 1] (the graphs' input contract)."""
-    return (images.astype(np.float32) / 255.0)[:, None, :, :]
+    """uint8 N x H x W (grey: MNIST's N x 28 x 28) or N x C x H x W -> float32 N x C x H x W
+    in [0, 1] (the graphs' input contract)."""
+    floats = images.astype(np.float32) / 255.0
+    return floats[:, None, :, :] if floats.ndim == 3 else floats
 
 
 def default_cache_dir() -> Path:

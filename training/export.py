@@ -31,22 +31,26 @@ from latentserve.manifest import (
     ENCODER_INPUT,
     VAE_ENCODER_OUTPUTS,
     BoundingBox,
+    DynamicSize,
     FittedGaussian,
     GraphSpec,
+    ImageSpec,
     Kind,
+    LatentSpec,
     ModelManifest,
     PriorSpec,
     sha256_of,
     write_manifest,
 )
 from latentserve.priors import PriorName
-from training.data import Mnist, to_float
+from training.data import to_float
 from training.graphs import ModelGraphs, open_session, run_batched
-from training.models import AnyAutoencoder, VariationalAutoencoder
-from training.train import library_versions, load_checkpoint
+from training.models import AnyAutoencoder, ModelConfig, VariationalAutoencoder
+from training.train import TrainingData, library_versions, load_checkpoint
 
 PARITY_ATOL = 1e-4
 PARITY_BATCH_SIZES = (1, 7, 64)
+MAX_DYNAMIC_SIDE = 1024
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 
@@ -79,8 +83,10 @@ def export_graph(
     path: Path,
     input_name: str,
     output_names: list[str],
+    spatial_dims: dict[int, Any] | None = None,
 ) -> int:
-    """Export module(example) to one self-contained ONNX file with a dynamic batch axis; returns the opset."""
+    """Export module(example) to one self-contained ONNX file with a dynamic batch axis (and
+    `spatial_dims`: dynamic height and width); returns the opset."""
     module.eval()
     batch = torch.export.Dim("batch", min=1, max=65536)
     # The example batch must be > 1, or torch.export specialises the batch size to 1.
@@ -93,7 +99,7 @@ def export_graph(
             dynamo=True,
             input_names=[input_name],
             output_names=output_names,
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=({0: batch, **(spatial_dims or {})},),
             external_data=False,
             verbose=False,
         )
@@ -139,6 +145,8 @@ def check_parity(
     start = 0
     for size in PARITY_BATCH_SIZES:
         batch = inputs[start : start + size]
+        if not len(batch):
+            break
         start += size
         with torch.no_grad():
             expected = module(torch.from_numpy(batch))
@@ -161,7 +169,7 @@ def check_parity(
 
 @torch.no_grad()
 def _latent_points(model: AnyAutoencoder, images: np.ndarray) -> np.ndarray:
-    """Deterministic latent per image (AE latent / VAE mean), N x D float64."""
+    """Deterministic latent per image (AE latent / VAE mean), N x D or N x C x h x w float64."""
     points = []
     for start in range(0, len(images), 1000):
         out = model.encode(torch.from_numpy(images[start : start + 1000]))
@@ -169,8 +177,17 @@ def _latent_points(model: AnyAutoencoder, images: np.ndarray) -> np.ndarray:
     return np.concatenate(points).astype(np.float64)
 
 
+def prior_points(latents: np.ndarray) -> np.ndarray:
+    """What the priors are fitted to: N x D flat latents as they are; spatial N x C x h x w
+    latents per channel, every position a point (N*h*w x C)."""
+    if latents.ndim == 2:
+        return latents
+    return latents.transpose(0, 2, 3, 1).reshape(-1, latents.shape[1])
+
+
 def fit_priors(points: np.ndarray, default: PriorName) -> PriorSpec:
-    """The Gaussian fitted to the training latents and their per-axis bounding box."""
+    """The Gaussian fitted to the training latents (P-dimensional points, see prior_points)
+    and their per-axis bounding box."""
     covariance = np.atleast_2d(np.cov(points, rowvar=False))
     return PriorSpec(
         default=default,
@@ -182,13 +199,12 @@ def fit_priors(points: np.ndarray, default: PriorName) -> PriorSpec:
 
 
 def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Reconstruction quality of the exported graphs on the test images (N x 1 x 28 x 28).
+    """Reconstruction quality of the exported graphs on the test images (N x C x H x W).
 
     Reconstruction decodes the deterministic latent (the VAE mean), as an Encode -> Decode
     round trip through the server does. The VAE's ELBO uses one reparameterised sample per image.
     """
-    encoded = graphs.encode(images)
-    points = encoded["latents"] if graphs.kind == "ae" else encoded["mean"]
+    points = graphs.encode_points(images)
     recon = graphs.decode(points.astype(np.float32)).astype(np.float64)
     x = images.astype(np.float64)
     eps = 1e-7
@@ -200,8 +216,8 @@ def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict
         "test_bce_per_image": float(bce.mean()),
     }
     if graphs.kind == "vae":
-        mean, log_var = encoded["mean"].astype(np.float64), encoded["log_var"].astype(np.float64)
-        kl = -0.5 * (1 + log_var - mean**2 - np.exp(log_var)).sum(1)
+        mean, log_var = (t.astype(np.float64) for t in graphs.encode_mean_log_var(images))
+        kl = -0.5 * (1 + log_var - mean**2 - np.exp(log_var)).reshape(len(x), -1).sum(1)
         rng = np.random.default_rng(seed)
         z = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape)
         sampled = np.clip(graphs.decode(z.astype(np.float32)).astype(np.float64), eps, 1 - eps)
@@ -214,10 +230,28 @@ def test_metrics(graphs: ModelGraphs, images: np.ndarray, seed: int = 0) -> dict
 DEFAULT_PRIOR: dict[Kind, PriorName] = {"vae": "standard_normal", "ae": "fitted_gaussian"}
 
 
+def image_spec(model: AnyAutoencoder, dynamic: DynamicSize | None = None) -> ImageSpec:
+    c, h, w = model.config.image_shape
+    return ImageSpec(channels=c, height=h, width=w, dynamic=dynamic)  # type: ignore[arg-type]
+
+
+def check_other_size(model: AnyAutoencoder, folder: Path, dynamic: DynamicSize) -> dict[str, Any]:
+    """Parity of a dynamic model's graphs at a size other than the one exported with."""
+    _, height, width = model.config.image_shape
+    m = dynamic.multiple
+    size = (min(height + m, dynamic.max), min(width + 2 * m, dynamic.max))
+    rng = np.random.default_rng(1)
+    images = rng.random((sum(PARITY_BATCH_SIZES), model.config.channels, *size), np.float32)
+    encoder_diff = check_parity(_EncoderGraph(model), folder / ENCODER_FILE, images)
+    points = _latent_points(model, images).astype(np.float32)
+    decoder_diff = check_parity(_DecoderGraph(model), folder / DECODER_FILE, points)
+    return {"other_size": list(size), "other_size_max_abs_diff": max(encoder_diff, decoder_diff)}
+
+
 def export_model(
     checkpoint: Path,
     folder: Path,
-    data: Mnist,
+    data: TrainingData,
     *,
     name: str,
     description: str = "",
@@ -228,17 +262,27 @@ def export_model(
     kind: Kind = "vae" if isinstance(model, VariationalAutoencoder) else "ae"
     folder.mkdir(parents=True, exist_ok=True)
     test_images = to_float(data.test_images)
-    encoder, decoder = export_graphs(model, kind, folder, test_images[:4])
-    parity = check_graphs(model, folder, test_images)
+    dynamic = dynamic_size(model.config)
+    encoder, decoder = export_graphs(model, kind, folder, test_images[:4], dynamic)
+    # Held-out images first; a small image folder's test set is topped up from training images.
+    wanted = sum(PARITY_BATCH_SIZES)
+    parity_images = test_images[:wanted]
+    if len(parity_images) < wanted:
+        extra = to_float(data.train_images[: wanted - len(parity_images)])
+        parity_images = np.concatenate([parity_images, extra])
+    parity: dict[str, Any] = dict(check_graphs(model, folder, parity_images))
+    if dynamic is not None:
+        parity |= check_other_size(model, folder, dynamic)
     train_points = _latent_points(model, to_float(data.train_images))
     manifest = ModelManifest(
         name=name,
         kind=kind,
         description=description,
-        latent_dim=model.config.latent_dim,
+        image=image_spec(model, dynamic),
+        latent=LatentSpec(shape=model.config.latent_shape),
         encoder=encoder,
         decoder=decoder,
-        prior=fit_priors(train_points, prior or DEFAULT_PRIOR[kind]),
+        prior=fit_priors(prior_points(train_points), prior or DEFAULT_PRIOR[kind]),
         provenance=provenance(checkpoint, state, kind, parity),
         metrics={},
     )
@@ -248,32 +292,68 @@ def export_model(
     return folder
 
 
+def dynamic_size(config: ModelConfig) -> DynamicSize | None:
+    """The sizes a fully convolutional model takes: multiples of 2**halvings from twice that
+    up to MAX_DYNAMIC_SIDE (a latent side of 1 would let torch.export specialise it)."""
+    if not config.is_spatial or min(config.feature_size) < 2:
+        return None
+    multiple = 2**config.halvings
+    return DynamicSize(
+        multiple=multiple, min=2 * multiple, max=multiple * (MAX_DYNAMIC_SIDE // multiple)
+    )
+
+
+def _spatial_dims(dynamic: DynamicSize | None) -> tuple[dict[int, Any], dict[int, Any]] | None:
+    """torch.export dims for (image, latent): height and width free, images a multiple of
+    the latent's size."""
+    if dynamic is None:
+        return None
+    m = dynamic.multiple
+    h = torch.export.Dim("h", min=dynamic.min // m, max=dynamic.max // m)
+    w = torch.export.Dim("w", min=dynamic.min // m, max=dynamic.max // m)
+    if m == 1:
+        return {2: h, 3: w}, {2: h, 3: w}
+    return {2: m * h, 3: m * w}, {2: h, 3: w}
+
+
 def export_graphs(
-    model: AnyAutoencoder, kind: Kind, folder: Path, example_images: np.ndarray
+    model: AnyAutoencoder,
+    kind: Kind,
+    folder: Path,
+    example_images: np.ndarray,
+    dynamic: DynamicSize | None = None,
 ) -> tuple[GraphSpec, GraphSpec]:
     """Write encoder.onnx and decoder.onnx; returns their specs for model.json."""
     encoder_outputs = list(VAE_ENCODER_OUTPUTS if kind == "vae" else AE_ENCODER_OUTPUTS)
+    dims = _spatial_dims(dynamic)
     encoder = _export_spec(
         _EncoderGraph(model),
         torch.from_numpy(example_images),
         folder / ENCODER_FILE,
         ENCODER_INPUT,
         encoder_outputs,
+        dims[0] if dims else None,
     )
     decoder = _export_spec(
         _DecoderGraph(model),
-        torch.zeros(len(example_images), model.config.latent_dim),
+        torch.zeros(len(example_images), *model.config.latent_shape),
         folder / DECODER_FILE,
         DECODER_INPUT,
         [DECODER_OUTPUT],
+        dims[1] if dims else None,
     )
     return encoder, decoder
 
 
 def _export_spec(
-    module: nn.Module, example: torch.Tensor, path: Path, input_name: str, outputs: list[str]
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    input_name: str,
+    outputs: list[str],
+    spatial_dims: dict[int, Any] | None,
 ) -> GraphSpec:
-    opset = export_graph(module, example, path, input_name, outputs)
+    opset = export_graph(module, example, path, input_name, outputs, spatial_dims)
     return GraphSpec(
         file=path.name, sha256=sha256_of(path), inputs=[input_name], outputs=outputs, opset=opset
     )
@@ -298,7 +378,7 @@ def check_graphs(model: AnyAutoencoder, folder: Path, test_images: np.ndarray) -
 
 
 def provenance(
-    checkpoint: Path, state: dict[str, Any], kind: Kind, parity: dict[str, float]
+    checkpoint: Path, state: dict[str, Any], kind: Kind, parity: dict[str, Any]
 ) -> dict[str, Any]:
     """Where the model came from: data, training run, export checks, library versions."""
     fit_config = state["fit_config"]

@@ -8,6 +8,7 @@ offers ``encode`` / ``decode`` on numpy arrays in batches.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +65,27 @@ class ModelGraphs:
         return self.manifest.kind
 
     def encode(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """images N x 1 x 28 x 28 float32 -> {"latents"} (AE) or {"mean", "log_var"} (VAE)."""
-        return run_batched(self.encoder, images)
+        """images N x C x H x W float32 -> the encoder's outputs by their graph names."""
+        return run_batched(self.encoder, images, batch_size=self._batch)
 
     def encode_points(self, images: np.ndarray) -> np.ndarray:
-        """The deterministic latent point per image: the AE latent or the VAE mean, N x D."""
+        """The deterministic latent per image: the AE latent or the VAE mean (the encoder's
+        first output), N x D or N x C x h x w."""
+        return self.encode(images)[self.manifest.encoder_outputs[0]]
+
+    def encode_mean_log_var(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A VAE's two outputs, in the manifest's order."""
         out = self.encode(images)
-        return out["latents"] if self.kind == "ae" else out["mean"]
+        mean, log_var = self.manifest.encoder_outputs
+        return out[mean], out[log_var]
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        """latents N x D float32 -> images N x 1 x 28 x 28 float32."""
-        return run_batched(self.decoder, latents)["images"]
+        """latents (the manifest's latent shape) float32 -> images N x C x H x W float32."""
+        return run_batched(self.decoder, latents, batch_size=self._batch)[
+            self.manifest.decoder_output
+        ]
+
+    @property
+    def _batch(self) -> int:
+        # About 1000 MNIST images' worth of pixels per run, whatever the image size.
+        return max(16, 784_000 // math.prod(self.manifest.image_shape))

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from latentserve.manifest import ModelManifest
-
-if TYPE_CHECKING:
-    from training.analyze import Plane
+from training.plane import Plane
 
 FILE = "latent_sample.json"
 PER_CLASS = 200
@@ -29,11 +27,12 @@ PLANE_DECIMALS = 6
 
 
 def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """Up to per_class indices of each digit (labels N int), shuffled so that no digit comes
-    last (a page that paints in file order would otherwise hide the others under it)."""
+    """Up to per_class indices of each class (labels N int: a digit, or an image folder's class),
+    shuffled so that no class comes last (a page that paints in file order would otherwise
+    hide the others under it)."""
     rng = np.random.default_rng(seed)
     picks = []
-    for digit in range(10):
+    for digit in range(max(10, int(labels.max()) + 1)):
         pool = np.flatnonzero(labels == digit)
         picks.append(rng.choice(pool, size=min(per_class, len(pool)), replace=False))
     return rng.permutation(np.concatenate(picks))
@@ -52,8 +51,10 @@ def latent_sample(
     *,
     seed: int,
     per_class: int = PER_CLASS,
+    classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The file's contents for test latents points (N x D) with their labels (N)."""
+    """The file's contents for test latents points (N x D) with their labels (N). `classes`:
+    the label names of an image folder (the file then names them; MNIST's labels are digits)."""
     picked = stratified_indices(labels, per_class, seed)
     latent = "encoder mean" if manifest.kind == "vae" else "encoder output"
     pca = None
@@ -64,13 +65,17 @@ def latent_sample(
             "explained_variance_ratio": round(plane.explained, 4),
             "points": _rounded(plane.project(points[picked])),
         }
-    return {
+    what, item = (
+        ("the MNIST test set", "digit") if classes is None else ("the test images", "image")
+    )
+    contents = {
         "description": (
-            f"A stratified sample of the MNIST test set for the latent-space explorer: up to "
-            f"{per_class} digits per class (seed {seed}, shuffled), each with its true label and "
+            f"A stratified sample of {what} for the latent-space explorer: up to "
+            f"{per_class} {item}s per class (seed {seed}, shuffled), each with its true label and "
             f"its {manifest.latent_dim}-D latent ({latent}, from this folder's encoder.onnx), "
-            f"rounded to {DECIMALS} decimals. test_index is each digit's position in the test "
+            f"rounded to {DECIMALS} decimals. test_index is each {item}'s position in the test "
             f"set the analysis ran on ({len(labels)} images)."
+            + ("" if classes is None else " labels index classes, the image folder's class names.")
             + (
                 " pca is the plane of latent_scatter.png: the top two principal axes of all "
                 "test latents, points = (latents - mean) @ components.T."
@@ -90,6 +95,9 @@ def latent_sample(
         "latents": _rounded(points[picked]),
         "pca": pca,
     }
+    if classes is not None:
+        contents["classes"] = classes
+    return contents
 
 
 def write_latent_sample(folder: Path, contents: dict[str, Any]) -> str:

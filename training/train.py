@@ -4,7 +4,7 @@
 bar); :func:`fit` runs it for the autoencoders and the evaluation classifier reuses it.
 
 Losses (per image, averaged over the batch): reconstruction is the binary cross-entropy
-summed over the 784 pixels, treating each grey level as a Bernoulli mean as in the original
+summed over the image's values (784 for MNIST, C x H x W in general), treating each grey level as a Bernoulli mean as in the original
 VAE paper (or, with ``recon_loss="mse"``, the squared error summed over pixels, which is
 what the reconstruction-MSE metric measures); the AE minimises it alone, the VAE adds beta times the KL divergence of
 q(z|x) = N(mean, diag(exp(log_var))) from N(0, I) (Kingma & Welling 2014, appendix B).
@@ -30,9 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from training.data import Mnist, to_float
+from training.images import ImageFolderData
 from training.models import AnyAutoencoder, ModelConfig, VariationalAutoencoder, build_model
 
 CHECKPOINT = "checkpoint.pt"
+
+# What fit, export and analysis take: MNIST's IDX files or a folder of images. Both hold uint8
+# train/test arrays with labels and describe themselves with provenance().
+TrainingData = Mnist | ImageFolderData
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,9 @@ def reconstruction_loss(
 
 
 def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(log_var)) || N(0, I)) per image: N values."""
-    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).sum(1)
+    """KL(N(mean, exp(log_var)) || N(0, I)) per image: N values (summed over every latent
+    value, flat N x D or spatial N x C x h x w)."""
+    return -0.5 * (1 + log_var - mean.pow(2) - log_var.exp()).flatten(1).sum(1)
 
 
 def loss_terms(
@@ -162,14 +168,19 @@ def library_versions() -> dict[str, str]:
 
 
 def fit(
-    data: Mnist,
+    data: TrainingData,
     config: FitConfig,
     out_dir: Path,
     *,
     resume: bool = False,
     progress: bool = True,
+    stop_after: int | None = None,
 ) -> Path:
-    """Train (or continue training) a model; returns the checkpoint path."""
+    """Train (or continue training) a model; returns the checkpoint path. `stop_after`: end
+    after that epoch of the config's schedule (a later `resume` continues it exactly)."""
+    shape = tuple(to_float(data.train_images[:1]).shape[1:])
+    if shape != config.model.image_shape:
+        raise ValueError(f"images are {shape}, the model is built for {config.model.image_shape}")
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,24 +196,13 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
-        saved = state["fit_config"]
-        was = (saved["model"], saved["seed"], saved.get("recon_loss", "bce"))
-        now = (config.model.to_dict(), config.seed, config.recon_loss)
-        if was != now:
-            raise ValueError(
-                f"{checkpoint_path} was trained as (model, seed, loss) {was}; cannot resume it as {now}"
-            )
-        model.load_state_dict(state["model_state"])
-        optimizer.load_state_dict(state["optimizer_state"])
-        history = state["history"]
-        start_epoch = state["epoch"]
-        print(f"resuming {checkpoint_path} after epoch {start_epoch}")
+        history, start_epoch = _resume(checkpoint_path, config, model, optimizer)
 
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         return loss_terms(model, train_images[idx], config.beta, config.recon_loss)["loss"]
 
-    for epoch in range(start_epoch, config.epochs):
+    last = config.epochs if stop_after is None else min(stop_after, config.epochs)
+    for epoch in range(start_epoch, last):
         started = time.perf_counter()
         lr = _learning_rate(config, epoch)
         torch.manual_seed(_epoch_seed(config.seed, epoch))  # reparameterisation noise, dropout
@@ -227,15 +227,37 @@ def fit(
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
-        print(
-            f"epoch {epoch + 1}/{config.epochs}  train loss {record['train_loss']:.3f}  "
-            f"val loss {val['loss']:.3f}"
-            + (f" (recon {val['recon']:.3f}, kl {val['kl']:.3f})" if "kl" in val else "")
-            + f"  {record['seconds']:.0f}s",
-            flush=True,
-        )
+        _log_epoch(record, val, config.epochs)
         _save_checkpoint(checkpoint_path, model, optimizer, config, epoch + 1, history, data)
     return checkpoint_path
+
+
+def _resume(
+    path: Path, config: FitConfig, model: AnyAutoencoder, optimizer: torch.optim.Optimizer
+) -> tuple[list[dict[str, float]], int]:
+    """Load a checkpoint into model and optimizer; returns its history and last epoch."""
+    state = torch.load(path, weights_only=False)
+    saved = state["fit_config"]
+    was = (saved["model"], saved["seed"], saved.get("recon_loss", "bce"))
+    now = (config.model.to_dict(), config.seed, config.recon_loss)
+    if was != now:
+        raise ValueError(
+            f"{path} was trained as (model, seed, loss) {was}; cannot resume it as {now}"
+        )
+    model.load_state_dict(state["model_state"])
+    optimizer.load_state_dict(state["optimizer_state"])
+    print(f"resuming {path} after epoch {state['epoch']}")
+    return state["history"], int(state["epoch"])
+
+
+def _log_epoch(record: dict[str, float], val: dict[str, float], epochs: int) -> None:
+    print(
+        f"epoch {int(record['epoch'])}/{epochs}  train loss {record['train_loss']:.3f}  "
+        f"val loss {val['loss']:.3f}"
+        + (f" (recon {val['recon']:.3f}, kl {val['kl']:.3f})" if "kl" in val else "")
+        + f"  {record['seconds']:.0f}s",
+        flush=True,
+    )
 
 
 def _save_checkpoint(
@@ -245,7 +267,7 @@ def _save_checkpoint(
     config: FitConfig,
     epoch: int,
     history: list[dict[str, float]],
-    data: Mnist,
+    data: TrainingData,
 ) -> None:
     state = {
         "model_state": model.state_dict(),
@@ -259,6 +281,12 @@ def _save_checkpoint(
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a stopped run never leaves a half-written checkpoint
+
+
+def checkpoint_data(path: Path) -> dict[str, Any]:
+    """The data provenance a checkpoint was trained on (export reloads an image folder from it)."""
+    record: dict[str, Any] = torch.load(path, weights_only=False)["data"]
+    return record
 
 
 def load_checkpoint(path: Path) -> tuple[AnyAutoencoder, dict[str, Any]]:

@@ -30,7 +30,7 @@ def _shape(value_info: ort.NodeArg) -> list[int | str]:
 def test_model_folder_is_servable(folder: Path) -> None:
     manifest = load_model_folder(folder)  # schema + sha256 of both graphs
     assert manifest.name == folder.name
-    d = manifest.latent_dim
+    image, latent = list(manifest.image_shape), list(manifest.latent_shape)
     for spec in (manifest.encoder, manifest.decoder):
         proto = onnx.load(str(folder / spec.file), load_external_data=False)
         assert not [
@@ -48,20 +48,20 @@ def test_model_folder_is_servable(folder: Path) -> None:
     assert [o.name for o in encoder.get_outputs()] == manifest.encoder.outputs
     assert [i.name for i in decoder.get_inputs()] == manifest.decoder.inputs
     assert [o.name for o in decoder.get_outputs()] == manifest.decoder.outputs
-    assert _shape(encoder.get_inputs()[0])[1:] == [1, 28, 28]
-    assert all(_shape(o)[1:] == [d] for o in encoder.get_outputs())
-    assert _shape(decoder.get_inputs()[0])[1:] == [d]
-    assert _shape(decoder.get_outputs()[0])[1:] == [1, 28, 28]
+    assert _shape(encoder.get_inputs()[0])[1:] == image
+    assert all(_shape(o)[1:] == latent for o in encoder.get_outputs())
+    assert _shape(decoder.get_inputs()[0])[1:] == latent
+    assert _shape(decoder.get_outputs()[0])[1:] == image
     assert all(
         isinstance(_shape(x)[0], str) for x in (*encoder.get_inputs(), *decoder.get_inputs())
     )
 
     for n in (1, 5):
-        images = np.random.default_rng(n).random((n, 1, 28, 28), dtype=np.float32)
-        outputs = encoder.run(None, {"images": images})
-        assert all(o.shape == (n, d) and np.isfinite(o).all() for o in outputs)
-        decoded = decoder.run(None, {"latents": outputs[0]})[0]
-        assert decoded.shape == (n, 1, 28, 28) and decoded.min() >= 0 and decoded.max() <= 1
+        images = np.random.default_rng(n).random((n, *image), dtype=np.float32)
+        outputs = encoder.run(None, {manifest.encoder_input: images})
+        assert all(o.shape == (n, *latent) and np.isfinite(o).all() for o in outputs)
+        decoded = decoder.run(None, {manifest.decoder_input: outputs[0]})[0]
+        assert decoded.shape == (n, *image) and decoded.min() >= 0 and decoded.max() <= 1
 
 
 # Random samples from each model's default prior, judged by the shipped classifier in its

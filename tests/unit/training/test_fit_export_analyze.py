@@ -62,6 +62,21 @@ def test_resume_continues_exactly(tiny_data: Mnist, tmp_path: Path) -> None:
         fit(tiny_data, replace(config, seed=5), tmp_path / "resumed", resume=True, progress=False)
 
 
+def test_stop_after_keeps_the_schedule_and_resume_finishes_it(
+    tiny_data: Mnist, tmp_path: Path
+) -> None:
+    config = replace(TINY, model=ModelConfig(kind="ae", latent_dim=2), epochs=2)
+    fit(tiny_data, config, tmp_path / "straight", progress=False)
+    fit(tiny_data, config, tmp_path / "stopped", progress=False, stop_after=1)
+    _, state = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert state["epoch"] == 1 and state["fit_config"]["epochs"] == 2
+    fit(tiny_data, config, tmp_path / "stopped", resume=True, progress=False)
+    a, _ = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b, _ = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
 def test_export_writes_a_valid_self_contained_model_folder(
     vae_folder: Path, tiny_data: Mnist
 ) -> None:

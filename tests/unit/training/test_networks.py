@@ -50,3 +50,11 @@ def test_reconstruction_losses_are_summed_per_image() -> None:
     assert torch.allclose(reconstruction_loss(recon, images, "bce"), torch.tensor([4 * 0.6931472]))
     assert torch.allclose(kl_divergence(torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2))
     assert float(kl_divergence(torch.ones(1, 2), torch.zeros(1, 2))) == 1.0
+
+
+def test_kl_of_a_spatial_latent_sums_over_the_whole_map() -> None:
+    from training.train import kl_divergence
+
+    mean, log_var = torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    # 0.5 * mean**2 per value, 48 values per image.
+    assert torch.allclose(kl_divergence(mean, log_var), torch.full((2,), 24.0))
