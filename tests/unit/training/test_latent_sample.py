@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentserve.manifest import load_model_folder
+from latentserve.manifest import LatentSpec, load_model_folder
 from training.analyze import Plane
 from training.data import Mnist, to_float
 from training.graphs import ModelGraphs
@@ -60,7 +60,7 @@ def test_same_seed_same_sample_and_no_digit_painted_last() -> None:
 
 def test_a_16d_model_file_stays_under_300_kb(tiny_models_dir: Path, tmp_path: Path) -> None:
     manifest = load_model_folder(tiny_models_dir / "tiny-vae-8").model_copy(
-        update={"latent_dim": 16}
+        update={"latent": LatentSpec(shape=(16,))}
     )
     rng = np.random.default_rng(0)
     points = 1.5 * rng.standard_normal((10_000, 16))  # about the spread of a real VAE's means
