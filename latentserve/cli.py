@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 
 from .client import DEFAULT_TARGET, LatentClient, LatentServeError, ModelInfo, TlsConfig
-from .image_spec import IMAGE_SHAPE
 from .png import PngUnavailable, grid_png, require_pillow
 from .priors import PRIOR_NAMES
 
@@ -37,6 +36,7 @@ def _check_writable(path: Path | None) -> None:
 
 
 def _write_images(path: Path, images: npt.NDArray[np.float32]) -> str:
+    """N x C x H x W images -> a .png grid (grey or RGB) or a float32 .npy."""
     if path.suffix.lower() == ".png":
         shown = images[:MAX_GRID_IMAGES]
         path.write_bytes(grid_png(shown))
@@ -55,7 +55,7 @@ def _print_models(models: list[ModelInfo], default: str) -> None:
                 m.name,
                 m.state,
                 m.kind or "-",
-                str(m.latent_dim or "-"),
+                "x".join(map(str, m.latent_shape)) or str(m.latent_dim or "-"),
                 m.default_prior or "-",
                 ",".join(p.removesuffix("ExecutionProvider") for p in m.providers) or "-",
             )
@@ -70,8 +70,15 @@ def _print_models(models: list[ModelInfo], default: str) -> None:
         print(f"\n* default model: {default}")
 
 
+# Latents with more values than this (a spatial map) are summarised, not printed in full.
+MAX_PRINTED_VALUES = 32
+
+
 def _format_vector(v: npt.NDArray[np.float32]) -> str:
-    return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+    if v.size > MAX_PRINTED_VALUES:
+        shape = " x ".join(map(str, v.shape))
+        return f"<{shape}: mean {v.mean():.4f}, std {v.std():.4f}; --out writes them all>"
+    return "[" + ", ".join(f"{x:.4f}" for x in v.reshape(-1)) + "]"
 
 
 # -- connection ------------------------------------------------------------------------------------
@@ -119,7 +126,12 @@ def _encode_inputs(paths: list[Path]) -> tuple[npt.NDArray[np.float32] | list[by
         return [p.read_bytes() for p in paths], [str(p) for p in paths]
     if len(arrays) != len(paths):
         raise ValueError("give either image files or .npy arrays, not both")
-    loaded = {p: np.load(p).reshape(-1, *IMAGE_SHAPE[1:]) for p in arrays}
+    # One H x W array is one grey image; otherwise N x H x W (grey) or N x C x H x W.
+    loaded = {p: np.load(p) for p in arrays}
+    loaded = {p: a[None] if a.ndim == 2 else a for p, a in loaded.items()}
+    if len({a.shape[1:] for a in loaded.values()}) > 1:
+        shapes = ", ".join(f"{p}: {list(a.shape)}" for p, a in loaded.items())
+        raise ValueError(f"the .npy arrays hold images of different shapes ({shapes})")
     labels = [f"{p}[{i}]" for p, a in loaded.items() for i in range(len(a))]
     return np.concatenate(list(loaded.values())), labels
 
@@ -141,7 +153,8 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         print(f"(model {enc.model}, z seed {enc.seed})")
     if args.out:
         np.save(args.out, enc.latents)
-        print(f"wrote {enc.latents.shape[0]} x {enc.latents.shape[1]} latents to {args.out}")
+        shape = " x ".join(map(str, enc.latents.shape))
+        print(f"wrote {shape} latents to {args.out}")
     return 0
 
 
@@ -224,20 +237,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="images (PNG/JPEG, or .npy arrays) -> latents")
     p.add_argument("images", nargs="+", type=Path, metavar="IMG")
     p.add_argument("--model", default="")
-    p.add_argument("--resize", action="store_true", help="scale images that are not 28x28")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="scale images to the model's size (and colour to grey for a grey model)",
+    )
     p.add_argument("--sample-z", action="store_true", help="VAE: also sample z")
     p.add_argument("--seed", type=int, default=None, help="seed for --sample-z")
-    p.add_argument("--out", type=Path, help="write the latents (N x D float32) to a .npy")
+    p.add_argument(
+        "--out", type=Path, help="write the latents (N x D or N x C x h x w float32) to a .npy"
+    )
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("decode", help="latents -> images")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--latents", type=Path, help=".npy file holding N x D float32")
+    source.add_argument(
+        "--latents", type=Path, help=".npy file holding N x D (or N x C x h x w) float32"
+    )
     source.add_argument(
         "--latent", action="append", metavar="V1,V2,...", help="one latent vector (repeatable)"
     )
     p.add_argument("--model", default="")
-    p.add_argument("--out", type=Path, help=".npy (N x 1 x 28 x 28 float32) or .png grid")
+    p.add_argument("--out", type=Path, help=".npy (N x C x H x W float32) or .png grid")
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sample", help="random images from a model's latent space")
@@ -246,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same images")
     p.add_argument("--prior", choices=PRIOR_NAMES, default=None, help="default: the model's own")
     p.add_argument("--temperature", type=float, default=None, help="Gaussian spread, default 1")
-    p.add_argument("--out", type=Path, help=".npy (N x 1 x 28 x 28 float32) or .png grid")
-    p.add_argument("--latents-out", type=Path, help="also write the N x D latents to a .npy")
+    p.add_argument("--out", type=Path, help=".npy (N x C x H x W float32) or .png grid")
+    p.add_argument("--latents-out", type=Path, help="also write the latents to a .npy")
     p.set_defaults(func=_cmd_sample)
     return parser
 

@@ -6,7 +6,7 @@ imports the server (serving/) or the model-folder manifest (pydantic).
     from latentserve.client import LatentClient
 
     with LatentClient("127.0.0.1:50051") as client:
-        images = client.sample(16, model="mnist-vae", seed=7).images   # 16 x 1 x 28 x 28
+        images = client.sample(16, model="mnist-vae", seed=7).images   # 16 x C x H x W
         codes = client.encode(images).latents                          # 16 x D
         again = client.decode(codes).images
 
@@ -59,13 +59,13 @@ from .channels import (
     sync_channels,
 )
 from .channels import channel_options as _channel_options  # a parameter's name below
-from .image_spec import IMAGE_SHAPE
 from .priors import PRIOR_NAMES, PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName, is_prior_name
 from .tensors import array_to_tensor, tensor_to_array
 
 Float32Array = npt.NDArray[np.float32]
 PriorArg = PriorName | None
 
+IMAGE_DTYPES = {"float32": pb.DATA_TYPE_FLOAT32, "uint8": pb.DATA_TYPE_UINT8}
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 UINT32_MAX = 2**32 - 1
@@ -85,24 +85,26 @@ class LatentServeError(Exception):
 
 @dataclass(frozen=True)
 class EncodeResult:
-    latents: Float32Array  # N x D (VAE: posterior mean)
-    log_var: Float32Array | None  # N x D, VAE only
-    z: Float32Array | None  # N x D, when sample_z was asked for
+    latents: Float32Array  # N x D or N x C x h x w (VAE: posterior mean)
+    log_var: Float32Array | None  # same shape, VAE only
+    z: Float32Array | None  # same shape, when sample_z was asked for
     seed: int  # the seed used for z (0 when not sampled)
     model: str
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    images: Float32Array  # N x 1 x 28 x 28 in [0, 1]
+    # N x C x H x W (the model's image shape) float32 in [0, 1], or uint8 0..255 when
+    # image_dtype="uint8" was asked for
+    images: npt.NDArray[Any]
     png: list[bytes]  # N PNG files when return_png was set, else empty
     model: str
 
 
 @dataclass(frozen=True)
 class SampleResult:
-    images: Float32Array  # N x 1 x 28 x 28 in [0, 1]
-    latents: Float32Array | None  # N x D, when return_latents was set
+    images: npt.NDArray[Any]  # N x C x H x W, float32 in [0, 1] (or uint8 on request)
+    latents: Float32Array | None  # N x latent shape, when return_latents was set
     seed: int
     prior: str  # the prior actually used, e.g. "standard_normal"
     model: str
@@ -114,8 +116,9 @@ class ModelInfo:
     state: str  # READY, FAILED or LOADING
     version: str = ""
     kind: str = ""
-    latent_dim: int = 0
-    image_shape: tuple[int, ...] = ()
+    latent_dim: int = 0  # values per image: D, or C * h * w
+    image_shape: tuple[int, ...] = ()  # C x H x W (nominal size when dynamic)
+    latent_shape: tuple[int, ...] = ()  # (D,) or (C, h, w)
     description: str = ""
     error: str = ""
     providers: tuple[str, ...] = ()
@@ -124,24 +127,25 @@ class ModelInfo:
     encoder_sha256: str = ""
     decoder_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    graph_dtype: str = ""  # "float32" or "float16" (the wire is float32 either way)
+    # Dynamic sizes: (multiple, min, max) for height and width; None when fixed.
+    dynamic_sizes: tuple[int, int, int] | None = None
 
 
 # -- conversions shared by the sync and async clients -------------------------------------------
 
 
-def _decoded(tensor: pb.Tensor) -> Float32Array:
+def _decoded(tensor: pb.Tensor) -> npt.NDArray[Any]:
     # A writable copy, as callers may edit results in place (the view is read-only).
-    return tensor_to_array(tensor, "response tensor").copy()
+    return tensor_to_array(tensor, "response tensor", allow_uint8=True).copy()
 
 
-def _as_images(images: npt.ArrayLike) -> Float32Array:
-    """N x 28 x 28, N x 1 x 28 x 28 or one 28 x 28 image -> float32 (uint8 scaled to [0, 1])."""
+def _as_images(images: npt.ArrayLike) -> npt.NDArray[Any]:
+    """N x C x H x W or N x H x W (grey) -> float32, or uint8 as is (the server scales
+    0..255 to [0, 1]; uint8 is 4x smaller on the wire). Shapes are the server's to check."""
     array = np.asarray(images)
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / np.float32(255.0)
-    array = array.astype(np.float32, copy=False)
-    if array.shape == IMAGE_SHAPE[1:]:
-        array = array[None]
+    if array.dtype != np.uint8:
+        array = array.astype(np.float32, copy=False)
     return array
 
 
@@ -185,15 +189,26 @@ def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
     )
 
 
+def _image_dtype(image_dtype: str) -> pb.DataType.ValueType:
+    if image_dtype not in IMAGE_DTYPES:
+        raise ValueError(f"image_dtype must be one of {list(IMAGE_DTYPES)}, got {image_dtype!r}")
+    return IMAGE_DTYPES[image_dtype]
+
+
 def _decode_requests(
-    latents: npt.ArrayLike, model: str, return_png: bool, batch_size: int
+    latents: npt.ArrayLike, model: str, return_png: bool, batch_size: int, image_dtype: str
 ) -> list[pb.DecodeRequest]:
+    """latents: N x D or N x C x h x w (one flat latent D is taken as 1 x D)."""
     array = np.asarray(latents, dtype=np.float32)
     if array.ndim == 1:
         array = array[None]
+    dtype = _image_dtype(image_dtype)
     return [
         pb.DecodeRequest(
-            model=model, latents=array_to_tensor(array[i : i + batch_size]), return_png=return_png
+            model=model,
+            latents=array_to_tensor(array[i : i + batch_size]),
+            return_png=return_png,
+            image_dtype=dtype,
         )
         for i in range(0, max(len(array), 1), batch_size)
     ]
@@ -212,6 +227,7 @@ def _sample_request(
     temperature: float | None,
     return_latents: bool,
     return_png: bool = False,
+    image_dtype: str = "float32",
 ) -> pb.SampleRequest:
     if prior is not None and not is_prior_name(prior):
         raise ValueError(f"prior must be one of {list(PRIOR_NAMES)} or None, got {prior!r}")
@@ -225,6 +241,7 @@ def _sample_request(
         prior=PRIOR_TO_PROTO[prior] if prior else pb.PRIOR_UNSPECIFIED,
         return_latents=return_latents,
         return_png=return_png,
+        image_dtype=_image_dtype(image_dtype),
     )
     if seed is not None:
         request.seed = seed
@@ -238,7 +255,7 @@ class _SampleAssembler:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.images: Float32Array | None = None
+        self.images: npt.NDArray[Any] | None = None
         self.latents: Float32Array | None = None
         self.first: pb.SampleResponse | None = None
         self.received = 0
@@ -247,14 +264,14 @@ class _SampleAssembler:
         images = _decoded(response.images)
         if self.first is None:
             self.first = response
-            self.images = np.empty((self.count, *images.shape[1:]), dtype=np.float32)
+            self.images = np.empty((self.count, *images.shape[1:]), dtype=images.dtype)
         assert self.images is not None
         start = int(response.offset)
         self.images[start : start + len(images)] = images
         if response.HasField("latents"):
             latents = _decoded(response.latents)
             if self.latents is None:
-                self.latents = np.empty((self.count, latents.shape[1]), dtype=np.float32)
+                self.latents = np.empty((self.count, *latents.shape[1:]), dtype=np.float32)
             self.latents[start : start + len(latents)] = latents
         self.received += len(images)
 
@@ -282,6 +299,11 @@ def _model_info(info: pb.ModelInfo) -> ModelInfo:
         kind=info.kind,
         latent_dim=info.latent_dim,
         image_shape=tuple(info.image_shape),
+        latent_shape=tuple(info.latent_shape),
+        graph_dtype=info.graph_dtype,
+        dynamic_sizes=(
+            (info.size_multiple, info.min_size, info.max_size) if info.size_multiple else None
+        ),
         description=info.description,
         error=info.error,
         providers=tuple(info.providers),
@@ -446,16 +468,22 @@ class LatentClient(_ClientBase):
         seed: int | None = None,
         resize: bool = False,
     ) -> EncodeResult:
-        """images: N x 28 x 28 / N x 1 x 28 x 28 array (float32 in [0, 1] or uint8), or a
-        list of PNG/JPEG files as bytes -> latents N x D (VAE: mean, log_var, optional z)."""
+        """images: N x C x H x W array in the model's shape (N x H x W for a grey model), float32 in [0, 1] or uint8, or a list of PNG/JPEG files as bytes
+        (`resize` scales them to the model's size) -> latents N x D or N x C x h x w (VAE:
+        mean, log_var, optional z)."""
         requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
         return _encode_result([self._call(self._stub.Encode, r) for r in requests])
 
     def decode(
-        self, latents: npt.ArrayLike, model: str = "", return_png: bool = False
+        self,
+        latents: npt.ArrayLike,
+        model: str = "",
+        return_png: bool = False,
+        image_dtype: str = "float32",
     ) -> DecodeResult:
-        """latents: N x D float32 -> images N x 1 x 28 x 28 float32 (and PNGs on request)."""
-        requests = _decode_requests(latents, model, return_png, self.batch_size)
+        """latents: N x D or N x C x h x w float32 -> images N x C x H x W, float32 in
+        [0, 1] or uint8 with image_dtype="uint8" (and PNGs on request)."""
+        requests = _decode_requests(latents, model, return_png, self.batch_size, image_dtype)
         return _decode_result([self._call(self._stub.Decode, r) for r in requests])
 
     def sample(
@@ -466,9 +494,13 @@ class LatentClient(_ClientBase):
         prior: PriorArg = None,
         temperature: float | None = None,
         return_latents: bool = False,
+        image_dtype: str = "float32",
     ) -> SampleResult:
-        """`count` random images (N x 1 x 28 x 28); same seed and arguments, same images."""
-        request = _sample_request(count, model, seed, prior, temperature, return_latents)
+        """`count` random images (N x C x H x W; float32, or uint8 with image_dtype="uint8");
+        same seed and arguments, same images."""
+        request = _sample_request(
+            count, model, seed, prior, temperature, return_latents, image_dtype=image_dtype
+        )
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
             assembler.add(self._call(self._stub.SampleRandom, request))
@@ -577,9 +609,13 @@ class AsyncLatentClient(_ClientBase):
         return _encode_result(await self._call_all(self._stub.Encode, requests))
 
     async def decode(
-        self, latents: npt.ArrayLike, model: str = "", return_png: bool = False
+        self,
+        latents: npt.ArrayLike,
+        model: str = "",
+        return_png: bool = False,
+        image_dtype: str = "float32",
     ) -> DecodeResult:
-        requests = _decode_requests(latents, model, return_png, self.batch_size)
+        requests = _decode_requests(latents, model, return_png, self.batch_size, image_dtype)
         return _decode_result(await self._call_all(self._stub.Decode, requests))
 
     async def sample(
@@ -590,8 +626,11 @@ class AsyncLatentClient(_ClientBase):
         prior: PriorArg = None,
         temperature: float | None = None,
         return_latents: bool = False,
+        image_dtype: str = "float32",
     ) -> SampleResult:
-        request = _sample_request(count, model, seed, prior, temperature, return_latents)
+        request = _sample_request(
+            count, model, seed, prior, temperature, return_latents, image_dtype=image_dtype
+        )
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
             assembler.add(await self._call(self._stub.SampleRandom, request))

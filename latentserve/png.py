@@ -1,4 +1,5 @@
-"""PNG grids for the client side: N images in [0, 1] -> one 8-bit grayscale PNG file.
+"""PNG grids for the client side: N images in [0, 1] -> one 8-bit PNG file (grey for
+1-channel images, RGB for 3-channel ones, any size).
 
 Pillow is optional for a client (`pip install latentserve` has numpy, grpcio and protobuf
 only), so it is imported when a PNG is first written; without it, :class:`PngUnavailable`
@@ -14,9 +15,6 @@ from types import ModuleType
 import numpy as np
 import numpy.typing as npt
 
-from .image_spec import IMAGE_SHAPE
-
-SIDE = IMAGE_SHAPE[-1]
 PNG_EXTRA_HINT = 'pip install "latentserve[png]"'
 
 
@@ -47,18 +45,22 @@ def to_uint8(images: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
 def grid_png(
     images: npt.NDArray[np.float32], columns: int | None = None, padding: int = 2
 ) -> bytes:
-    """N x 1 x 28 x 28 (or N x 28 x 28) float32 -> one PNG with the images in a grid."""
+    """N x C x H x W (C = 1 or 3) or N x H x W float32 -> one PNG with the images in a grid."""
     image = _pillow_image()
     n = int(images.shape[0])
-    cells = to_uint8(images.reshape(n, SIDE, SIDE))
+    cells = to_uint8(images if images.ndim == 4 else images[:, None])
+    channels, height, width = cells.shape[1:]
     cols = columns or max(1, int(np.ceil(np.sqrt(n))))
     rows = max(1, -(-n // cols))
-    step = SIDE + padding
-    canvas = np.zeros((rows * step + padding, cols * step + padding), dtype=np.uint8)
+    canvas = np.zeros(
+        (channels, rows * (height + padding) + padding, cols * (width + padding) + padding),
+        dtype=np.uint8,
+    )
     for i in range(n):
         r, c = divmod(i, cols)
-        y, x = padding + r * step, padding + c * step
-        canvas[y : y + SIDE, x : x + SIDE] = cells[i]
+        y, x = padding + r * (height + padding), padding + c * (width + padding)
+        canvas[:, y : y + height, x : x + width] = cells[i]
+    picture = canvas[0] if channels == 1 else canvas.transpose(1, 2, 0)
     buffer = io.BytesIO()
-    image.fromarray(canvas).save(buffer, format="PNG")
+    image.fromarray(picture).save(buffer, format="PNG")
     return buffer.getvalue()

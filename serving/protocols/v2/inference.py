@@ -117,9 +117,11 @@ class V2Api:
         with _model_run():
             result = await model.encode(request.images, deadline)
         check_output({"latents": result.latents, "log_var": result.log_var}, "images")
+        # The graph's own output names, in model.json's order: latents, or mean and log_var.
+        names = [t.name for t in described.outputs]
         if result.log_var is None:
-            return {"latents": result.latents}
-        return {"mean": result.latents, "log_var": result.log_var}
+            return {names[0]: result.latents}
+        return {names[0]: result.latents, names[1]: result.log_var}
 
     async def _decode(
         self,
