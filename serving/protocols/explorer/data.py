@@ -170,6 +170,13 @@ def model_data(manifest: ModelManifest, folder: Path) -> Json:
         "digit_mix": digit_mix(_read_json(folder / ANALYSIS_FILE)),
         "slider_range": slider_range(manifest),
         "v2": {role.value: v2_name(manifest.name, role) for role in Role},
+        # The graphs' own tensor names, which the v2 encoder and decoder models use.
+        "tensors": {
+            "encoder_input": manifest.encoder_input,
+            "encoder_outputs": list(manifest.encoder_outputs),
+            "decoder_input": manifest.decoder_input,
+            "decoder_output": manifest.decoder_output,
+        },
     }
 
 
