@@ -37,6 +37,7 @@ A server with TLS and/or token auth (see docs/reliability.md):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,9 +157,13 @@ def _encode_requests(
     seed: int | None,
     resize: bool,
     batch_size: int,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[pb.EncodeRequest]:
     encoded = isinstance(images, list | tuple) and all(isinstance(i, bytes) for i in images)
     items: Any = list(images) if encoded else _as_images(images)  # type: ignore[arg-type]
+    if not encoded and len(items):
+        # Large images: as many rows as fit one request message.
+        batch_size = _rows_that_fit(batch_size, items[0].nbytes, max_message_bytes)
     # A sampled z is drawn from one seed over the whole batch; splitting would change it.
     step = len(items) if sample_z or len(items) == 0 else batch_size
     requests = []
@@ -174,6 +179,28 @@ def _encode_requests(
             request.images.CopyFrom(array_to_tensor(part))
         requests.append(request)
     return requests
+
+
+# Room in a message for everything but its tensors (names, shapes, field tags).
+MESSAGE_OVERHEAD_BYTES = 64 << 10
+
+
+def _rows_that_fit(rows: int, row_bytes: int, max_message_bytes: int) -> int:
+    """At most `rows`, and no more than one message of `max_message_bytes` holds."""
+    return max(1, min(rows, (max_message_bytes - MESSAGE_OVERHEAD_BYTES) // max(row_bytes, 1)))
+
+
+def _answer_row_bytes(info: ModelInfo, image_dtype: str, return_png: bool) -> int:
+    """Bytes one image adds to a Decode or SampleRandom answer (PNG: at most the raw bytes
+    plus framing), from the model's image shape."""
+    values = math.prod(info.image_shape) if info.image_shape else 0
+    itemsize = 1 if image_dtype == "uint8" else 4
+    return itemsize * values + (values + 2048 if return_png else 0) + 4 * info.latent_dim
+
+
+def _too_large(error: LatentServeError) -> bool:
+    """The server refused an answer that would exceed its message size (not a full queue)."""
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_message_bytes" in error.message
 
 
 def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
@@ -471,7 +498,9 @@ class LatentClient(_ClientBase):
         """images: N x C x H x W array in the model's shape (N x H x W for a grey model), float32 in [0, 1] or uint8, or a list of PNG/JPEG files as bytes
         (`resize` scales them to the model's size) -> latents N x D or N x C x h x w (VAE:
         mean, log_var, optional z)."""
-        requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
+        requests = _encode_requests(
+            images, model, sample_z, seed, resize, self.batch_size, self.max_message_bytes
+        )
         return _encode_result([self._call(self._stub.Encode, r) for r in requests])
 
     def decode(
@@ -483,7 +512,20 @@ class LatentClient(_ClientBase):
     ) -> DecodeResult:
         """latents: N x D or N x C x h x w float32 -> images N x C x H x W, float32 in
         [0, 1] or uint8 with image_dtype="uint8" (and PNGs on request)."""
-        requests = _decode_requests(latents, model, return_png, self.batch_size, image_dtype)
+        rows = self.batch_size
+        try:
+            requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+            return _decode_result([self._call(self._stub.Decode, r) for r in requests])
+        except LatentServeError as e:
+            # Large images: the answer for batch_size rows would not fit one message; size
+            # the calls from the model's image shape and try again.
+            if not _too_large(e):
+                raise
+            row = _answer_row_bytes(self.get_model(model), image_dtype, return_png)
+            rows = _rows_that_fit(rows, row, self.max_message_bytes)
+            if rows >= self.batch_size:
+                raise
+        requests = _decode_requests(latents, model, return_png, rows, image_dtype)
         return _decode_result([self._call(self._stub.Decode, r) for r in requests])
 
     def sample(
@@ -503,8 +545,13 @@ class LatentClient(_ClientBase):
         )
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
-            assembler.add(self._call(self._stub.SampleRandom, request))
-            return assembler.result()
+            try:
+                assembler.add(self._call(self._stub.SampleRandom, request))
+                return assembler.result()
+            except LatentServeError as e:
+                # Large images: stream instead (the server sizes its chunks to fit).
+                if not _too_large(e):
+                    raise
         request.chunk_size = self.chunk_size
         try:
             for response in self._stub.SampleRandomStream(
@@ -605,7 +652,9 @@ class AsyncLatentClient(_ClientBase):
         seed: int | None = None,
         resize: bool = False,
     ) -> EncodeResult:
-        requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
+        requests = _encode_requests(
+            images, model, sample_z, seed, resize, self.batch_size, self.max_message_bytes
+        )
         return _encode_result(await self._call_all(self._stub.Encode, requests))
 
     async def decode(
@@ -615,7 +664,18 @@ class AsyncLatentClient(_ClientBase):
         return_png: bool = False,
         image_dtype: str = "float32",
     ) -> DecodeResult:
-        requests = _decode_requests(latents, model, return_png, self.batch_size, image_dtype)
+        rows = self.batch_size
+        try:
+            requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+            return _decode_result(await self._call_all(self._stub.Decode, requests))
+        except LatentServeError as e:
+            if not _too_large(e):
+                raise
+            row = _answer_row_bytes(await self.get_model(model), image_dtype, return_png)
+            rows = _rows_that_fit(rows, row, self.max_message_bytes)
+            if rows >= self.batch_size:
+                raise
+        requests = _decode_requests(latents, model, return_png, rows, image_dtype)
         return _decode_result(await self._call_all(self._stub.Decode, requests))
 
     async def sample(
@@ -633,8 +693,12 @@ class AsyncLatentClient(_ClientBase):
         )
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
-            assembler.add(await self._call(self._stub.SampleRandom, request))
-            return assembler.result()
+            try:
+                assembler.add(await self._call(self._stub.SampleRandom, request))
+                return assembler.result()
+            except LatentServeError as e:
+                if not _too_large(e):
+                    raise
         request.chunk_size = self.chunk_size
         try:
             stream = self._stub.SampleRandomStream(

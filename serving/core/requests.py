@@ -168,7 +168,7 @@ class RequestParser:
             if len(sizes) > 1:
                 raise invalid_argument(
                     f"encoded_images: the files have different sizes ({sizes}); one request "
-                    "takes images of one size (or set resize to scale them all)"
+                    "takes images of one size: send one request per size"
                 )
             return np.stack(decoded)
 

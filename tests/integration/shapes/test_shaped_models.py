@@ -250,3 +250,48 @@ def test_v2_rest_bad_shape_names_the_model_shape(served):
                                {"inputs": [tensor]})  # fmt: skip
     assert status == 400
     assert "N x 3 x 32 x 32" in answer["error"]
+
+
+def test_large_images_split_to_fit_the_message_limit(tmp_path):
+    """3 x 256 x 256 float32 images are 786 kB each: at a 4 MiB message limit, 12 of them
+    fit no single message. The client splits Encode by request size, retries Decode in
+    fitting calls, and streams SampleRandom, whose chunks the server sizes to fit."""
+    from fixtures.models import build_shaped_model_folder
+
+    build_shaped_model_folder(tmp_path, "big", kind="ae", image_shape=(3, 256, 256),
+                              latent_shape=(4,), seed=40)  # fmt: skip
+    ref = Reference(tmp_path / "big")
+    limit = 4 << 20
+    with (
+        InProcessServer(tmp_path, max_message_bytes=limit) as server,
+        LatentClient(server.target, max_message_bytes=limit) as client,
+    ):
+        images = ref.images(12, seed=6)
+        encoded = client.encode(images, model="big")
+        assert_close(encoded.latents, ref.encode(images)[0], "encode in pieces")
+        decoded = client.decode(encoded.latents, model="big")
+        assert_close(decoded.images, ref.decode(encoded.latents), "decode in pieces")
+        sampled = client.sample(12, model="big", seed=2, return_latents=True)
+        assert sampled.images.shape == (12, 3, 256, 256) and sampled.latents is not None
+        assert_close(sampled.images, ref.decode(sampled.latents), "streamed sample")
+        # The same sample as uint8 fits one answer: 4x smaller.
+        small = client.sample(12, model="big", seed=2, image_dtype="uint8")
+        np.testing.assert_array_equal(small.images, to_uint8(sampled.images))
+
+
+def test_concurrent_calls_of_different_sizes_to_a_dynamic_model(served, models_dir):
+    import asyncio
+
+    from latentserve.client import AsyncLatentClient
+
+    ref = Reference(models_dir / "dynamic")
+    batches = [ref.images(1 + i % 3, seed=i, size=[(16, 16), (24, 40), (8, 64)][i % 3])
+               for i in range(12)]  # fmt: skip
+
+    async def run() -> list[np.ndarray]:
+        async with AsyncLatentClient(served.target) as client:
+            done = await asyncio.gather(*(client.encode(b, model="dynamic") for b in batches))
+        return [d.latents for d in done]
+
+    for images, latents in zip(batches, asyncio.run(run()), strict=True):
+        assert_close(latents, ref.encode(images)[0], f"dynamic {images.shape}")
