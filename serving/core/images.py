@@ -37,6 +37,7 @@ def decode_image(
     max_pixels: int,
     spec: ImageSpec,
     model: str = "",
+    max_bytes_name: str = "the server's max_image_bytes",
 ) -> Float32Array:
     """One PNG/JPEG file -> C x H x W float32 in [0, 1], C x H x W as in `spec` (for a
     graph with dynamic sizes, the file's own size when allowed, else the nominal one).
@@ -47,7 +48,7 @@ def decode_image(
     where = f"encoded_images.data[{index}]"
     if len(data) > max_bytes:
         raise resource_exhausted(
-            f"{where}: {len(data)} bytes, more than the server's max_image_bytes ({max_bytes})"
+            f"{where}: {len(data)} bytes, more than {max_bytes_name} ({max_bytes})"
         )
     if not data:
         raise invalid_argument(f"{where}: empty; expected a PNG or JPEG file")

@@ -150,6 +150,7 @@ class RequestParser:
         (see serving.core.images); all of one size for a graph with dynamic sizes."""
         self._check_batch(len(files), "encoded_images")
         s = self._settings
+        max_bytes, max_bytes_name = file_byte_limit(model, s.max_image_bytes)
 
         def decode_all() -> Float32Array:
             decoded = [
@@ -157,10 +158,11 @@ class RequestParser:
                     data,
                     index=i,
                     resize=resize,
-                    max_bytes=s.max_image_bytes,
+                    max_bytes=max_bytes,
                     max_pixels=s.max_image_pixels,
                     spec=model.manifest.image,
                     model=model.name,
+                    max_bytes_name=max_bytes_name,
                 )
                 for i, data in enumerate(files)
             ]
@@ -371,6 +373,19 @@ def check_pixels(images: Float32Array, channels: int = 1) -> None:
     raise invalid_argument(
         f"images: pixel values span [{lo:g}, {hi:g}]; allowed are float32 {levels} in [0, 1]{hint}"
     )
+
+
+def file_byte_limit(model: ServedModel, max_image_bytes: int) -> tuple[int, str]:
+    """The largest PNG/JPEG file accepted for `model`, and its name for messages: the
+    server's max_image_bytes, raised for a model whose largest image, stored as an
+    incompressible 8-bit PNG, needs more (the limit scales with the model)."""
+    spec = model.manifest.image
+    side = spec.dynamic.max if spec.dynamic is not None else 0
+    shape = (spec.channels, max(spec.height, side), max(spec.width, side))
+    needed = png_bytes_bound(shape)
+    if needed <= max_image_bytes:
+        return max_image_bytes, "the server's max_image_bytes"
+    return needed, f"what one {describe_shape(shape)} PNG can need (above max_image_bytes)"
 
 
 def image_shapes_allowed(model: ServedModel) -> str:

@@ -116,3 +116,9 @@ def test_grid_of_rgb_non_square_images():
     grid = Image.open(io.BytesIO(grid_png(images, columns=3, padding=1)))
     assert grid.mode == "RGB" and grid.size == (3 * 37 + 1, 21 + 1)
     assert tuple(np.asarray(grid)[1, 1]) == (255, 0, 0)
+
+
+def test_byte_limit_names_what_was_exceeded():
+    with pytest.raises(ServingError) as info:
+        decode_image(b"\0" * 5000, resize=True, **{**LIMITS, "max_bytes": 4096})
+    assert "max_image_bytes (4096)" in info.value.message
