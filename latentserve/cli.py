@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,15 +36,19 @@ def _check_writable(path: Path | None) -> None:
         require_pillow()
 
 
-def _write_images(path: Path, images: npt.NDArray[np.float32]) -> str:
-    """N x C x H x W images -> a .png grid (grey or RGB) or a float32 .npy."""
+def _write_images(path: Path, images: npt.NDArray[Any]) -> str:
+    """N x C x H x W images -> a .png grid (grey or RGB), or a .npy as received: float32 in
+    [0, 1], or uint8 levels (--uint8)."""
     if path.suffix.lower() == ".png":
         shown = images[:MAX_GRID_IMAGES]
+        if shown.dtype == np.uint8:
+            shown = shown.astype(np.float32) / np.float32(255.0)
         path.write_bytes(grid_png(shown))
         extra = f" (first {MAX_GRID_IMAGES})" if len(images) > MAX_GRID_IMAGES else ""
         return f"wrote a grid of {len(shown)} images{extra} to {path}"
-    np.save(path, images.astype(np.float32))
-    return f"wrote {images.shape[0]} x {' x '.join(map(str, images.shape[1:]))} float32 to {path}"
+    kind = "uint8" if images.dtype == np.uint8 else "float32"
+    np.save(path, images if kind == "uint8" else images.astype(np.float32))
+    return f"wrote {images.shape[0]} x {' x '.join(map(str, images.shape[1:]))} {kind} to {path}"
 
 
 def _print_models(models: list[ModelInfo], default: str) -> None:
@@ -158,6 +163,10 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_dtype(args: argparse.Namespace) -> str:
+    return "uint8" if args.uint8 else "float32"
+
+
 def _cmd_decode(args: argparse.Namespace) -> int:
     if args.latents:
         latents = np.load(args.latents).astype(np.float32)
@@ -167,7 +176,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         )
     _check_writable(args.out)
     with _connect(args) as client:
-        dec = client.decode(latents, model=args.model)
+        dec = client.decode(latents, model=args.model, image_dtype=_image_dtype(args))
     print(f"decoded {dec.images.shape[0]} images with {dec.model}")
     if args.out:
         print(_write_images(args.out, dec.images))
@@ -184,6 +193,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             prior=args.prior,
             temperature=args.temperature,
             return_latents=args.latents_out is not None,
+            image_dtype=_image_dtype(args),
         )
     print(
         f"sampled {res.images.shape[0]} images from {res.model} (prior {res.prior}, seed {res.seed})"
@@ -259,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default="")
     p.add_argument("--out", type=Path, help=".npy (N x C x H x W float32) or .png grid")
+    p.add_argument(
+        "--uint8", action="store_true", help="images as uint8 levels (4x smaller on the wire)"
+    )
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sample", help="random images from a model's latent space")
@@ -268,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", choices=PRIOR_NAMES, default=None, help="default: the model's own")
     p.add_argument("--temperature", type=float, default=None, help="Gaussian spread, default 1")
     p.add_argument("--out", type=Path, help=".npy (N x C x H x W float32) or .png grid")
+    p.add_argument(
+        "--uint8", action="store_true", help="images as uint8 levels (4x smaller on the wire)"
+    )
     p.add_argument("--latents-out", type=Path, help="also write the latents to a .npy")
     p.set_defaults(func=_cmd_sample)
     return parser

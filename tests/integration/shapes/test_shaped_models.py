@@ -177,6 +177,13 @@ def test_latent_client_encode_decode_sample(served, models_dir, name, tmp_path, 
     assert_close(np.load(tmp_path / "x.npy"), ref.decode(latents), "latent-client decode")
     assert client_main([*target, "sample", "--model", name, "--count", "4", "--seed", "1",
                         "--out", str(tmp_path / "grid.png")]) == 0  # fmt: skip
+    assert client_main([*target, "sample", "--model", name, "--count", "4", "--seed", "1",
+                        "--uint8", "--out", str(tmp_path / "s8.npy")]) == 0  # fmt: skip
+    assert client_main([*target, "sample", "--model", name, "--count", "4", "--seed", "1",
+                        "--out", str(tmp_path / "s32.npy")]) == 0  # fmt: skip
+    levels = np.load(tmp_path / "s8.npy")
+    assert levels.dtype == np.uint8
+    np.testing.assert_array_equal(levels, to_uint8(np.load(tmp_path / "s32.npy")))
     grid = Image.open(tmp_path / "grid.png")
     assert grid.mode == ("L" if ref.manifest.image.channels == 1 else "RGB")
     _, h, w = ref.manifest.image_shape
