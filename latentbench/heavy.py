@@ -103,31 +103,43 @@ def build_heavy_model(root: Path, seed: int = 0) -> Path:
     folder = root / MODEL
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    c, h, w = IMAGE
+    _write_encoder(folder / "encoder.onnx", rng)
+    _write_decoder(folder / "decoder.onnx", rng)
+    write_manifest(folder, _manifest(folder, seed))
+    return folder
+
+
+FEATURES = CHANNELS[-1] * (IMAGE[1] // 8) * (IMAGE[2] // 8)
+IMAGE_INFO = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", *IMAGE])
+LATENT_INFO = helper.make_tensor_value_info("latents", TensorProto.FLOAT, ["N", LATENT_DIM])
+
+
+def _write_encoder(path: Path, rng: np.random.Generator) -> None:
     nodes: list[Any] = []
     inits: list[Any] = []
     x = "images"
-    for i, (cin, cout) in enumerate(zip((c, *CHANNELS[:-1]), CHANNELS, strict=True)):
+    for i, (cin, cout) in enumerate(itertools.pairwise((IMAGE[0], *CHANNELS))):
         node, weights = _conv(f"enc{i}", x, cin, cout, rng, transpose=False)
         nodes += [node, helper.make_node("Relu", [f"enc{i}"], [f"enc{i}_relu"])]
         inits += weights
         x = f"enc{i}_relu"
     nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
-    features = CHANNELS[-1] * (h // 8) * (w // 8)
     for head, scale in (("mean", 0.02), ("log_var", 0.002)):
-        weight = (rng.standard_normal((features, LATENT_DIM)) * scale).astype(np.float32)
+        weight = (rng.standard_normal((FEATURES, LATENT_DIM)) * scale).astype(np.float32)
         inits += [numpy_helper.from_array(weight, f"{head}_w"),
                   numpy_helper.from_array(np.zeros(LATENT_DIM, np.float32), f"{head}_b")]  # fmt: skip
         nodes.append(helper.make_node("Gemm", ["flat", f"{head}_w", f"{head}_b"], [head]))
-    image_info = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", *IMAGE])
     heads = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", LATENT_DIM])
              for n in ("mean", "log_var")]  # fmt: skip
-    _save(nodes, [image_info], heads, inits, folder / "encoder.onnx")
+    _save(nodes, [IMAGE_INFO], heads, inits, path)
 
-    weight = (rng.standard_normal((LATENT_DIM, features)) * 0.1).astype(np.float32)
+
+def _write_decoder(path: Path, rng: np.random.Generator) -> None:
+    _, h, w = IMAGE
+    weight = (rng.standard_normal((LATENT_DIM, FEATURES)) * 0.1).astype(np.float32)
     inits = [
         numpy_helper.from_array(weight, "dec_w"),
-        numpy_helper.from_array(np.zeros(features, np.float32), "dec_b"),
+        numpy_helper.from_array(np.zeros(FEATURES, np.float32), "dec_b"),
         numpy_helper.from_array(np.array([-1, CHANNELS[-1], h // 8, w // 8], np.int64), "shape"),
     ]
     nodes = [
@@ -135,7 +147,7 @@ def build_heavy_model(root: Path, seed: int = 0) -> Path:
         helper.make_node("Reshape", ["dense", "shape"], ["map"]),
     ]
     x = "map"
-    ups = (*reversed(CHANNELS), c)
+    ups = (*reversed(CHANNELS), IMAGE[0])
     for i, (cin, cout) in enumerate(itertools.pairwise(ups)):
         node, weights = _conv(f"dec{i}", x, cin, cout, rng, transpose=True)
         last = i == len(ups) - 2
@@ -143,42 +155,39 @@ def build_heavy_model(root: Path, seed: int = 0) -> Path:
                                          ["images" if last else f"dec{i}_act"])]  # fmt: skip
         inits += weights
         x = f"dec{i}_act"
-    latent_info = helper.make_tensor_value_info("latents", TensorProto.FLOAT, ["N", LATENT_DIM])
-    _save(nodes, [latent_info], [image_info], inits, folder / "decoder.onnx")
+    _save(nodes, [LATENT_INFO], [IMAGE_INFO], inits, path)
 
+
+def _manifest(folder: Path, seed: int) -> ModelManifest:
     d = LATENT_DIM
-    write_manifest(
-        folder,
-        ModelManifest(
-            name=MODEL,
-            kind="vae",
-            description="generated RGB 3 x 64 x 64 conv VAE for the compute-heavy benchmark "
-            "(random weights)",
-            image=ImageSpec(channels=3, height=h, width=w),
-            latent=LatentSpec(shape=(d,)),
-            encoder=GraphSpec(
-                file="encoder.onnx",
-                sha256=sha256_of(folder / "encoder.onnx"),
-                inputs=["images"],
-                outputs=["mean", "log_var"],
-                opset=OPSET,
-            ),
-            decoder=GraphSpec(
-                file="decoder.onnx",
-                sha256=sha256_of(folder / "decoder.onnx"),
-                inputs=["latents"],
-                outputs=["images"],
-                opset=OPSET,
-            ),
-            prior=PriorSpec(
-                default="standard_normal",
-                fitted_gaussian=FittedGaussian(mean=[0.0] * d, covariance=np.eye(d).tolist()),
-                bounding_box=BoundingBox(low=[-3.0] * d, high=[3.0] * d),
-            ),
-            provenance={"data": "none: random weights", "seed": seed},
+    return ModelManifest(
+        name=MODEL,
+        kind="vae",
+        description="generated RGB 3 x 64 x 64 conv VAE for the compute-heavy benchmark "
+        "(random weights)",
+        image=ImageSpec(channels=3, height=IMAGE[1], width=IMAGE[2]),
+        latent=LatentSpec(shape=(d,)),
+        encoder=GraphSpec(
+            file="encoder.onnx",
+            sha256=sha256_of(folder / "encoder.onnx"),
+            inputs=["images"],
+            outputs=["mean", "log_var"],
+            opset=OPSET,
         ),
+        decoder=GraphSpec(
+            file="decoder.onnx",
+            sha256=sha256_of(folder / "decoder.onnx"),
+            inputs=["latents"],
+            outputs=["images"],
+            opset=OPSET,
+        ),
+        prior=PriorSpec(
+            default="standard_normal",
+            fitted_gaussian=FittedGaussian(mean=[0.0] * d, covariance=np.eye(d).tolist()),
+            bounding_box=BoundingBox(low=[-3.0] * d, high=[3.0] * d),
+        ),
+        provenance={"data": "none: random weights", "seed": seed},
     )
-    return folder
 
 
 @dataclass(frozen=True)
