@@ -142,8 +142,9 @@ def _decoded(tensor: pb.Tensor) -> npt.NDArray[Any]:
 
 
 def _as_images(images: npt.ArrayLike) -> npt.NDArray[Any]:
-    """N x C x H x W or N x H x W (grey) -> float32, or uint8 as is (the server scales
-    0..255 to [0, 1]; uint8 is 4x smaller on the wire). Shapes are the server's to check."""
+    """N x C x H x W, N x H x W or one H x W (grey) -> float32, or uint8 as is (the server
+    scales 0..255 to [0, 1]; uint8 is 4x smaller on the wire). Shapes are the server's to
+    check: it knows the model's."""
     array = np.asarray(images)
     if array.dtype != np.uint8:
         array = array.astype(np.float32, copy=False)
@@ -495,7 +496,8 @@ class LatentClient(_ClientBase):
         seed: int | None = None,
         resize: bool = False,
     ) -> EncodeResult:
-        """images: N x C x H x W array in the model's shape (N x H x W for a grey model), float32 in [0, 1] or uint8, or a list of PNG/JPEG files as bytes
+        """images: N x C x H x W array in the model's shape (N x H x W or one H x W image for
+        a grey model), float32 in [0, 1] or uint8, or a list of PNG/JPEG files as bytes
         (`resize` scales them to the model's size) -> latents N x D or N x C x h x w (VAE:
         mean, log_var, optional z)."""
         requests = _encode_requests(

@@ -112,8 +112,8 @@ class RequestParser:
         sample_z: bool = False,
         seed: int | None = None,
     ) -> EncodeRequest:
-        """`images`: N x C x H x W (N x H x W for a grey model) in the model's channels and a
-        size it takes; float32 in [0, 1], or uint8 levels 0..255."""
+        """`images`: N x C x H x W (N x H x W, or one H x W image, for a grey model) in the
+        model's channels and a size it takes; float32 in [0, 1], or uint8 levels 0..255."""
         batch = self._image_batch(model, images)
         self._check_batch(batch.shape[0], "images")
         if images.dtype == np.uint8:
@@ -128,6 +128,8 @@ class RequestParser:
         """`images` as N x C x H x W, or the error naming the shapes the model takes."""
         spec = model.manifest.image
         shape = tuple(images.shape)
+        if len(shape) == 2 and spec.channels == 1 and spec.accepts(*shape):
+            return images.reshape(1, 1, *shape)  # one grey H x W image
         if len(shape) == 3 and spec.channels == 1 and spec.accepts(*shape[1:]):
             return images.reshape(shape[0], 1, *shape[1:])
         if len(shape) == 4 and shape[1] == spec.channels and spec.accepts(*shape[2:]):

@@ -226,6 +226,14 @@ def refused(call, *args, **kwargs) -> str:
     return info.value.message
 
 
+def test_one_grey_image_without_a_batch_axis(client, models_dir):
+    ref = Reference(models_dir / "wide-20x36")
+    image = ref.images(1, seed=3)[0, 0]
+    assert_close(client.encode(image, model="wide-20x36").latents, ref.encode(image[None, None])[0])
+    message = refused(client.encode, image, model="rgb-32")
+    assert "shape [20, 36]" in message and "N x 3 x 32 x 32" in message
+
+
 def test_bad_input_names_the_models_own_shape(client):
     # Wrong channels, wrong size, channels last, wrong latent shape.
     message = refused(client.encode, np.zeros((1, 1, 32, 32), np.float32), model="rgb-32")
