@@ -176,3 +176,35 @@ def test_graph_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "encoder graph" in err and "cannot be loaded" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_float16_and_dynamic_pairs_import_and_serve(tmp_path, capsys):
+    from latentserve.manifest import DynamicSize
+
+    half_enc, half_dec = exported_pair(
+        tmp_path, "half", kind="ae", image_shape=(3, 16, 16), latent_shape=(4,), float16=True
+    )
+    dyn_enc, dyn_dec = exported_pair(
+        tmp_path, "dyn", kind="ae", image_shape=(1, 16, 16), latent_shape=(2, 4, 4),
+        dynamic=DynamicSize(multiple=4, min=8, max=64),
+    )  # fmt: skip
+    models = tmp_path / "models"
+    assert models_main(["import", "--name", "half", "--encoder", str(half_enc), "--decoder",
+                        str(half_dec), "--out", str(models / "half")]) == 0  # fmt: skip
+    # Free height and width: the nominal size is needed, and given.
+    args = ["import", "--name", "dyn", "--encoder", str(dyn_enc), "--decoder", str(dyn_dec),
+            "--out", str(models / "dyn")]  # fmt: skip
+    assert models_main(args) == 2
+    assert "--image-size HxW" in capsys.readouterr().err
+    assert models_main([*args, "--image-size", "16x16"]) == 0
+    half = load_model_folder(models / "half")
+    assert half.image.dtype == "float16" and half.latent_shape == (4,)
+    dyn = load_model_folder(models / "dyn")
+    assert dyn.image.dynamic == DynamicSize(multiple=4, min=4, max=64)
+    assert dyn.latent_shape == (2, 4, 4)
+    with InProcessServer(models) as server, LatentClient(server.target) as client:
+        for name, images in (("half", Reference(models / "half").images(2)),
+                             ("dyn", Reference(models / "dyn").images(2, size=(24, 40)))):  # fmt: skip
+            got = client.encode(images, model=name).latents
+            assert_close(got, Reference(models / name).encode(images)[0], name)
+    capsys.readouterr()
