@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         "Encode and Decode at 64 h2load streams (latentbench/workers.py); writes "
         "benchmarks/workers.json and workers.md",
     )
+    mode.add_argument(
+        "--heavy",
+        action="store_true",
+        help="only the compute-heavy scenario: a generated RGB 3 x 64 x 64 conv VAE, gRPC vs "
+        "in-process at batch 64, batching gain at 64 single-image callers, intra-op threads "
+        "vs processes (latentbench/heavy.py); writes benchmarks/heavy.json and heavy.md",
+    )
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", default="mnist-vae", help="model to benchmark [%(default)s]")
     p.add_argument("--json", type=Path, help="where to write the JSON results")
@@ -120,6 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         given = sys.argv[1:] if argv is None else list(argv)
         return main_workers(args, " ".join(["latent-bench", shlex.join(given)]))
+    if args.heavy:
+        from latentbench.heavy import main as main_heavy
+
+        forwarded = ["--client-processes", str(args.client_processes)]
+        forwarded += ["--results-dir", str(args.results_dir)]
+        if args.duration is not None:
+            forwarded += ["--duration", str(args.duration)]
+        if args.warmup is not None:
+            forwarded += ["--warmup", str(args.warmup)]
+        return main_heavy(forwarded)
     if args.overhead:
         return _overhead(args)
     if args.report_from:

@@ -66,10 +66,10 @@ class OrtModel:
         """A no-argument function doing what `rpc` does for `batch` items, inputs prepared."""
         rng = np.random.default_rng(seed)
         if rpc == "Encode":
-            images = rng.random((batch, 1, 28, 28), dtype=np.float32)
+            images = rng.random((batch, *self.manifest.image_shape), dtype=np.float32)
             return lambda: self.encoder.run(images)
         if rpc == "Decode":
-            latents = rng.standard_normal((batch, self.manifest.latent_dim)).astype(np.float32)
+            latents = rng.standard_normal((batch, *self.manifest.latent_shape)).astype(np.float32)
             return lambda: self.decoder.run(latents)
         if rpc == "SampleRandom":
             prior = prior_from_manifest(self.manifest, self.manifest.prior.default)
@@ -122,7 +122,7 @@ def torch_model_from_onnx(model: OrtModel) -> tuple[Any, float] | None:
     if len(loaded) < len(state):
         return None
     net.load_state_dict(loaded)
-    check = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    check = np.random.default_rng(0).random((8, *m.image_shape), dtype=np.float32)
     with torch.inference_mode():
         got = net.encode(torch.from_numpy(check))
     got_list = list(got) if isinstance(got, tuple) else [got]
@@ -131,19 +131,25 @@ def torch_model_from_onnx(model: OrtModel) -> tuple[Any, float] | None:
     return net, diff
 
 
-def torch_call(net: Any, rpc: str, batch: int, latent_dim: int) -> Callable[[], object]:
+def torch_call(
+    net: Any,
+    rpc: str,
+    batch: int,
+    image_shape: tuple[int, ...],
+    latent_shape: tuple[int, ...],
+) -> Callable[[], object]:
     import torch
 
     rng = np.random.default_rng(0)
     if rpc == "Encode":
-        x = torch.from_numpy(rng.random((batch, 1, 28, 28), dtype=np.float32))
+        x = torch.from_numpy(rng.random((batch, *image_shape), dtype=np.float32))
 
         def encode() -> object:
             with torch.inference_mode():
                 return net.encode(x)
 
         return encode
-    z = torch.from_numpy(rng.standard_normal((batch, latent_dim)).astype(np.float32))
+    z = torch.from_numpy(rng.standard_normal((batch, *latent_shape)).astype(np.float32))
 
     def decode() -> object:
         with torch.inference_mode():

@@ -337,7 +337,7 @@ def run_overhead(
         *server_flags,
     ]
     ort = OrtModel(models_dir / model, intra_op_threads=intra_op_threads)
-    request = request_bytes("Encode", model, 1, 0)
+    request = request_bytes("Encode", model, 1, ort.manifest)
     with ServerProcess(models_dir, flags, name="overhead") as server:
         kwargs: dict[str, Any] = {
             "concurrency": concurrency,

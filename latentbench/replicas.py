@@ -22,6 +22,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latentbench.serverproc import READY, ServerProcess
+from latentserve.manifest import read_manifest
 
 REPLICA_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PORT_RANGE = (20000, 40000)
@@ -187,11 +188,11 @@ class ReplicasResult:
         return asdict(self)
 
 
-def _encode_request(model: str) -> bytes:
+def _encode_request(model: str, image_shape: tuple[int, ...]) -> bytes:
     from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
     from latentserve.tensors import array_to_tensor
 
-    images = np.zeros((1, 1, 28, 28), np.float32)
+    images = np.zeros((1, *image_shape), np.float32)
     return pb.EncodeRequest(model=model, images=array_to_tensor(images)).SerializeToString()
 
 
@@ -205,7 +206,9 @@ def run_replicas(
     from latentbench.suite import machine_info
 
     started = time.monotonic()
-    request = _encode_request(config.model)
+    request = _encode_request(
+        config.model, read_manifest(config.models_dir / config.model).image_shape
+    )
     result = ReplicasResult(
         config={**asdict(config), "models_dir": str(config.models_dir)}, machine=machine_info()
     )

@@ -82,15 +82,16 @@ def _measure(folder: Path, options: dict[str, Any], seconds: float) -> dict[str,
             times.append(time.perf_counter() - t)
         return times
 
-    one = timed(enc, rng.random((1, 1, 28, 28), dtype=np.float32))
+    image, latent = manifest.image_shape, manifest.latent_shape
+    one = timed(enc, rng.random((1, *image), dtype=np.float32))
     out["encode_b1_p50_ms"] = float(np.median(one) * 1e3)
-    big = timed(enc, rng.random((256, 1, 28, 28), dtype=np.float32))
+    big = timed(enc, rng.random((256, *image), dtype=np.float32))
     out["encode_b256_img_s"] = 256 / float(np.median(big))
-    z = rng.standard_normal((256, manifest.latent_dim)).astype(np.float32)
+    z = rng.standard_normal((256, *latent)).astype(np.float32)
     dz = timed(dec, z)
     out["decode_b256_img_s"] = 256 / float(np.median(dz))
-    run(enc, rng.random((4096, 1, 28, 28), dtype=np.float32))
-    run(dec, rng.standard_normal((4096, manifest.latent_dim)).astype(np.float32))
+    run(enc, rng.random((4096, *image), dtype=np.float32))
+    run(dec, rng.standard_normal((4096, *latent)).astype(np.float32))
     time.sleep(0.2)
     out["rss_after_4096_mib"] = rss_bytes(os.getpid()) / 2**20
     return out

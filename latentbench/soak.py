@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image
 
 from latentbench.serverproc import ServerProcess, rss_bytes
-from latentserve.client import AsyncLatentClient, LatentServeError
+from latentserve.client import AsyncLatentClient, LatentServeError, ModelInfo
+from latentserve.manifest import ModelManifest
 
 ATOL = 1e-5  # batched runs may differ from single runs in the last float bits
 STREAM_COUNT = 300
@@ -129,24 +130,28 @@ class SoakReport:
 
 
 def _png(pixels: np.ndarray) -> bytes:
+    """C x H x W uint8 -> a grey or RGB PNG."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
+    Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
 async def build_goldens(
-    client: AsyncLatentClient, models: dict[str, int], per_rpc: int, seed: int
+    client: AsyncLatentClient, models: dict[str, ModelInfo], per_rpc: int, seed: int
 ) -> list[Golden]:
-    """Distinct requests per model and RPC, answered one at a time on a quiet server.
-    `models` maps each model name to its latent size."""
+    """Distinct requests per model and RPC, answered one at a time on a quiet server, shaped
+    as each model's info says."""
     rng = np.random.default_rng(seed)
     goldens: list[Golden] = []
-    for model, dim in sorted(models.items()):
+    for model, info in sorted(models.items()):
+        image, latent = info.image_shape, info.latent_shape
         for _ in range(per_rpc):
-            images = rng.random((int(rng.integers(1, 9)), 28, 28), dtype=np.float32)
+            images = rng.random((int(rng.integers(1, 9)), *image), dtype=np.float32)
             enc = await client.encode(images, model=model)
             goldens.append(Golden("Encode", model, {"images": images}, {"latents": enc.latents}))
-            pixels = rng.integers(0, 256, (int(rng.integers(1, 5)), 28, 28), dtype=np.uint8)
+            pixels = rng.integers(0, 256, (int(rng.integers(1, 5)), *image), dtype=np.uint8)
             files = [_png(p) for p in pixels]
             enc_png = await client.encode(files, model=model)
             goldens.append(
@@ -157,7 +162,7 @@ async def build_goldens(
                     {"latents": enc_png.latents},
                 )
             )
-            latents = rng.standard_normal((int(rng.integers(1, 17)), dim)).astype(np.float32)
+            latents = rng.standard_normal((int(rng.integers(1, 17)), *latent)).astype(np.float32)
             dec = await client.decode(latents, model=model)
             goldens.append(Golden("Decode", model, {"latents": latents}, {"images": dec.images}))
             count, s = int(rng.integers(1, 33)), int(rng.integers(0, 2**31))
@@ -190,9 +195,10 @@ def check_goldens_with_onnxruntime(models_dir: Path, goldens: Sequence[Golden]) 
     many were checked. Raises AssertionError on the first disagreement."""
     import onnxruntime as ort
 
+    from latentserve.image_spec import from_graph_range, to_graph_range
     from latentserve.manifest import read_manifest
 
-    sessions: dict[str, tuple[Any, Any, list[str]]] = {}
+    sessions: dict[str, tuple[Any, Any, ModelManifest]] = {}
     for golden in goldens:
         if golden.model in sessions:
             continue
@@ -201,22 +207,30 @@ def check_goldens_with_onnxruntime(models_dir: Path, goldens: Sequence[Golden]) 
         cpu = ["CPUExecutionProvider"]
         encoder = ort.InferenceSession(str(folder / manifest.encoder.file), providers=cpu)
         decoder = ort.InferenceSession(str(folder / manifest.decoder.file), providers=cpu)
-        sessions[golden.model] = (encoder, decoder, list(manifest.encoder.outputs))
+        sessions[golden.model] = (encoder, decoder, manifest)
+
+    def decode(decoder: Any, m: ModelManifest, latents: np.ndarray) -> np.ndarray:
+        z = m.to_graph_latents(latents).astype(m.image.dtype)
+        (y,) = decoder.run([m.decoder_output], {m.decoder_input: z})
+        return from_graph_range(y.astype(np.float32), m.image.value_range)
+
     checked = 0
     for golden in goldens:
-        encoder, decoder, outputs = sessions[golden.model]
+        encoder, decoder, m = sessions[golden.model]
         if golden.rpc in ("Encode", "EncodePNG"):
             if golden.rpc == "Encode":
                 batch = golden.args["images"]
             else:
                 batch = golden.args["pixels"].astype(np.float32) / np.float32(255.0)
-            first = encoder.run([outputs[0]], {"images": batch.reshape(-1, 1, 28, 28)})[0]
-            np.testing.assert_allclose(golden.expected["latents"], first, atol=ATOL)
+            x = to_graph_range(batch.reshape(-1, *m.image_shape), m.image.value_range)
+            first = encoder.run([m.encoder_outputs[0]], {m.encoder_input: x.astype(m.image.dtype)})
+            served = m.to_served_latents(first[0].astype(np.float32))
+            np.testing.assert_allclose(golden.expected["latents"], served, atol=ATOL)
         elif golden.rpc == "Decode":
-            images = decoder.run(["images"], {"latents": golden.args["latents"]})[0]
+            images = decode(decoder, m, golden.args["latents"])
             np.testing.assert_allclose(golden.expected["images"], images, atol=ATOL)
         else:
-            images = decoder.run(["images"], {"latents": golden.expected["latents"]})[0]
+            images = decode(decoder, m, golden.expected["latents"])
             np.testing.assert_allclose(golden.expected["images"], images, atol=ATOL)
         checked += 1
     return checked
@@ -247,7 +261,7 @@ async def _call(client: AsyncLatentClient, golden: Golden) -> None:
 async def run_load(
     target: str,
     goldens: Sequence[Golden],
-    models: dict[str, int],
+    models: dict[str, ModelInfo],
     config: SoakConfig,
     report: SoakReport,
     client_options: dict[str, Any],
@@ -268,7 +282,7 @@ async def run_load(
         elif rpc == "GetModel":
             name = rng.choice(model_names)
             info = await client.get_model(name)
-            assert info.state == "READY" and info.latent_dim == models[name], info
+            assert info.state == "READY" and info.latent_dim == models[name].latent_dim, info
         else:
             status = await client.health(rng.choice(["", *model_names]))
             assert status == "SERVING", status
@@ -338,7 +352,7 @@ async def soak(
     options = client_options or {}
     report = SoakReport(target, config.duration_s + config.warmup_s, config.clients)
     async with AsyncLatentClient(target, timeout=60, **options) as client:
-        models = {m.name: m.latent_dim for m in await client.list_models() if m.state == "READY"}
+        models = {m.name: m for m in await client.list_models() if m.state == "READY"}
         if not models:
             raise RuntimeError(f"{target} serves no READY model")
         goldens = await build_goldens(client, models, config.goldens_per_rpc, config.seed)

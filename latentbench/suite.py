@@ -42,6 +42,7 @@ from latentbench.serverproc import RssSampler, ServerProcess
 from latentbench.stats import Measurement, summarise
 from latentbench.wire import ENCODINGS, wire_bytes
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve.manifest import ModelManifest
 from serving.process.settings import ServerSettings
 
 RPCS = ("Encode", "Decode", "SampleRandom")
@@ -164,14 +165,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def request_bytes(rpc: str, model: str, batch: int, latent_dim: int) -> bytes:
+def request_bytes(rpc: str, model: str, batch: int, manifest: ModelManifest) -> bytes:
+    """One serialized native request of `batch` rows, shaped as `manifest` says."""
     rng = np.random.default_rng(batch)
     if rpc == "Encode":
-        images = rng.random((batch, 1, 28, 28), dtype=np.float32)
+        images = rng.random((batch, *manifest.image_shape), dtype=np.float32)
         tensor = pb.Tensor(shape=images.shape, raw_data=images.tobytes())
         return pb.EncodeRequest(model=model, images=tensor).SerializeToString()
     if rpc == "Decode":
-        latents = rng.standard_normal((batch, latent_dim)).astype(np.float32)
+        latents = rng.standard_normal((batch, *manifest.latent_shape)).astype(np.float32)
         tensor = pb.Tensor(shape=latents.shape, raw_data=latents.tobytes())
         return pb.DecodeRequest(model=model, latents=tensor).SerializeToString()
     return pb.SampleRequest(model=model, count=batch, seed=batch).SerializeToString()
@@ -258,7 +260,9 @@ class Suite:
 
     # -- scenarios ------------------------------------------------------------------------------
 
-    def warm_up_traffic(self, load: LoadGenerator, server: ServerProcess, latent_dim: int) -> None:
+    def warm_up_traffic(
+        self, load: LoadGenerator, server: ServerProcess, manifest: ModelManifest
+    ) -> None:
         """A few calls of every kind the run makes, before the memory baseline is taken:
         one-time allocations (each inference thread's scratch buffers, the allocator's
         high-water mark for the largest messages) are not growth; what a run adds after
@@ -266,7 +270,7 @@ class Suite:
         self.log("warm-up traffic (not measured)")
         for rpc in RPCS:
             for b in self.c.batch_sizes:
-                request = request_bytes(rpc, self.c.model, b, latent_dim)
+                request = request_bytes(rpc, self.c.model, b, manifest)
                 agg = load.run(
                     server.target,
                     rpc,
@@ -282,7 +286,7 @@ class Suite:
                     raise RuntimeError(
                         f"warm-up {rpc} batch {b} failed: {agg.errors} {agg.problems}"
                     )
-        request = request_bytes("Encode", self.c.model, 1, latent_dim)
+        request = request_bytes("Encode", self.c.model, 1, manifest)
         load.run(
             server.target,
             "Encode",
@@ -298,14 +302,13 @@ class Suite:
         """In-process and gRPC alternate in `rounds` short slices per configuration, so that
         load from other jobs on a shared machine falls on both sides alike."""
         self.log(f"batch sweep: in-process onnxruntime vs gRPC, one caller, {self.c.rounds} rounds")
-        d = ort.manifest.latent_dim
         rounds = self.c.rounds
         slice_s = self.c.duration_s / rounds
         slice_min = max(1, -(-self.c.min_requests // rounds))
         for rpc in RPCS:
             for b in self.c.batch_sizes:
                 fn = ort.call(rpc, b)
-                request = request_bytes(rpc, self.c.model, b, d)
+                request = request_bytes(rpc, self.c.model, b, ort.manifest)
                 base_ip = Measurement("batch_sweep", "inprocess", rpc, b)
                 base_g = Measurement("batch_sweep", "grpc", rpc, b, 1, True)
                 ip_lat: list[float] = []
@@ -332,7 +335,7 @@ class Suite:
                 )
 
     def concurrency(
-        self, load: LoadGenerator, servers: dict[bool, ServerProcess], latent_dim: int
+        self, load: LoadGenerator, servers: dict[bool, ServerProcess], manifest: ModelManifest
     ) -> None:
         self.log("concurrency: single-image Encode, batching on vs off")
         # The floor under every latency, and the ceiling of calls/s at the top concurrency:
@@ -343,7 +346,7 @@ class Suite:
             self._grpc(
                 Measurement("floor", "grpc", "HealthCheck", 1, c, True), load, servers[True], health
             )
-        request = request_bytes("Encode", self.c.model, 1, latent_dim)
+        request = request_bytes("Encode", self.c.model, 1, manifest)
         rounds = self.c.rounds
         slice_s = self.c.duration_s / rounds
         slice_min = max(1, -(-self.c.min_requests // rounds))
@@ -394,23 +397,24 @@ class Suite:
                 f"torch_vs_ort: torch {torch.__version__}, {threads} thread on both sides; weights copied from "
                 f"the ONNX graphs, max |torch - onnxruntime| on the encoder = {diff:.2e}"
             )
-            d = ort.manifest.latent_dim
+            m = ort.manifest
             for rpc in ("Encode", "Decode"):
                 for b in self.c.torch_batch_sizes:
                     self._inprocess(
                         Measurement("torch_vs_ort", "onnxruntime", rpc, b), ort.call(rpc, b)
                     )
                     self._inprocess(
-                        Measurement("torch_vs_ort", "torch", rpc, b), torch_call(net, rpc, b, d)
+                        Measurement("torch_vs_ort", "torch", rpc, b),
+                        torch_call(net, rpc, b, m.image_shape, m.latent_shape),
                     )
         finally:
             torch.set_num_threads(previous)
 
-    def wire(self) -> None:
+    def wire(self, image_shape: tuple[int, ...]) -> None:
         self.log("tensor encoding: raw bytes vs repeated float (serialise + parse)")
         rng = np.random.default_rng(0)
         for b in self.c.wire_batch_sizes:
-            images = rng.random((b, 1, 28, 28), dtype=np.float32)
+            images = rng.random((b, *image_shape), dtype=np.float32)
             raw_size, repeated_size = wire_bytes(images)
             for name, fn in ENCODINGS.items():
                 assert np.array_equal(fn(images), images), f"{name} round trip changed values"
@@ -444,11 +448,11 @@ class Suite:
                 memory = {"idle_cold_mib": main.rss() / 2**20}
                 # Both servers get the same history before anything is compared.
                 for server in servers.values():
-                    self.warm_up_traffic(load, server, ort.manifest.latent_dim)
+                    self.warm_up_traffic(load, server, ort.manifest)
                 time.sleep(0.5)
                 memory["idle_before_mib"] = main.rss() / 2**20
                 with RssSampler(main.pid) as sampler:
-                    self.concurrency(load, servers, ort.manifest.latent_dim)
+                    self.concurrency(load, servers, ort.manifest)
                     self.batch_sweep(ort, load, main)
                 memory["peak_under_load_mib"] = sampler.peak / 2**20
                 time.sleep(1.0)
@@ -465,7 +469,7 @@ class Suite:
             for s in servers.values():
                 s.stop()
         self.torch_vs_ort(ort)
-        self.wire()
+        self.wire(ort.manifest.image_shape)
         self.result.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         self.result.machine["finished_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
         self.result.seconds = time.perf_counter() - started

@@ -38,7 +38,7 @@ from latentbench.serverproc import ServerProcess, cpu_seconds
 from latentbench.stats import Measurement, summarise
 from latentserve._proto.inference import grpc_predict_v2_pb2 as v2pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
-from latentserve.manifest import load_model_folder
+from latentserve.manifest import ModelManifest, load_model_folder
 from latentserve.tensors import array_to_tensor
 
 PATHS = ("native", "v2-grpc", "v2-rest-binary", "v2-rest-json")
@@ -57,6 +57,7 @@ class CallSpec:
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     method: str = ""  # gRPC method path
+    image_shape: tuple[int, ...] = ()  # C x H x W of the images each answer must hold
 
 
 @dataclass(frozen=True)
@@ -82,25 +83,23 @@ class LoadResult:
 
 
 def build_calls(
-    model: str, latent_dim: int, rows: int, grpc_target: str, http_base: str
+    manifest: ModelManifest, rows: int, grpc_target: str, http_base: str
 ) -> dict[str, CallSpec]:
-    latents = np.random.default_rng(rows).normal(0, 1, (rows, latent_dim)).astype(np.float32)
+    model, name, image = manifest.name, manifest.decoder_input, manifest.image_shape
+    shape = [rows, *manifest.latent_shape]
+    latents = np.random.default_rng(rows).normal(0, 1, shape).astype(np.float32)
     native = pb.DecodeRequest(model=model, latents=array_to_tensor(latents))
     v2 = v2pb.ModelInferRequest(
         model_name=f"{model}-decoder",
-        inputs=[
-            v2pb.ModelInferRequest.InferInputTensor(
-                name="latents", datatype="FP32", shape=[rows, latent_dim]
-            )
-        ],
+        inputs=[v2pb.ModelInferRequest.InferInputTensor(name=name, datatype="FP32", shape=shape)],
         raw_input_contents=[latents.tobytes()],
     )
     url = f"{http_base}/v2/models/{model}-decoder/infer"
-    tensor = {"name": "latents", "datatype": "FP32", "shape": [rows, latent_dim]}
+    tensor = {"name": name, "datatype": "FP32", "shape": shape}
     head = json.dumps(
         {
             "inputs": [{**tensor, "parameters": {"binary_data_size": latents.nbytes}}],
-            "outputs": [{"name": "images", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": manifest.decoder_output, "parameters": {"binary_data": True}}],
         }
     ).encode()
     as_json = json.dumps({"inputs": [{**tensor, "data": latents.ravel().tolist()}]}).encode()
@@ -110,24 +109,36 @@ def build_calls(
             grpc_target,
             native.SerializeToString(),
             method="/latentserve.v1.Autoencoder/Decode",
+            image_shape=image,
         ),
         "v2-grpc": CallSpec(
             "v2-grpc",
             grpc_target,
             v2.SerializeToString(),
             method="/inference.GRPCInferenceService/ModelInfer",
+            image_shape=image,
         ),
         "v2-rest-binary": CallSpec(
-            "v2-rest-binary", url, head + latents.tobytes(), ((HEADER_LENGTH, str(len(head))),)
+            "v2-rest-binary",
+            url,
+            head + latents.tobytes(),
+            ((HEADER_LENGTH, str(len(head))),),
+            image_shape=image,
         ),
         "v2-rest-json": CallSpec(
-            "v2-rest-json", url, as_json, (("Content-Type", "application/json"),)
+            "v2-rest-json",
+            url,
+            as_json,
+            (("Content-Type", "application/json"),),
+            image_shape=image,
         ),
     }
 
 
-def check_response(path: str, data: bytes, headers: dict[str, str], rows: int) -> str:
-    """'' when the response holds `rows` decoded images, else what is wrong."""
+def check_response(
+    path: str, data: bytes, headers: dict[str, str], rows: int, image_shape: tuple[int, ...]
+) -> str:
+    """'' when the response holds `rows` decoded images of `image_shape`, else what is wrong."""
     if path == "native":
         shape = list(pb.DecodeResponse.FromString(data).images.shape)
     elif path == "v2-grpc":
@@ -136,7 +147,9 @@ def check_response(path: str, data: bytes, headers: dict[str, str], rows: int) -
         n = int(headers.get(HEADER_LENGTH, len(data)))
         shape = json.loads(data[:n])["outputs"][0]["shape"]
     return (
-        "" if shape == [rows, 1, 28, 28] else f"{path}: images shape {shape}, expected {rows} rows"
+        ""
+        if shape == [rows, *image_shape]
+        else f"{path}: images shape {shape}, expected {[rows, *image_shape]}"
     )
 
 
@@ -177,7 +190,9 @@ async def _run(spec: LoadSpec) -> LoadResult:
 
     try:
         first, first_headers = await once()
-        result.problem = check_response(call.path, first, first_headers, spec.rows)
+        result.problem = check_response(
+            call.path, first, first_headers, spec.rows, call.image_shape
+        )
         result.completed += 1
         await asyncio.sleep(max(0.0, spec.start_at - time.time()))
         measure_from = time.time() + spec.warmup_s
@@ -249,7 +264,7 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
     """Measure every path in every configuration; the JSON-ready results and summary."""
     host = "127.0.0.1"
     http_port = free_port(host)
-    latent_dim = load_model_folder(config.models_dir / config.model).latent_dim
+    manifest = load_model_folder(config.models_dir / config.model)
     flags = ("--http-port", str(http_port), *config.server_flags)
     measurements: list[Measurement] = []
     problems: list[str] = []
@@ -260,9 +275,7 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
         pool = multiprocessing.get_context("spawn").Pool(config.client_processes)
         try:
             for rows, concurrency in CONFIGS:
-                calls = build_calls(
-                    config.model, latent_dim, rows, server.target, f"http://{host}:{http_port}"
-                )
+                calls = build_calls(manifest, rows, server.target, f"http://{host}:{http_port}")
                 rates: dict[str, list[float]] = {p: [] for p in PATHS}
                 cpu: dict[str, list[float]] = {p: [] for p in PATHS}
                 all_latencies: dict[str, list[float]] = {p: [] for p in PATHS}

@@ -46,6 +46,7 @@ from latentbench import h2load
 from latentbench.loadgen import SERVICE, LoadGenerator
 from latentbench.serverproc import ServerProcess, cpu_seconds, rss_bytes
 from latentbench.suite import request_bytes
+from latentserve.manifest import read_manifest
 
 SETTINGS = ("1", "2", "auto")
 RPCS = ("Encode", "Decode")
@@ -240,8 +241,8 @@ def run_workers(
     rotating order, so a change in the machine's background load hits them alike."""
     from serving.process.supervisor import usable_cores
 
-    latent_dim = json.loads((models_dir / model / "model.json").read_text())["latent_dim"]
-    messages = {rpc: request_bytes(rpc, model, 1, latent_dim) for rpc in RPCS}
+    manifest = read_manifest(models_dir / model)
+    messages = {rpc: request_bytes(rpc, model, 1, manifest) for rpc in RPCS}
     notes: list[str] = []
     use_h2load = h2load.available()
     if not use_h2load:
@@ -453,8 +454,7 @@ def measure_connection_ages(
     """What a maximum connection age costs: 2 workers, `clients` Python gRPC channels (own
     connections, which reconnect after GOAWAY, unlike h2load) sending single-image Decode in
     a closed loop for `duration_s`; client-seen errors, calls/s and server CPU per call."""
-    latent_dim = json.loads((models_dir / model / "model.json").read_text())["latent_dim"]
-    message = request_bytes("Decode", model, 1, latent_dim)
+    message = request_bytes("Decode", model, 1, read_manifest(models_dir / model))
     runs = []
     for age in ages_ms:
         metrics_port = _free_port()

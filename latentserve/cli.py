@@ -14,13 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from .client import DEFAULT_TARGET, LatentClient, LatentServeError, ModelInfo, TlsConfig
-from .image_spec import IMAGE_SHAPE
-from .png import SIDE, PngUnavailable, image_file, require_pillow
+from .png import PngUnavailable, image_file, require_pillow
 from .priors import PRIOR_NAMES
 from .wording import counted
 
@@ -29,7 +29,9 @@ MAX_GRID_IMAGES = 10_000
 PROG = "latent-client"
 # What `--out` writes, by its extension.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
-IMAGES_OUT_HELP = ".png or .jpg: the image (a grid for several); .npy: N x 1 x 28 x 28 float32"
+IMAGES_OUT_HELP = (
+    ".png or .jpg: the image (a grid for several); .npy: N x C x H x W float32 (uint8 with --uint8)"
+)
 
 
 # -- output helpers ------------------------------------------------------------------------------
@@ -61,17 +63,22 @@ def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
         np.save(file, array)
 
 
-def _write_images(path: Path, images: npt.NDArray[np.float32]) -> str:
+def _write_images(path: Path, images: npt.NDArray[Any]) -> str:
+    """N x C x H x W images -> a .png/.jpg file (the bare image for one, a grid for several;
+    grey or RGB), or a .npy as received: float32 in [0, 1], or uint8 levels (--uint8)."""
     image_format = IMAGE_FORMATS.get(path.suffix.lower())
     if image_format is None:  # .npy, checked by _check_images_out
-        _save_npy(path, images.astype(np.float32))
-        shape = " x ".join(map(str, images.shape))
-        return f"wrote {shape} float32 to {path}"
-    if len(images) == 1:
-        path.write_bytes(image_file(images, image_format))
-        return f"wrote one {SIDE} x {SIDE} image to {path}"
+        kind = "uint8" if images.dtype == np.uint8 else "float32"
+        _save_npy(path, images if kind == "uint8" else images.astype(np.float32))
+        return f"wrote {' x '.join(map(str, images.shape))} {kind} to {path}"
     shown = images[:MAX_GRID_IMAGES]
+    if shown.dtype == np.uint8:
+        shown = shown.astype(np.float32) / np.float32(255.0)
     path.write_bytes(image_file(shown, image_format))
+    if len(images) == 1:
+        channels, height, width = images.shape[1:]
+        colour = "RGB " if channels == 3 else ""
+        return f"wrote one {height} x {width} {colour}image to {path}"
     extra = f" (first {MAX_GRID_IMAGES})" if len(images) > MAX_GRID_IMAGES else ""
     return f"wrote a grid of {counted(len(shown), 'image')}{extra} to {path}"
 
@@ -85,7 +92,7 @@ def _print_models(models: list[ModelInfo], default: str) -> None:
                 m.name,
                 m.state,
                 m.kind or "-",
-                str(m.latent_dim or "-"),
+                "x".join(map(str, m.latent_shape)) or str(m.latent_dim or "-"),
                 m.default_prior or "-",
                 ",".join(p.removesuffix("ExecutionProvider") for p in m.providers) or "-",
             )
@@ -100,8 +107,15 @@ def _print_models(models: list[ModelInfo], default: str) -> None:
         print(f"\n* default model: {default}")
 
 
+# Latents with more values than this (a spatial map) are summarised, not printed in full.
+MAX_PRINTED_VALUES = 32
+
+
 def _format_vector(v: npt.NDArray[np.float32]) -> str:
-    return "[" + ", ".join(f"{x:.4f}" for x in v) + "]"
+    if v.size > MAX_PRINTED_VALUES:
+        shape = " x ".join(map(str, v.shape))
+        return f"<{shape}: mean {v.mean():.4f}, std {v.std():.4f}; --out writes them all>"
+    return "[" + ", ".join(f"{x:.4f}" for x in v.reshape(-1)) + "]"
 
 
 # -- connection ------------------------------------------------------------------------------------
@@ -149,7 +163,12 @@ def _encode_inputs(paths: list[Path]) -> tuple[npt.NDArray[np.float32] | list[by
         return [p.read_bytes() for p in paths], [str(p) for p in paths]
     if len(arrays) != len(paths):
         raise ValueError("give either image files or .npy arrays, not both")
-    loaded = {p: np.load(p).reshape(-1, *IMAGE_SHAPE[1:]) for p in arrays}
+    # One H x W array is one grey image; otherwise N x H x W (grey) or N x C x H x W.
+    loaded = {p: np.load(p) for p in arrays}
+    loaded = {p: a[None] if a.ndim == 2 else a for p, a in loaded.items()}
+    if len({a.shape[1:] for a in loaded.values()}) > 1:
+        shapes = ", ".join(f"{p}: {list(a.shape)}" for p, a in loaded.items())
+        raise ValueError(f"the .npy arrays hold images of different shapes ({shapes})")
     labels = [f"{p}[{i}]" for p, a in loaded.items() for i in range(len(a))]
     return np.concatenate(list(loaded.values())), labels
 
@@ -172,8 +191,13 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         print(f"(model {enc.model}, z seed {enc.seed})")
     if args.out:
         _save_npy(args.out, enc.latents)
-        print(f"wrote {enc.latents.shape[0]} x {enc.latents.shape[1]} latents to {args.out}")
+        shape = " x ".join(map(str, enc.latents.shape))
+        print(f"wrote {shape} latents to {args.out}")
     return 0
+
+
+def _image_dtype(args: argparse.Namespace) -> str:
+    return "uint8" if args.uint8 else "float32"
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
@@ -185,7 +209,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
         )
     _check_images_out(args.out)
     with _connect(args) as client:
-        dec = client.decode(latents, model=args.model)
+        dec = client.decode(latents, model=args.model, image_dtype=_image_dtype(args))
     print(f"decoded {counted(dec.images.shape[0], 'image')} with {dec.model}")
     if args.out:
         print(_write_images(args.out, dec.images))
@@ -203,6 +227,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             prior=args.prior,
             temperature=args.temperature,
             return_latents=args.latents_out is not None,
+            image_dtype=_image_dtype(args),
         )
     print(
         f"sampled {counted(res.images.shape[0], 'image')} from {res.model} "
@@ -257,20 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="images (PNG/JPEG, or .npy arrays) -> latents")
     p.add_argument("images", nargs="+", type=Path, metavar="IMG")
     p.add_argument("--model", default="")
-    p.add_argument("--resize", action="store_true", help="scale images that are not 28x28")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="scale images to the model's size (and colour to grey for a grey model)",
+    )
     p.add_argument("--sample-z", action="store_true", help="VAE: also sample z")
     p.add_argument("--seed", type=int, default=None, help="seed for --sample-z")
-    p.add_argument("--out", type=Path, help="write the latents (N x D float32) to a .npy")
+    p.add_argument(
+        "--out", type=Path, help="write the latents (N x D or N x C x h x w float32) to a .npy"
+    )
     p.set_defaults(func=_cmd_encode)
 
     p = sub.add_parser("decode", help="latents -> images")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--latents", type=Path, help=".npy file holding N x D float32")
+    source.add_argument(
+        "--latents", type=Path, help=".npy file holding N x D (or N x C x h x w) float32"
+    )
     source.add_argument(
         "--latent", action="append", metavar="V1,V2,...", help="one latent vector (repeatable)"
     )
     p.add_argument("--model", default="")
     p.add_argument("--out", type=Path, help=IMAGES_OUT_HELP)
+    p.add_argument(
+        "--uint8", action="store_true", help="images as uint8 levels (4x smaller on the wire)"
+    )
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("sample", help="random images from a model's latent space")
@@ -280,7 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", choices=PRIOR_NAMES, default=None, help="default: the model's own")
     p.add_argument("--temperature", type=float, default=None, help="Gaussian spread, default 1")
     p.add_argument("--out", type=Path, help=IMAGES_OUT_HELP)
-    p.add_argument("--latents-out", type=Path, help="also write the N x D latents to a .npy")
+    p.add_argument(
+        "--uint8", action="store_true", help="images as uint8 levels (4x smaller on the wire)"
+    )
+    p.add_argument("--latents-out", type=Path, help="also write the latents to a .npy")
     p.set_defaults(func=_cmd_sample)
     return parser
 

@@ -6,7 +6,7 @@ imports the server (serving/) or the model-folder manifest (pydantic).
     from latentserve.client import LatentClient
 
     with LatentClient("127.0.0.1:50051") as client:
-        images = client.sample(16, model="mnist-vae", seed=7).images   # 16 x 1 x 28 x 28
+        images = client.sample(16, model="mnist-vae", seed=7).images   # 16 x C x H x W
         codes = client.encode(images).latents                          # 16 x D
         again = client.decode(codes).images
 
@@ -37,6 +37,7 @@ A server with TLS and/or token auth (see docs/reliability.md):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,6 @@ from .channels import (
     sync_channels,
 )
 from .channels import channel_options as _channel_options  # a parameter's name below
-from .image_spec import IMAGE_SHAPE
 from .priors import PRIOR_NAMES, PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName, is_prior_name
 from .tensors import array_to_tensor, tensor_to_array
 from .wording import counted
@@ -67,6 +67,7 @@ from .wording import counted
 Float32Array = npt.NDArray[np.float32]
 PriorArg = PriorName | None
 
+IMAGE_DTYPES = {"float32": pb.DATA_TYPE_FLOAT32, "uint8": pb.DATA_TYPE_UINT8}
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 UINT32_MAX = 2**32 - 1
@@ -86,24 +87,26 @@ class LatentServeError(Exception):
 
 @dataclass(frozen=True)
 class EncodeResult:
-    latents: Float32Array  # N x D (VAE: posterior mean)
-    log_var: Float32Array | None  # N x D, VAE only
-    z: Float32Array | None  # N x D, when sample_z was asked for
+    latents: Float32Array  # N x D or N x C x h x w (VAE: posterior mean)
+    log_var: Float32Array | None  # same shape, VAE only
+    z: Float32Array | None  # same shape, when sample_z was asked for
     seed: int  # the seed used for z (0 when not sampled)
     model: str
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    images: Float32Array  # N x 1 x 28 x 28 in [0, 1]
+    # N x C x H x W (the model's image shape) float32 in [0, 1], or uint8 0..255 when
+    # image_dtype="uint8" was asked for
+    images: npt.NDArray[Any]
     png: list[bytes]  # N PNG files when return_png was set, else empty
     model: str
 
 
 @dataclass(frozen=True)
 class SampleResult:
-    images: Float32Array  # N x 1 x 28 x 28 in [0, 1]
-    latents: Float32Array | None  # N x D, when return_latents was set
+    images: npt.NDArray[Any]  # N x C x H x W, float32 in [0, 1] (or uint8 on request)
+    latents: Float32Array | None  # N x latent shape, when return_latents was set
     seed: int
     prior: str  # the prior actually used, e.g. "standard_normal"
     model: str
@@ -115,8 +118,9 @@ class ModelInfo:
     state: str  # READY, FAILED or LOADING
     version: str = ""
     kind: str = ""
-    latent_dim: int = 0
-    image_shape: tuple[int, ...] = ()
+    latent_dim: int = 0  # values per image: D, or C * h * w
+    image_shape: tuple[int, ...] = ()  # C x H x W (nominal size when dynamic)
+    latent_shape: tuple[int, ...] = ()  # (D,) or (C, h, w)
     description: str = ""
     error: str = ""
     providers: tuple[str, ...] = ()
@@ -125,24 +129,26 @@ class ModelInfo:
     encoder_sha256: str = ""
     decoder_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    graph_dtype: str = ""  # "float32" or "float16" (the wire is float32 either way)
+    # Dynamic sizes: (multiple, min, max) for height and width; None when fixed.
+    dynamic_sizes: tuple[int, int, int] | None = None
 
 
 # -- conversions shared by the sync and async clients -------------------------------------------
 
 
-def _decoded(tensor: pb.Tensor) -> Float32Array:
+def _decoded(tensor: pb.Tensor) -> npt.NDArray[Any]:
     # A writable copy, as callers may edit results in place (the view is read-only).
-    return tensor_to_array(tensor, "response tensor").copy()
+    return tensor_to_array(tensor, "response tensor", allow_uint8=True).copy()
 
 
-def _as_images(images: npt.ArrayLike) -> Float32Array:
-    """N x 28 x 28, N x 1 x 28 x 28 or one 28 x 28 image -> float32 (uint8 scaled to [0, 1])."""
+def _as_images(images: npt.ArrayLike) -> npt.NDArray[Any]:
+    """N x C x H x W, N x H x W or one H x W (grey) -> float32, or uint8 as is (the server
+    scales 0..255 to [0, 1]; uint8 is 4x smaller on the wire). Shapes are the server's to
+    check: it knows the model's."""
     array = np.asarray(images)
-    if array.dtype == np.uint8:
-        array = array.astype(np.float32) / np.float32(255.0)
-    array = array.astype(np.float32, copy=False)
-    if array.shape == IMAGE_SHAPE[1:]:
-        array = array[None]
+    if array.dtype != np.uint8:
+        array = array.astype(np.float32, copy=False)
     return array
 
 
@@ -153,9 +159,13 @@ def _encode_requests(
     seed: int | None,
     resize: bool,
     batch_size: int,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[pb.EncodeRequest]:
     encoded = isinstance(images, list | tuple) and all(isinstance(i, bytes) for i in images)
     items: Any = list(images) if encoded else _as_images(images)  # type: ignore[arg-type]
+    if not encoded and len(items):
+        # Large images: as many rows as fit one request message.
+        batch_size = _rows_that_fit(batch_size, items[0].nbytes, max_message_bytes)
     # A sampled z is drawn from one seed over the whole batch; splitting would change it.
     step = len(items) if sample_z or len(items) == 0 else batch_size
     requests = []
@@ -173,6 +183,28 @@ def _encode_requests(
     return requests
 
 
+# Room in a message for everything but its tensors (names, shapes, field tags).
+MESSAGE_OVERHEAD_BYTES = 64 << 10
+
+
+def _rows_that_fit(rows: int, row_bytes: int, max_message_bytes: int) -> int:
+    """At most `rows`, and no more than one message of `max_message_bytes` holds."""
+    return max(1, min(rows, (max_message_bytes - MESSAGE_OVERHEAD_BYTES) // max(row_bytes, 1)))
+
+
+def _answer_row_bytes(info: ModelInfo, image_dtype: str, return_png: bool) -> int:
+    """Bytes one image adds to a Decode or SampleRandom answer (PNG: at most the raw bytes
+    plus framing), from the model's image shape."""
+    values = math.prod(info.image_shape) if info.image_shape else 0
+    itemsize = 1 if image_dtype == "uint8" else 4
+    return itemsize * values + (values + 2048 if return_png else 0) + 4 * info.latent_dim
+
+
+def _too_large(error: LatentServeError) -> bool:
+    """The server refused an answer that would exceed its message size (not a full queue)."""
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_message_bytes" in error.message
+
+
 def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
     def joined(name: str) -> Float32Array | None:
         if not responses[0].HasField(name):  # type: ignore[arg-type]
@@ -186,15 +218,26 @@ def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
     )
 
 
+def _image_dtype(image_dtype: str) -> pb.DataType.ValueType:
+    if image_dtype not in IMAGE_DTYPES:
+        raise ValueError(f"image_dtype must be one of {list(IMAGE_DTYPES)}, got {image_dtype!r}")
+    return IMAGE_DTYPES[image_dtype]
+
+
 def _decode_requests(
-    latents: npt.ArrayLike, model: str, return_png: bool, batch_size: int
+    latents: npt.ArrayLike, model: str, return_png: bool, batch_size: int, image_dtype: str
 ) -> list[pb.DecodeRequest]:
+    """latents: N x D or N x C x h x w (one flat latent D is taken as 1 x D)."""
     array = np.asarray(latents, dtype=np.float32)
     if array.ndim == 1:
         array = array[None]
+    dtype = _image_dtype(image_dtype)
     return [
         pb.DecodeRequest(
-            model=model, latents=array_to_tensor(array[i : i + batch_size]), return_png=return_png
+            model=model,
+            latents=array_to_tensor(array[i : i + batch_size]),
+            return_png=return_png,
+            image_dtype=dtype,
         )
         for i in range(0, max(len(array), 1), batch_size)
     ]
@@ -213,6 +256,7 @@ def _sample_request(
     temperature: float | None,
     return_latents: bool,
     return_png: bool = False,
+    image_dtype: str = "float32",
 ) -> pb.SampleRequest:
     if prior is not None and not is_prior_name(prior):
         raise ValueError(f"prior must be one of {list(PRIOR_NAMES)} or None, got {prior!r}")
@@ -226,6 +270,7 @@ def _sample_request(
         prior=PRIOR_TO_PROTO[prior] if prior else pb.PRIOR_UNSPECIFIED,
         return_latents=return_latents,
         return_png=return_png,
+        image_dtype=_image_dtype(image_dtype),
     )
     if seed is not None:
         request.seed = seed
@@ -239,7 +284,7 @@ class _SampleAssembler:
 
     def __init__(self, count: int) -> None:
         self.count = count
-        self.images: Float32Array | None = None
+        self.images: npt.NDArray[Any] | None = None
         self.latents: Float32Array | None = None
         self.first: pb.SampleResponse | None = None
         self.received = 0
@@ -248,14 +293,14 @@ class _SampleAssembler:
         images = _decoded(response.images)
         if self.first is None:
             self.first = response
-            self.images = np.empty((self.count, *images.shape[1:]), dtype=np.float32)
+            self.images = np.empty((self.count, *images.shape[1:]), dtype=images.dtype)
         assert self.images is not None
         start = int(response.offset)
         self.images[start : start + len(images)] = images
         if response.HasField("latents"):
             latents = _decoded(response.latents)
             if self.latents is None:
-                self.latents = np.empty((self.count, latents.shape[1]), dtype=np.float32)
+                self.latents = np.empty((self.count, *latents.shape[1:]), dtype=np.float32)
             self.latents[start : start + len(latents)] = latents
         self.received += len(images)
 
@@ -283,6 +328,11 @@ def _model_info(info: pb.ModelInfo) -> ModelInfo:
         kind=info.kind,
         latent_dim=info.latent_dim,
         image_shape=tuple(info.image_shape),
+        latent_shape=tuple(info.latent_shape),
+        graph_dtype=info.graph_dtype,
+        dynamic_sizes=(
+            (info.size_multiple, info.min_size, info.max_size) if info.size_multiple else None
+        ),
         description=info.description,
         error=info.error,
         providers=tuple(info.providers),
@@ -447,16 +497,38 @@ class LatentClient(_ClientBase):
         seed: int | None = None,
         resize: bool = False,
     ) -> EncodeResult:
-        """images: N x 28 x 28 / N x 1 x 28 x 28 array (float32 in [0, 1] or uint8), or a
-        list of PNG/JPEG files as bytes -> latents N x D (VAE: mean, log_var, optional z)."""
-        requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
+        """images: N x C x H x W array in the model's shape (N x H x W or one H x W image for
+        a grey model), float32 in [0, 1] or uint8, or a list of PNG/JPEG files as bytes
+        (`resize` scales them to the model's size) -> latents N x D or N x C x h x w (VAE:
+        mean, log_var, optional z)."""
+        requests = _encode_requests(
+            images, model, sample_z, seed, resize, self.batch_size, self.max_message_bytes
+        )
         return _encode_result([self._call(self._stub.Encode, r) for r in requests])
 
     def decode(
-        self, latents: npt.ArrayLike, model: str = "", return_png: bool = False
+        self,
+        latents: npt.ArrayLike,
+        model: str = "",
+        return_png: bool = False,
+        image_dtype: str = "float32",
     ) -> DecodeResult:
-        """latents: N x D float32 -> images N x 1 x 28 x 28 float32 (and PNGs on request)."""
-        requests = _decode_requests(latents, model, return_png, self.batch_size)
+        """latents: N x D or N x C x h x w float32 -> images N x C x H x W, float32 in
+        [0, 1] or uint8 with image_dtype="uint8" (and PNGs on request)."""
+        rows = self.batch_size
+        try:
+            requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+            return _decode_result([self._call(self._stub.Decode, r) for r in requests])
+        except LatentServeError as e:
+            # Large images: the answer for batch_size rows would not fit one message; size
+            # the calls from the model's image shape and try again.
+            if not _too_large(e):
+                raise
+            row = _answer_row_bytes(self.get_model(model), image_dtype, return_png)
+            rows = _rows_that_fit(rows, row, self.max_message_bytes)
+            if rows >= self.batch_size:
+                raise
+        requests = _decode_requests(latents, model, return_png, rows, image_dtype)
         return _decode_result([self._call(self._stub.Decode, r) for r in requests])
 
     def sample(
@@ -467,13 +539,22 @@ class LatentClient(_ClientBase):
         prior: PriorArg = None,
         temperature: float | None = None,
         return_latents: bool = False,
+        image_dtype: str = "float32",
     ) -> SampleResult:
-        """`count` random images (N x 1 x 28 x 28); same seed and arguments, same images."""
-        request = _sample_request(count, model, seed, prior, temperature, return_latents)
+        """`count` random images (N x C x H x W; float32, or uint8 with image_dtype="uint8");
+        same seed and arguments, same images."""
+        request = _sample_request(
+            count, model, seed, prior, temperature, return_latents, image_dtype=image_dtype
+        )
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
-            assembler.add(self._call(self._stub.SampleRandom, request))
-            return assembler.result()
+            try:
+                assembler.add(self._call(self._stub.SampleRandom, request))
+                return assembler.result()
+            except LatentServeError as e:
+                # Large images: stream instead (the server sizes its chunks to fit).
+                if not _too_large(e):
+                    raise
         request.chunk_size = self.chunk_size
         try:
             for response in self._stub.SampleRandomStream(
@@ -574,13 +655,30 @@ class AsyncLatentClient(_ClientBase):
         seed: int | None = None,
         resize: bool = False,
     ) -> EncodeResult:
-        requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
+        requests = _encode_requests(
+            images, model, sample_z, seed, resize, self.batch_size, self.max_message_bytes
+        )
         return _encode_result(await self._call_all(self._stub.Encode, requests))
 
     async def decode(
-        self, latents: npt.ArrayLike, model: str = "", return_png: bool = False
+        self,
+        latents: npt.ArrayLike,
+        model: str = "",
+        return_png: bool = False,
+        image_dtype: str = "float32",
     ) -> DecodeResult:
-        requests = _decode_requests(latents, model, return_png, self.batch_size)
+        rows = self.batch_size
+        try:
+            requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+            return _decode_result(await self._call_all(self._stub.Decode, requests))
+        except LatentServeError as e:
+            if not _too_large(e):
+                raise
+            row = _answer_row_bytes(await self.get_model(model), image_dtype, return_png)
+            rows = _rows_that_fit(rows, row, self.max_message_bytes)
+            if rows >= self.batch_size:
+                raise
+        requests = _decode_requests(latents, model, return_png, rows, image_dtype)
         return _decode_result(await self._call_all(self._stub.Decode, requests))
 
     async def sample(
@@ -591,12 +689,19 @@ class AsyncLatentClient(_ClientBase):
         prior: PriorArg = None,
         temperature: float | None = None,
         return_latents: bool = False,
+        image_dtype: str = "float32",
     ) -> SampleResult:
-        request = _sample_request(count, model, seed, prior, temperature, return_latents)
+        request = _sample_request(
+            count, model, seed, prior, temperature, return_latents, image_dtype=image_dtype
+        )
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
-            assembler.add(await self._call(self._stub.SampleRandom, request))
-            return assembler.result()
+            try:
+                assembler.add(await self._call(self._stub.SampleRandom, request))
+                return assembler.result()
+            except LatentServeError as e:
+                if not _too_large(e):
+                    raise
         request.chunk_size = self.chunk_size
         try:
             stream = self._stub.SampleRandomStream(

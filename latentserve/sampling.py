@@ -6,6 +6,12 @@ Every draw uses a numpy ``Generator(PCG64(seed))`` and fills arrays in C order, 
 n rows at once or the same rows in consecutive chunks from one generator gives identical
 values; that is what makes SampleRandomStream equal SampleRandom for the same request.
 Draws are vectorised (no Python loop per sample) and computed in float64, then cast.
+
+A flat latent (D) draws n x D. A spatial latent (C x h x w) draws n x C x h x w: the
+standard normal over the whole map; the fitted Gaussian and the box per channel (their
+parameters are C long, pooled over positions), each position drawn independently. Spatial
+draws fill n x h x w x C in C order and are then laid out channel first, so the rows stay
+sequential and chunking still gives identical values.
 """
 
 from __future__ import annotations
@@ -39,31 +45,45 @@ def generator(seed: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class LatentPrior:
-    """One distribution over D-dimensional latents, parameters taken from model.json."""
+    """One distribution over latents of `shape` ((D,) or (C, h, w)), parameters taken from
+    model.json: D long for a flat latent, C long (per channel) for a spatial one."""
 
     name: PriorName
-    mean: Float64Array  # D
+    mean: Float64Array  # D, or C
     # Gaussian priors: a D x D factor A with A @ A.T = covariance, so z = mean + eps @ A.T.
     factor: Float64Array | None = None
     low: Float64Array | None = None  # D, uniform prior only
     high: Float64Array | None = None
+    shape: tuple[int, ...] = ()  # one latent's shape; () means (D,) from the mean
 
     @property
     def latent_dim(self) -> int:
         return int(self.mean.shape[0])
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.shape or (self.latent_dim,)
+
     def draw(self, rng: np.random.Generator, n: int, temperature: float = 1.0) -> Float32Array:
-        """n x D float32 latents. `temperature` scales the spread of Gaussian priors only."""
-        d = self.latent_dim
+        """n x latent shape float32 latents. `temperature` scales the spread of Gaussian
+        priors only."""
+        shape = self.latent_shape
+        if len(shape) == 3 and self.name == "standard_normal":
+            return (temperature * rng.standard_normal((n, *shape))).astype(np.float32)
+        # Per axis of the parameters: rows of D (flat) or positions of C (spatial).
+        c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+        rows = (n,) if len(shape) == 1 else (n, h, w)
         if self.name == "bounding_box_uniform":
             assert self.low is not None and self.high is not None
-            z = rng.uniform(self.low, self.high, size=(n, d))
+            z = rng.uniform(self.low, self.high, size=(*rows, c))
         elif self.name == "standard_normal":
-            z = temperature * rng.standard_normal((n, d))
+            z = temperature * rng.standard_normal((*rows, c))
         else:
             assert self.factor is not None
-            z = self.mean + temperature * (rng.standard_normal((n, d)) @ self.factor.T)
-        return z.astype(np.float32)
+            z = self.mean + temperature * (rng.standard_normal((*rows, c)) @ self.factor.T)
+        if len(shape) == 3:
+            z = z.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(z, dtype=np.float32)
 
 
 def gaussian_factor(covariance: Float64Array) -> Float64Array:
@@ -76,23 +96,26 @@ def gaussian_factor(covariance: Float64Array) -> Float64Array:
 
 
 def prior_from_manifest(manifest: ModelManifest, name: PriorName) -> LatentPrior:
-    d = manifest.latent_dim
+    p, shape = manifest.prior_dim, manifest.latent_shape
     if name == "standard_normal":
-        return LatentPrior(name, mean=np.zeros(d))
+        return LatentPrior(name, mean=np.zeros(p), shape=shape)
     if name == "fitted_gaussian":
         g = manifest.prior.fitted_gaussian
         cov = np.asarray(g.covariance, dtype=np.float64)
         return LatentPrior(
-            name, mean=np.asarray(g.mean, dtype=np.float64), factor=gaussian_factor(cov)
+            name,
+            mean=np.asarray(g.mean, dtype=np.float64),
+            factor=gaussian_factor(cov),
+            shape=shape,
         )
     box = manifest.prior.bounding_box
     low = np.asarray(box.low, dtype=np.float64)
     high = np.asarray(box.high, dtype=np.float64)
-    return LatentPrior(name, mean=(low + high) / 2.0, low=low, high=high)
+    return LatentPrior(name, mean=(low + high) / 2.0, low=low, high=high, shape=shape)
 
 
 def sample_posterior(mean: Float32Array, log_var: Float32Array, seed: int) -> Float32Array:
-    """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) from PCG64(seed); all N x D."""
+    """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) from PCG64(seed); all one shape."""
     eps = generator(seed).standard_normal(mean.shape)
     z = mean.astype(np.float64) + np.exp(0.5 * log_var.astype(np.float64)) * eps
     return z.astype(np.float32)
@@ -105,5 +128,5 @@ def draw_latents(
     seed: int,
     temperature: float = 1.0,
 ) -> Float32Array:
-    """count x D float32 latents: exactly what SampleRandom decodes for this seed."""
+    """count x latent shape float32 latents: exactly what SampleRandom decodes for this seed."""
     return prior_from_manifest(manifest, prior).draw(generator(seed), count, temperature)

@@ -352,6 +352,8 @@ class DynamicBatcher:
                 if self._queue:
                     if rows + self._queue[0].rows > self.max_batch_size:
                         break  # keep request order; the next one starts the next batch
+                    if self._queue[0].inputs.shape[1:] != first.inputs.shape[1:]:
+                        break  # another image size (dynamic graphs): one batch per size
                     nxt = self._queue.popleft()
                     batch.append(nxt)
                     rows += nxt.rows

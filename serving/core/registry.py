@@ -18,8 +18,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentserve.image_spec import IMAGE_SHAPE
-from latentserve.manifest import ManifestError, ModelManifest, load_model_folder
+from latentserve.manifest import (
+    ManifestError,
+    ModelManifest,
+    describe_shape,
+    load_model_folder,
+)
 from serving.core.batching import (
     INLINE_AFTER_IDLE_S,
     INLINE_MAX_ROWS,
@@ -57,54 +61,77 @@ class ModelEntry:
     model: ServedModel | None = None
 
 
-def _shape_matches(actual: list[Dim], expected: tuple[int, ...]) -> bool:
-    """Static dims must equal `expected`; dynamic ones (names/None) match anything."""
+def _shape_matches(actual: list[Dim], expected: tuple[int | None, ...]) -> bool:
+    """Static dims must equal `expected`; dynamic ones (names/None) match anything, and an
+    expected None (a size the spec leaves dynamic) matches only a dynamic dim."""
     if len(actual) != len(expected):
         return False
-    return all(not isinstance(a, int) or a == e for a, e in zip(actual, expected, strict=True))
+    return all(
+        (not isinstance(a, int)) if e is None else (not isinstance(a, int) or a == e)
+        for a, e in zip(actual, expected, strict=True)
+    )
+
+
+def _expected_shapes(manifest: ModelManifest) -> tuple[tuple[int | None, ...], ...]:
+    """(image, latent) shapes per row as model.json implies them; None for a dynamic size."""
+    image: tuple[int | None, ...] = manifest.image_shape
+    latent: tuple[int | None, ...] = manifest.latent_shape
+    if manifest.image.dynamic is not None:
+        image, latent = (image[0], None, None), (latent[0], None, None)
+    return image, latent
+
+
+def _describe(shape: tuple[int | None, ...]) -> str:
+    return ", ".join("?" if s is None else str(s) for s in shape)
 
 
 def check_graph_shapes(
     manifest: ModelManifest, encoder: GraphSession, decoder: GraphSession
 ) -> None:
-    """Refuse graphs whose I/O shapes disagree with model.json (e.g. another latent_dim)."""
-    d = manifest.latent_dim
-    # -1 stands for the batch dimension, which the check lets be anything.
-    expected: list[tuple[str, str, list[Dim], tuple[int, ...]]] = [
-        ("encoder", "input " + encoder.input_name, encoder.input_shape, (-1, *IMAGE_SHAPE)),
-        ("decoder", "input " + decoder.input_name, decoder.input_shape, (-1, d)),
+    """Refuse graphs whose I/O names, shapes or float type disagree with model.json (e.g.
+    another latent size, channel count or image size, or float16 graphs in a float32 spec)."""
+    image, latent = _expected_shapes(manifest)
+    expected: list[tuple[str, str, list[Dim], tuple[int | None, ...]]] = [
+        ("encoder", "input " + encoder.input_name, encoder.input_shape, image),
+        ("decoder", "input " + decoder.input_name, decoder.input_shape, latent),
     ]
-    for name in manifest.encoder.outputs:
-        if name not in encoder.output_shapes:
+    for graph, session, spec in (("encoder", encoder, manifest.encoder),
+                                 ("decoder", decoder, manifest.decoder)):  # fmt: skip
+        if session.input_name != spec.inputs[0]:
             raise ManifestError(
-                f"encoder graph has no output {name!r} (has {encoder.output_names})"
+                f"{graph} graph input is {session.input_name!r}, model.json says {spec.inputs[0]!r}"
             )
-        expected.append(("encoder", "output " + name, encoder.output_shapes[name], (-1, d)))
-    for name in manifest.decoder.outputs:
-        if name not in decoder.output_shapes:
+        for name in spec.outputs:
+            if name not in session.output_shapes:
+                raise ManifestError(
+                    f"{graph} graph has no output {name!r} (has {session.output_names})"
+                )
+            shape = latent if graph == "encoder" else image
+            expected.append((graph, "output " + name, session.output_shapes[name], shape))
+        dtypes = {session.input_dtype, *(session.output_dtypes[n] for n in spec.outputs)}
+        if dtypes != {manifest.image.dtype}:
             raise ManifestError(
-                f"decoder graph has no output {name!r} (has {decoder.output_names})"
+                f"{graph} graph input and outputs are {sorted(str(d) for d in dtypes)}, but "
+                f"model.json says image.dtype {manifest.image.dtype!r} (float32 or float16 "
+                "throughout)"
             )
-        expected.append(
-            ("decoder", "output " + name, decoder.output_shapes[name], (-1, *IMAGE_SHAPE))
-        )
-    if encoder.input_name != manifest.encoder.inputs[0]:
-        raise ManifestError(
-            f"encoder graph input is {encoder.input_name!r}, model.json says "
-            f"{manifest.encoder.inputs[0]!r}"
-        )
-    if decoder.input_name != manifest.decoder.inputs[0]:
-        raise ManifestError(
-            f"decoder graph input is {decoder.input_name!r}, model.json says "
-            f"{manifest.decoder.inputs[0]!r}"
-        )
     for graph, what, actual, shape in expected:
         batchless = [None, *actual[1:]] if actual else actual
-        if not _shape_matches(batchless, shape):
+        if not _shape_matches(batchless, (-1, *shape)):
             raise ManifestError(
-                f"{graph} graph {what} has shape {actual}, but model.json (latent_dim {d}) "
-                f"implies [N, {', '.join(str(s) for s in shape[1:])}]"
+                f"{graph} graph {what} has shape {actual}, but model.json ({_spec_words(manifest)}"
+                f") implies [N, {_describe(shape)}]"
             )
+
+
+def _spec_words(manifest: ModelManifest) -> str:
+    latent = (
+        f"latent {describe_shape(manifest.latent_shape)}"
+        if manifest.is_spatial
+        else f"latent_dim {manifest.latent_dim}"
+    )
+    dynamic = f" ({manifest.image.allowed_sizes()})" if manifest.image.dynamic else ""
+    return f"{latent}, image {describe_shape(manifest.image_shape)}{dynamic}"
 
 
 class ModelRegistry:
@@ -185,10 +212,11 @@ class ModelRegistry:
             model.start()
             entry.model, entry.state = model, ModelState.READY
             log.info(
-                "model %s ready (%s, latent_dim %d, providers %s)",
+                "model %s ready (%s, images %s, latent %s, providers %s)",
                 entry.name,
                 model.manifest.kind,
-                model.latent_dim,
+                describe_shape(model.image_shape),
+                describe_shape(model.latent_shape),
                 ", ".join(model.providers),
             )
         self.default_model = self._pick_default()

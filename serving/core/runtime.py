@@ -31,6 +31,8 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 Float32Array = npt.NDArray[np.float32]
+# onnxruntime's type names for the graph float types a model spec allows.
+GRAPH_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 # A static dimension is an int; a dynamic one is a name (str) or None.
 Dim = int | str | None
 
@@ -101,6 +103,13 @@ class GraphSession:
             raise ValueError(f"{path.name}: expected one input, found {len(inputs)}")
         self.input_name: str = inputs[0].name
         self.input_shape: list[Dim] = list(inputs[0].shape)
+        # "float32" or "float16" (None for any other type: the registry refuses it). Arrays
+        # stay float32 outside this class; a float16 graph's input and outputs are cast here.
+        self.input_dtype: str | None = GRAPH_DTYPES.get(inputs[0].type)
+        self.output_dtypes: dict[str, str | None] = {
+            o.name: GRAPH_DTYPES.get(o.type) for o in self._session.get_outputs()
+        }
+        self._feed_dtype = np.float16 if self.input_dtype == "float16" else np.float32
         self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
         self.output_shapes: dict[str, list[Dim]] = {
             o.name: list(o.shape) for o in self._session.get_outputs()
@@ -129,5 +138,6 @@ class GraphSession:
         return outputs
 
     def _run(self, batch: Float32Array) -> tuple[Float32Array, ...]:
-        outputs = self._session.run(self.output_names, {self.input_name: batch})
+        feed = batch if batch.dtype == self._feed_dtype else batch.astype(self._feed_dtype)
+        outputs = self._session.run(self.output_names, {self.input_name: feed})
         return tuple(np.asarray(o, dtype=np.float32) for o in outputs)

@@ -117,7 +117,7 @@ class ServerSettings(BaseSettings):
         1 * MiB, ge=1024, description="largest encoded (PNG/JPEG) image accepted"
     )
     max_image_pixels: int = Field(
-        4096 * 4096, ge=28 * 28, description="largest width x height decoded (resize mode)"
+        4096 * 4096, ge=1, description="largest width x height decoded (resize mode)"
     )
     warmup_runs: int = Field(1, ge=0, description="warm-up inference runs per graph before ready")
     grace_period_s: float = Field(

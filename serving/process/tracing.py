@@ -209,7 +209,7 @@ class BatchTracer:
     ) -> None:
         """A run of `rows` rows for `calls` ((current() handle, time.monotonic() when
         queued) each): queue wait spans, the batch span and its onnxruntime run span."""
-        traced = [(cast(SpanContext, c), t) for c, t in calls if c is not None]
+        traced = [(cast("SpanContext", c), t) for c, t in calls if c is not None]
         if not traced:
             return
         offset = _wall_ns_offset()

@@ -43,8 +43,9 @@ def _read_json(path: Path) -> Any:
 
 
 def priors(manifest: ModelManifest) -> Json:
-    """Every prior the sampler offers, with the parameters the page draws it from."""
-    d = manifest.latent_dim
+    """Every prior the sampler offers, with the parameters the page draws it from (D long
+    for a flat latent, C long, per channel, for a spatial one)."""
+    d = manifest.prior_dim
     identity = [[1.0 if i == j else 0.0 for j in range(d)] for i in range(d)]
     fitted = manifest.prior.fitted_gaussian
     box = manifest.prior.bounding_box
@@ -146,14 +147,21 @@ def summary(manifest: ModelManifest) -> Json:
         "name": manifest.name,
         "kind": manifest.kind,
         "latent_dim": manifest.latent_dim,
+        "image_shape": list(manifest.image_shape),
+        "latent_shape": list(manifest.latent_shape),
+        "spatial": manifest.is_spatial,
         "description": manifest.description,
         "default_prior": manifest.prior.default,
     }
 
 
 def model_data(manifest: ModelManifest, folder: Path) -> Json:
-    """Everything the page shows for one model (reads the folder's JSON files)."""
-    plane, scatter = plane_and_scatter(manifest, _read_json(folder / LATENT_SAMPLE_FILE))
+    """Everything the page shows for one model (reads the folder's JSON files). A spatial
+    latent (C x h x w) has no plane: `plane` and `scatter` are null."""
+    plane: Json | None = None
+    scatter: Json | None = None
+    if not manifest.is_spatial:
+        plane, scatter = plane_and_scatter(manifest, _read_json(folder / LATENT_SAMPLE_FILE))
     return {
         **summary(manifest),
         "priors": priors(manifest),
@@ -162,6 +170,13 @@ def model_data(manifest: ModelManifest, folder: Path) -> Json:
         "digit_mix": digit_mix(_read_json(folder / ANALYSIS_FILE)),
         "slider_range": slider_range(manifest),
         "v2": {role.value: v2_name(manifest.name, role) for role in Role},
+        # The graphs' own tensor names, which the v2 encoder and decoder models use.
+        "tensors": {
+            "encoder_input": manifest.encoder_input,
+            "encoder_outputs": list(manifest.encoder_outputs),
+            "decoder_input": manifest.decoder_input,
+            "decoder_output": manifest.decoder_output,
+        },
     }
 
 

@@ -13,12 +13,13 @@ import numpy as np
 import numpy.typing as npt
 
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+from latentserve.png import to_uint8
 from latentserve.priors import PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName
 from latentserve.tensors import array_to_tensor
 from serving.core.errors import invalid_argument
 from serving.core.model import Encoded
 from serving.core.registry import ModelEntry, ModelRegistry, ModelState
-from serving.core.requests import DecodeRequest, EncodeRequest, SampleRequest
+from serving.core.requests import DecodeRequest, EncodeRequest, ImageDtype, SampleRequest
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -42,6 +43,22 @@ def prior_from_proto(value: int) -> PriorName | None:
     return prior  # type: ignore[no-any-return]
 
 
+def image_dtype_from_proto(value: int) -> ImageDtype:
+    """How a request wants its answer's images: float32 (the default) or uint8."""
+    if value == pb.DATA_TYPE_FLOAT32:
+        return "float32"
+    if value == pb.DATA_TYPE_UINT8:
+        return "uint8"
+    raise invalid_argument(
+        f"image_dtype: unknown value {value}; use DATA_TYPE_FLOAT32 or DATA_TYPE_UINT8"
+    )
+
+
+def images_tensor(images: Float32Array, image_dtype: ImageDtype) -> pb.Tensor:
+    """Images in [0, 1] as the request asked: float32, or uint8 levels (rounded, clipped)."""
+    return array_to_tensor(to_uint8(images) if image_dtype == "uint8" else images)
+
+
 def encode_response(request: EncodeRequest, result: Encoded) -> pb.EncodeResponse:
     return pb.EncodeResponse(
         model=request.model.name,
@@ -60,7 +77,7 @@ def decode_response(
     response = pb.DecodeResponse(
         model=request.model.name,
         model_version=request.model.manifest.version,
-        images=array_to_tensor(images),
+        images=images_tensor(images, request.image_dtype),
     )
     response.png.extend(pngs)
     return response
@@ -76,7 +93,7 @@ def sample_response(
     response = pb.SampleResponse(
         model=request.model.name,
         model_version=request.model.manifest.version,
-        images=array_to_tensor(images),
+        images=images_tensor(images, request.image_dtype),
         seed=request.seed,
         offset=offset,
         prior=PRIOR_TO_PROTO[request.prior],
@@ -100,7 +117,13 @@ def model_info(entry: ModelEntry) -> pb.ModelInfo:
         info.version = m.version
         info.kind = m.kind
         info.latent_dim = m.latent_dim
-        info.image_shape.extend(m.image.shape)
+        info.image_shape.extend(m.image_shape)
+        info.latent_shape.extend(m.latent_shape)
+        info.graph_dtype = m.image.dtype
+        if m.image.dynamic is not None:
+            d = m.image.dynamic
+            info.size_multiple, info.min_size, info.max_size = d.multiple, d.min, d.max
+        info.latent_scaling, info.latent_shift = m.latent.scaling, m.latent.shift
         info.description = m.description
         info.default_prior = PRIOR_TO_PROTO[m.prior.default]
         info.metrics.update(m.metrics)

@@ -32,6 +32,7 @@ from serving.protocols.calls import Call, CallTracker
 from serving.protocols.native.converters import (
     decode_response,
     encode_response,
+    image_dtype_from_proto,
     list_models_response,
     model_info,
     prior_from_proto,
@@ -73,7 +74,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         seed = request.seed if request.HasField("seed") else None
         which = request.WhichOneof("input")
         if which == "images":
-            images = tensor_to_array(request.images, "images")
+            images = tensor_to_array(request.images, "images", allow_uint8=True)
             return self._parse.encode(model, images, sample_z=request.sample_z, seed=seed)
         if which == "encoded_images":
             return await self._parse.encode_files(
@@ -93,7 +94,12 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         latents = (
             tensor_to_array(request.latents, "latents") if request.HasField("latents") else None
         )
-        parsed = self._parse.decode(model, latents, return_png=request.return_png)
+        parsed = self._parse.decode(
+            model,
+            latents,
+            return_png=request.return_png,
+            image_dtype=image_dtype_from_proto(request.image_dtype),
+        )
         images = await parsed.run(monotonic_deadline(context.time_remaining()))
         pngs = await asyncio.to_thread(encode_pngs, images) if parsed.return_png else []
         call.samples = parsed.rows
@@ -157,6 +163,7 @@ def _sampling_fields(request: pb.SampleRequest) -> dict[str, Any]:
         "seed": request.seed if request.HasField("seed") else None,
         "return_latents": request.return_latents,
         "return_png": request.return_png,
+        "image_dtype": image_dtype_from_proto(request.image_dtype),
     }
 
 

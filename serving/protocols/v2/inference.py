@@ -113,9 +113,11 @@ class V2Api:
     ) -> dict[str, Array]:
         request = self._parse.encode(model, given[described.inputs[0].name])
         result = await request.run(deadline)
+        # The graph's own output names, in model.json's order: latents, or mean and log_var.
+        names = [t.name for t in described.outputs]
         if result.log_var is None:
-            return {"latents": result.latents}
-        return {"mean": result.latents, "log_var": result.log_var}
+            return {names[0]: result.latents}
+        return {names[0]: result.latents, names[1]: result.log_var}
 
     async def _decode(
         self,

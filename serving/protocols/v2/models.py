@@ -1,21 +1,25 @@
 """The Open Inference Protocol's view of the served models: names, roles and metadata.
 
-Every served model folder ``M`` appears as three v2 models:
+Every served model folder ``M`` appears as three v2 models, shaped as M's spec says (images
+C x H x W, latents D or C x h x w; the graphs' own tensor names):
 
-- ``M-encoder``: the encoder graph. Input ``images`` FP32 [-1, 1, 28, 28] (grey levels in
-  [0, 1]); outputs ``latents`` FP32 [-1, D] for a plain autoencoder, ``mean`` and
-  ``log_var`` FP32 [-1, D] for a VAE: the graph's own tensor names.
-- ``M-decoder``: the decoder graph. Input ``latents`` FP32 [-1, D]; output ``images`` FP32
-  [-1, 1, 28, 28].
+- ``M-encoder``: the encoder graph. Input: the graph's image input, FP32 [-1, C, H, W]
+  (-1 for sizes a dynamic graph leaves free), pixels in [0, 1] whatever range the graph
+  takes (the server maps them), or UINT8 levels 0..255; outputs: the latents, FP32
+  [-1, D] or [-1, C, h, w], for a plain autoencoder, or the mean and log-variance for a VAE,
+  on the served latent scale (model.json's scaling and shift applied).
+- ``M-decoder``: the decoder graph. Input: the latents (as above); output: the images,
+  FP32 [-1, C, H, W] in [0, 1].
 - ``M-sampler``: SampleRandom. Inputs ``count`` INT64 [1] (INT32, UINT32, UINT64 too),
   optional ``seed`` UINT64 [1] (INT64 and the 32-bit types too; absent: the server picks
   one), optional ``prior`` BYTES [1] (a prior name; absent: the model's default) and
   optional ``temperature`` FP32 [1] (FP64 too; absent: 1). Outputs ``images`` FP32
-  [-1, 1, 28, 28], ``latents`` FP32 [-1, D] and ``seed`` UINT64 [1] (the seed used, so any
-  result can be replayed).
+  [-1, C, H, W], ``latents`` FP32 [-1, D] or [-1, C, h, w] and ``seed`` UINT64 [1] (the
+  seed used, so any result can be replayed).
 
-The metadata of the two graph models is read from the loaded onnxruntime sessions (names,
-and shapes with -1 for every dynamic dimension), so it says what the graphs really take.
+A float16 graph is still FP32 here: the wire stays float32, the runtime converts. The
+metadata of the two graph models is read from the loaded onnxruntime sessions (names, and
+shapes with -1 for every dynamic dimension), so it says what the graphs really take.
 This module only describes and looks up; inference.py runs the calls.
 """
 
@@ -26,7 +30,6 @@ import enum
 import functools
 from dataclasses import dataclass
 
-from latentserve.image_spec import IMAGE_SHAPE
 from serving.core.errors import ServingError, not_found
 from serving.core.model import ServedModel
 from serving.core.registry import ModelEntry, ModelRegistry, ModelState
@@ -109,7 +112,6 @@ def describe(model: ServedModel, role: Role) -> V2Model:
     elif role is Role.DECODER:
         graph, names = model.decoder, model.manifest.decoder.outputs
     else:
-        d = model.latent_dim
         return V2Model(
             name,
             model.name,
@@ -123,12 +125,14 @@ def describe(model: ServedModel, role: Role) -> V2Model:
                 TensorSpec("temperature", FP32, (1,), (FP32, "FP64"), optional=True),
             ),
             outputs=(
-                TensorSpec("images", FP32, (-1, *IMAGE_SHAPE)),
-                TensorSpec("latents", FP32, (-1, d)),
+                TensorSpec("images", FP32, (-1, *model.image_shape)),
+                TensorSpec("latents", FP32, (-1, *model.latent_shape)),
                 TensorSpec("seed", "UINT64", (1,)),
             ),
         )
-    inputs = (TensorSpec(graph.input_name, FP32, _dims(graph.input_shape)),)
+    # Images may come as UINT8 levels (4x smaller); latents are FP32 only.
+    accepts = (FP32, "UINT8") if role is Role.ENCODER else ()
+    inputs = (TensorSpec(graph.input_name, FP32, _dims(graph.input_shape), accepts),)
     # The outputs model.json names (the registry checked the graph has them), in its order.
     outputs = tuple(TensorSpec(out, FP32, _dims(graph.output_shapes[out])) for out in names)
     return V2Model(name, model.name, role, version, PLATFORM_ONNX, inputs, outputs)

@@ -123,7 +123,7 @@ def no_errors(page: Any) -> None:
 def test_page_loads_without_console_errors(page: Any) -> None:
     assert page.title() == "latentserve explorer"
     models = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
-    assert models == ["mnist-ae", "mnist-vae", "mnist-vae-16"]
+    assert models == ["emoji-vae", "mnist-ae", "mnist-vae", "mnist-vae-16"]
     assert page.input_value("#model") == "mnist-vae"
     # The scatter of the shipped sample and the first decode and sample grid are drawn.
     assert page.evaluate("window.explorer.state.model.scatter.points.length") == 2000

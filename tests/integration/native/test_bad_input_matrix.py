@@ -120,6 +120,8 @@ MATRIX = [
     Case("Encode", "too many images", lambda: images(*[png()] * 9), EXHAUSTED, "max_samples_per_request"),
     Case("Encode", "image over max_image_bytes", lambda: images(png(90, 90, noise=True), resize=True), EXHAUSTED, "max_image_bytes (4096)"),
     Case("Encode", "image not 28 x 28", lambda: images(png(32, 30)), INVALID, "or set resize"),
+    Case("Encode", "colour PNG to a grey model", lambda: images(png(mode="RGB", fill=(200, 30, 40))), INVALID, "takes grey 1 x 28 x 28 images"),
+    Case("Encode", "3 channels to a grey model", encode(images=tensor((2, 3, 28, 28))), INVALID, "3 channels, the model 1"),
     Case("Encode", "resize over max_image_pixels", lambda: images(png(101, 100), resize=True), EXHAUSTED, "max_image_pixels (10000)"),
     Case("Encode", "decompression bomb, resize", lambda: images(bomb_png(2000, 2000), resize=True), EXHAUSTED, "4000000 pixels"),
     Case("Encode", "decompression bomb, no resize", lambda: images(bomb_png(2000, 2000)), INVALID, "2000 x 2000"),

@@ -11,6 +11,7 @@ from fixtures.reference import Reference
 from fixtures.servers import InProcessServer
 
 from latentserve.client import LatentClient
+from latentserve.manifest import read_manifest
 
 MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
 SHIPPED = sorted(p.name for p in MODELS_DIR.glob("*") if (p / "model.json").is_file())
@@ -30,7 +31,8 @@ def test_shipped_model_over_grpc_equals_onnxruntime(shipped_client, name):
     reference = Reference(MODELS_DIR / name)
     info = shipped_client.get_model(name)
     assert info.state == "READY", info.error
-    images = np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32)
+    shape = read_manifest(MODELS_DIR / name).image_shape
+    images = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
 
     encoded = shipped_client.encode(images, model=name)
     expected = reference.encode(images)

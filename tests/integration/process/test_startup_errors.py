@@ -124,7 +124,7 @@ def test_shipped_models_are_the_default_from_any_folder(tmp_path):
                 assert server.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
             ready = {m.name for m in client.list_models() if m.state == "READY"}
-            assert ready == {"mnist-ae", "mnist-vae", "mnist-vae-16"}
+            assert ready == {"mnist-ae", "mnist-vae", "mnist-vae-16", "emoji-vae"}
             assert client.sample(2, seed=0).images.shape == (2, 1, 28, 28)
     finally:
         server.terminate()  # our own child, by its handle

@@ -157,7 +157,7 @@ def test_every_v2_model_when_no_name_is_given(report: dict[str, Any]) -> None:
     names = {s["name"] for s in stats}
     assert names == {
         f"{m}-{r}"
-        for m in ("mnist-ae", "mnist-vae", "mnist-vae-16")
+        for m in ("mnist-ae", "mnist-vae", "mnist-vae-16", "emoji-vae")
         for r in ("encoder", "decoder", "sampler")
     }
 

@@ -25,6 +25,32 @@ else:
 
 DESCRIPTOR: google.protobuf.descriptor.FileDescriptor
 
+class _DataType:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _DataTypeEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_DataType.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    DATA_TYPE_FLOAT32: _DataType.ValueType  # 0
+    """Little-endian float32, 4 bytes per value."""
+    DATA_TYPE_UINT8: _DataType.ValueType  # 1
+    """uint8, 1 byte per value: images as levels 0..255 (value / 255 in [0, 1]),
+    4x smaller on the wire. For images only (Encode input, Decode and
+    SampleRandom output on request); latents are always float32.
+    """
+
+class DataType(_DataType, metaclass=_DataTypeEnumTypeWrapper):
+    """How a tensor's values are stored in raw_data."""
+
+DATA_TYPE_FLOAT32: DataType.ValueType  # 0
+"""Little-endian float32, 4 bytes per value."""
+DATA_TYPE_UINT8: DataType.ValueType  # 1
+"""uint8, 1 byte per value: images as levels 0..255 (value / 255 in [0, 1]),
+4x smaller on the wire. For images only (Encode input, Decode and
+SampleRandom output on request); latents are always float32.
+"""
+global___DataType = DataType
+
 class _Prior:
     ValueType = typing.NewType("ValueType", builtins.int)
     V: typing_extensions.TypeAlias = ValueType
@@ -88,14 +114,17 @@ global___ModelState = ModelState
 
 @typing.final
 class Tensor(google.protobuf.message.Message):
-    """A dense float32 tensor."""
+    """A dense tensor (float32 unless dtype says otherwise)."""
 
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     SHAPE_FIELD_NUMBER: builtins.int
     RAW_DATA_FIELD_NUMBER: builtins.int
+    DTYPE_FIELD_NUMBER: builtins.int
     raw_data: builtins.bytes
-    """Little-endian float32 values, C order; length must be 4 * prod(shape)."""
+    """Values in C order; length must be (bytes per value) * prod(shape)."""
+    dtype: global___DataType.ValueType
+    """The type of raw_data's values."""
     @property
     def shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """Dimensions, outermost first (C order). Every entry must be >= 0."""
@@ -105,8 +134,9 @@ class Tensor(google.protobuf.message.Message):
         *,
         shape: collections.abc.Iterable[builtins.int] | None = ...,
         raw_data: builtins.bytes = ...,
+        dtype: global___DataType.ValueType = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["raw_data", b"raw_data", "shape", b"shape"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["dtype", b"dtype", "raw_data", b"raw_data", "shape", b"shape"]) -> None: ...
 
 global___Tensor = Tensor
 
@@ -119,14 +149,17 @@ class EncodedImages(google.protobuf.message.Message):
     DATA_FIELD_NUMBER: builtins.int
     RESIZE_FIELD_NUMBER: builtins.int
     resize: builtins.bool
-    """Resize images of another size to 28 x 28 (bilinear, aspect ratio not
-    kept). Off by default, so that a wrong-sized image is an error, not a
-    silent distortion.
+    """Resize images of another size to the model's size (bilinear, aspect
+    ratio not kept) and convert colour to grey for a grey model. Off by
+    default, so that a wrong image is an error, not a silent distortion.
     """
     @property
     def data(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
-        """PNG or JPEG files. Each is converted to 8-bit grayscale and scaled to
-        [0, 1]; it must already be 28 x 28 pixels unless `resize` is set.
+        """PNG or JPEG files, scaled to [0, 1] per channel. Each must already have
+        the model's size (ModelInfo.image_shape, or a size its dynamic sizes
+        allow) unless `resize` is set; a colour file sent to a grey model needs
+        `resize` too. Grey files are accepted by an RGB model; transparency is
+        composited on white.
         """
 
     def __init__(
@@ -158,7 +191,9 @@ class EncodeRequest(google.protobuf.message.Message):
     """
     @property
     def images(self) -> global___Tensor:
-        """N x 28 x 28 or N x 1 x 28 x 28 float32 in [0, 1]; N >= 1."""
+        """N x C x H x W (the model's ModelInfo.image_shape; N x H x W for a grey
+        model too), float32 in [0, 1] or uint8 levels; N >= 1.
+        """
 
     @property
     def encoded_images(self) -> global___EncodedImages:
@@ -199,15 +234,17 @@ class EncodeResponse(google.protobuf.message.Message):
     """The seed used for z (when sample_z was requested)."""
     @property
     def latents(self) -> global___Tensor:
-        """N x D. AE: the latent code. VAE: the posterior mean."""
+        """N x latent shape (N x D, or N x C x h x w for a spatial latent; see
+        ModelInfo.latent_shape). AE: the latent code. VAE: the posterior mean.
+        """
 
     @property
     def log_var(self) -> global___Tensor:
-        """N x D, VAE only: the posterior log-variance."""
+        """Same shape, VAE only: the posterior log-variance."""
 
     @property
     def z(self) -> global___Tensor:
-        """N x D, only when sample_z was requested."""
+        """Same shape, only when sample_z was requested."""
 
     def __init__(
         self,
@@ -231,12 +268,17 @@ class DecodeRequest(google.protobuf.message.Message):
     MODEL_FIELD_NUMBER: builtins.int
     LATENTS_FIELD_NUMBER: builtins.int
     RETURN_PNG_FIELD_NUMBER: builtins.int
+    IMAGE_DTYPE_FIELD_NUMBER: builtins.int
     model: builtins.str
     return_png: builtins.bool
-    """Also return each image as an 8-bit grayscale PNG."""
+    """Also return each image as an 8-bit PNG (grey or RGB, as the model)."""
+    image_dtype: global___DataType.ValueType
+    """The images tensor's type: float32 (default) or uint8 (4x smaller)."""
     @property
     def latents(self) -> global___Tensor:
-        """N x D float32 latents, D = the model's latent_dim; N >= 1; finite values."""
+        """N x latent shape float32 latents (ModelInfo.latent_shape); N >= 1;
+        finite values.
+        """
 
     def __init__(
         self,
@@ -244,9 +286,10 @@ class DecodeRequest(google.protobuf.message.Message):
         model: builtins.str = ...,
         latents: global___Tensor | None = ...,
         return_png: builtins.bool = ...,
+        image_dtype: global___DataType.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["latents", b"latents"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["latents", b"latents", "model", b"model", "return_png", b"return_png"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["image_dtype", b"image_dtype", "latents", b"latents", "model", b"model", "return_png", b"return_png"]) -> None: ...
 
 global___DecodeRequest = DecodeRequest
 
@@ -262,7 +305,7 @@ class DecodeResponse(google.protobuf.message.Message):
     model_version: builtins.str
     @property
     def images(self) -> global___Tensor:
-        """N x 1 x 28 x 28 float32 in [0, 1]."""
+        """N x C x H x W in [0, 1] (float32), or 0..255 (uint8) on request."""
 
     @property
     def png(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
@@ -293,6 +336,7 @@ class SampleRequest(google.protobuf.message.Message):
     RETURN_LATENTS_FIELD_NUMBER: builtins.int
     RETURN_PNG_FIELD_NUMBER: builtins.int
     CHUNK_SIZE_FIELD_NUMBER: builtins.int
+    IMAGE_DTYPE_FIELD_NUMBER: builtins.int
     model: builtins.str
     count: builtins.int
     """Number of images, >= 1. SampleRandom allows up to the server's max
@@ -313,8 +357,11 @@ class SampleRequest(google.protobuf.message.Message):
     """Also return each image as a PNG."""
     chunk_size: builtins.int
     """SampleRandomStream only: images per message (default and maximum set by
-    the server; 0 means the default).
+    the server, and lowered for large images so a message fits its size
+    limit; 0 means the default).
     """
+    image_dtype: global___DataType.ValueType
+    """The images tensor's type: float32 (default) or uint8 (4x smaller)."""
     def __init__(
         self,
         *,
@@ -326,9 +373,10 @@ class SampleRequest(google.protobuf.message.Message):
         return_latents: builtins.bool = ...,
         return_png: builtins.bool = ...,
         chunk_size: builtins.int = ...,
+        image_dtype: global___DataType.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "seed", b"seed", "temperature", b"temperature"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "image_dtype", b"image_dtype", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
     @typing.overload
@@ -358,11 +406,13 @@ class SampleResponse(google.protobuf.message.Message):
     """The prior that was actually used (never PRIOR_UNSPECIFIED)."""
     @property
     def images(self) -> global___Tensor:
-        """n x 1 x 28 x 28 float32 (n = count, or this chunk's size when streaming)."""
+        """n x C x H x W (n = count, or this chunk's size when streaming), float32
+        in [0, 1] or uint8 on request.
+        """
 
     @property
     def latents(self) -> global___Tensor:
-        """n x D, when return_latents was set."""
+        """n x latent shape, when return_latents was set."""
 
     @property
     def png(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.bytes]:
@@ -465,11 +515,19 @@ class ModelInfo(google.protobuf.message.Message):
     ENCODER_SHA256_FIELD_NUMBER: builtins.int
     DECODER_SHA256_FIELD_NUMBER: builtins.int
     PROVENANCE_JSON_FIELD_NUMBER: builtins.int
+    LATENT_SHAPE_FIELD_NUMBER: builtins.int
+    GRAPH_DTYPE_FIELD_NUMBER: builtins.int
+    SIZE_MULTIPLE_FIELD_NUMBER: builtins.int
+    MIN_SIZE_FIELD_NUMBER: builtins.int
+    MAX_SIZE_FIELD_NUMBER: builtins.int
+    LATENT_SCALING_FIELD_NUMBER: builtins.int
+    LATENT_SHIFT_FIELD_NUMBER: builtins.int
     name: builtins.str
     version: builtins.str
     kind: builtins.str
     """"ae" or "vae"; empty when the manifest could not be read."""
     latent_dim: builtins.int
+    """Latent values per image: D, or C * h * w for a spatial latent."""
     description: builtins.str
     state: global___ModelState.ValueType
     error: builtins.str
@@ -481,9 +539,22 @@ class ModelInfo(google.protobuf.message.Message):
     decoder_sha256: builtins.str
     provenance_json: builtins.str
     """Training provenance from model.json, as JSON text."""
+    graph_dtype: builtins.str
+    """The graphs' float type, "float32" or "float16" (the wire stays float32)."""
+    size_multiple: builtins.int
+    """Dynamic sizes (0 when fixed): height and width are each a multiple of
+    size_multiple within [min_size, max_size].
+    """
+    min_size: builtins.int
+    max_size: builtins.int
+    latent_scaling: builtins.float
+    """Served latents are (graph latents - latent_shift) * latent_scaling."""
+    latent_shift: builtins.float
     @property
     def image_shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
-        """Image shape, [1, 28, 28]."""
+        """Image shape C x H x W: [1, 28, 28] for MNIST (the nominal size when the
+        graphs take dynamic sizes).
+        """
 
     @property
     def providers(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]:
@@ -492,6 +563,12 @@ class ModelInfo(google.protobuf.message.Message):
     @property
     def metrics(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.float]:
         """Test-set metrics from model.json (e.g. test_mse_per_pixel)."""
+
+    @property
+    def latent_shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """One image's latent shape: [D], or [C, h, w] for a spatial latent (at the
+        nominal image size; it scales with the image for dynamic sizes).
+        """
 
     def __init__(
         self,
@@ -510,7 +587,14 @@ class ModelInfo(google.protobuf.message.Message):
         encoder_sha256: builtins.str = ...,
         decoder_sha256: builtins.str = ...,
         provenance_json: builtins.str = ...,
+        latent_shape: collections.abc.Iterable[builtins.int] | None = ...,
+        graph_dtype: builtins.str = ...,
+        size_multiple: builtins.int = ...,
+        min_size: builtins.int = ...,
+        max_size: builtins.int = ...,
+        latent_scaling: builtins.float = ...,
+        latent_shift: builtins.float = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "metrics", b"metrics", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "state", b"state", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "graph_dtype", b"graph_dtype", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "latent_scaling", b"latent_scaling", "latent_shape", b"latent_shape", "latent_shift", b"latent_shift", "max_size", b"max_size", "metrics", b"metrics", "min_size", b"min_size", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "size_multiple", b"size_multiple", "state", b"state", "version", b"version"]) -> None: ...
 
 global___ModelInfo = ModelInfo

@@ -1,6 +1,8 @@
-// Painting 28 x 28 float images (values in [0, 1]) onto canvases: gray level
-// round(255 * v) in all three channels, white ink on black as in MNIST, scaled up by an
-// integer factor without smoothing, so every screen pixel of a cell holds the exact value.
+// Painting float images (values in [0, 1]) of the chosen model's shape C x H x W onto
+// canvases: grey level round(255 * v) in all three channels for a grey model (white ink on
+// black as in MNIST), the three channels for an RGB one, scaled up without smoothing, so
+// every screen pixel of a cell holds the exact value. Latent maps (C x h x w) are painted
+// one channel per canvas, each stretched to its own min..max.
 
 export const SIDE = 28;
 export const PIXELS = SIDE * SIDE;
@@ -10,24 +12,53 @@ export const DIGIT_COLOURS = [
   "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ];
 
+// The chosen model's image shape [C, H, W]; MNIST's until a model is chosen.
+let shape = [1, SIDE, SIDE];
 const scratch = document.createElement("canvas");
-scratch.width = SIDE;
-scratch.height = SIDE;
 const scratchCtx = scratch.getContext("2d");
+
+export function setImageShape(imageShape) {
+  shape = imageShape.slice();
+}
+
+export function imageShape() {
+  return shape.slice();
+}
 
 export function gray(v) {
   return Math.max(0, Math.min(255, Math.round(v * 255)));
 }
 
-// Paint image `index` of a flat N x 784 array onto `canvas` (any size that is a multiple of 28).
+// Paint image `index` of a flat N x C x H x W array onto `canvas`.
 export function paintDigit(canvas, data, index = 0) {
-  const pixels = scratchCtx.createImageData(SIDE, SIDE);
-  const offset = index * PIXELS;
-  for (let i = 0; i < PIXELS; i++) {
-    const g = gray(data[offset + i]);
-    pixels.data[4 * i] = g;
-    pixels.data[4 * i + 1] = g;
-    pixels.data[4 * i + 2] = g;
+  const [c, h, w] = shape;
+  paintPlanes(canvas, h, w, (i, rgb) => {
+    const offset = index * c * h * w;
+    for (let k = 0; k < 3; k++) rgb[k] = gray(data[offset + (c === 1 ? 0 : k * h * w) + i]);
+  });
+}
+
+// One latent channel map (h x w values), stretched to its own min..max, in grey.
+export function paintMap(canvas, data, offset, h, w) {
+  let lo = Infinity, hi = -Infinity;
+  for (let i = 0; i < h * w; i++) {
+    lo = Math.min(lo, data[offset + i]);
+    hi = Math.max(hi, data[offset + i]);
+  }
+  const span = hi > lo ? hi - lo : 1;
+  paintPlanes(canvas, h, w, (i, rgb) => {
+    rgb.fill(gray((data[offset + i] - lo) / span));
+  });
+}
+
+function paintPlanes(canvas, h, w, pixel) {
+  scratch.width = w;
+  scratch.height = h;
+  const pixels = scratchCtx.createImageData(w, h);
+  const rgb = [0, 0, 0];
+  for (let i = 0; i < h * w; i++) {
+    pixel(i, rgb);
+    pixels.data.set(rgb, 4 * i);
     pixels.data[4 * i + 3] = 255;
   }
   scratchCtx.putImageData(pixels, 0, 0);
@@ -36,7 +67,13 @@ export function paintDigit(canvas, data, index = 0) {
   ctx.drawImage(scratch, 0, 0, canvas.width, canvas.height);
 }
 
-// A row/grid of `count` digit canvases of `size` px inside `container` (reusing canvases).
+// Canvas height for `width` px at the chosen image's aspect ratio.
+export function heightFor(width) {
+  return Math.round((width * shape[1]) / shape[2]);
+}
+
+// A row/grid of `count` digit canvases `size` px wide inside `container` (reusing canvases),
+// as high as the chosen image's aspect ratio makes them.
 export function digitCanvases(container, count, size) {
   const existing = [...container.querySelectorAll("canvas")];
   for (const c of existing.slice(count)) c.remove();
@@ -47,10 +84,11 @@ export function digitCanvases(container, count, size) {
     container.appendChild(c);
     canvases.push(c);
   }
+  const height = heightFor(size);
   for (const c of canvases) {
-    if (c.width !== size) {
+    if (c.width !== size || c.height !== height) {
       c.width = size;
-      c.height = size;
+      c.height = height;
     }
   }
   return canvases;

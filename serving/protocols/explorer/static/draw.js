@@ -2,7 +2,9 @@
 // crop the ink, scale it so its longer side is 20 px (keeping the aspect ratio) by area
 // averaging, place it in a 28 x 28 field with its centre of mass at the centre, as the
 // MNIST images were made. Values are quantised to k/255, so the 28 x 28 preview shows
-// exactly the tensor that is sent.
+// exactly the tensor that is sent. For any other model (`colour` mode) the pad is the image:
+// a dropped file is drawn as it is (transparency on white, as the server does), and the
+// pad is scaled to the model's C x H x W as sent (`imageInput`).
 
 import { PIXELS, SIDE } from "./digits.js";
 
@@ -15,6 +17,8 @@ export class DrawPad {
     this.ctx = canvas.getContext("2d", { willReadFrequently: true });
     this.onChange = onChange;
     this.drawing = false;
+    // false: MNIST-style white ink on black (inverting dark-on-light drops); true: as is.
+    this.colour = false;
     this.clear();
     canvas.addEventListener("pointerdown", (e) => this.#down(e));
     canvas.addEventListener("pointermove", (e) => this.#move(e));
@@ -82,6 +86,13 @@ export class DrawPad {
   async loadImage(blob) {
     const bitmap = await createImageBitmap(blob);
     const { width, height } = this.canvas;
+    if (this.colour) {
+      this.ctx.fillStyle = "#fff";
+      this.ctx.fillRect(0, 0, width, height);
+      this.ctx.drawImage(bitmap, 0, 0, width, height);
+      this.onChange(true);
+      return;
+    }
     const tmp = document.createElement("canvas");
     tmp.width = width;
     tmp.height = height;
@@ -112,6 +123,25 @@ export class DrawPad {
     }
     this.ctx.putImageData(px, 0, 0);
     this.onChange(true);
+  }
+
+  // The pad scaled to H x W (the browser's smoothing), C channels (grey: the luminance), as
+  // a Float32Array of C * H * W values k/255 in [0, 1].
+  imageInput([c, h, w]) {
+    const tmp = document.createElement("canvas");
+    tmp.width = w;
+    tmp.height = h;
+    const t = tmp.getContext("2d", { willReadFrequently: true });
+    t.imageSmoothingQuality = "high";
+    t.drawImage(this.canvas, 0, 0, w, h);
+    const px = t.getImageData(0, 0, w, h).data;
+    const out = new Float32Array(c * h * w);
+    for (let i = 0; i < h * w; i++) {
+      const [r, g, b] = [px[4 * i], px[4 * i + 1], px[4 * i + 2]];
+      if (c === 1) out[i] = Math.round(0.299 * r + 0.587 * g + 0.114 * b) / 255;
+      else [r, g, b].forEach((v, k) => { out[k * h * w + i] = v / 255; });
+    }
+    return out;
   }
 
   // The pad as one MNIST-style 28 x 28 image (Float32Array of 784 in [0, 1]), or null if blank.

@@ -5,7 +5,9 @@
 
 import { Api, ApiError, floats, median, tensor } from "./api.js";
 import { Latest } from "./coalesce.js";
-import { DIGIT_COLOURS, PIXELS, clearDigit, digitCanvases, paintDigit } from "./digits.js";
+import {
+  DIGIT_COLOURS, SIDE, clearDigit, digitCanvases, heightFor, paintDigit, paintMap, setImageShape,
+} from "./digits.js";
 import { DrawPad } from "./draw.js";
 import { Plane, Projection } from "./plane.js";
 
@@ -26,7 +28,7 @@ const state = {
   projection: null,
   cursor: null, // {z, uv} last decoded point
   pins: [],
-  drawn: null, // {input: Float32Array(784), latent: [...], uv}
+  drawn: null, // {input: Float32Array(C * H * W), latent: [...], uv}
   samples: null, // {seed, prior, temperature, count, images: Float32Array}
   errors: new Map(),
 };
@@ -61,11 +63,11 @@ function renderErrors() {
 const decoder = new Latest(async ({ z, uv }) => {
   const model = state.model;
   const t0 = performance.now();
-  const out = await api.infer(model.v2.decoder, [tensor("latents", "FP32", [1, z.length], z)]);
+  const out = await api.infer(model.v2.decoder, [latentTensor(model, 1, z)]);
   api.decodeTimes.push(performance.now() - t0);
   if (model !== state.model) return;
   clearError("decode");
-  const images = floats(out.images);
+  const images = floats(out[model.tensors.decoder_output]);
   paintDigit($("decoded"), images.data);
   $("decoded").dataset.latent = JSON.stringify(z);
   state.cursor = { z, uv };
@@ -73,6 +75,30 @@ const decoder = new Latest(async ({ z, uv }) => {
   $("decoded-near").textContent = nearestDigits(uv, z.length);
   renderSpeed();
 }, (err) => showError("decode", err));
+
+// The decoder's input for `n` latents (flat values), shaped as the model's latent.
+function latentTensor(model, n, values) {
+  return tensor(model.tensors.decoder_input, "FP32", [n, ...model.latent_shape], values);
+}
+
+// A latent map C x h x w as one canvas per channel in `container`.
+function paintMaps(container, model, data) {
+  const [c, h, w] = model.latent_shape;
+  const existing = [...container.querySelectorAll("canvas")];
+  for (const canvas of existing.slice(c)) canvas.remove();
+  for (let k = 0; k < c; k++) {
+    let canvas = existing[k];
+    if (!canvas) {
+      canvas = document.createElement("canvas");
+      canvas.className = "map";
+      container.appendChild(canvas);
+    }
+    canvas.width = 64;
+    canvas.height = Math.round((64 * h) / w);
+    canvas.title = `latent channel ${k + 1} of ${c} (${h} x ${w}, stretched to its min..max)`;
+    paintMap(canvas, data, k * h * w, h, w);
+  }
+}
 
 function renderSpeed() {
   const t = api.decodeTimes;
@@ -135,8 +161,8 @@ $("overlay").addEventListener("click", (event) => {
 function buildSliders(model) {
   const box = $("sliders");
   box.replaceChildren();
-  $("sliders-box").hidden = model.latent_dim <= 2;
-  if (model.latent_dim <= 2) return;
+  $("sliders-box").hidden = model.latent_dim <= 2 || model.spatial;
+  if (model.latent_dim <= 2 || model.spatial) return;
   const [lo, hi] = model.slider_range;
   for (let i = 0; i < model.latent_dim; i++) {
     const row = document.createElement("label");
@@ -227,10 +253,10 @@ const walker = new Latest(async ([a, b]) => {
     zs.push(a.z.map((x, i) => x + t * (b.z[i] - x)));
   }
   const model = state.model;
-  const out = await api.infer(model.v2.decoder, [tensor("latents", "FP32", [WALK_STEPS, a.z.length], zs.flat())]);
+  const out = await api.infer(model.v2.decoder, [latentTensor(model, WALK_STEPS, zs.flat())]);
   if (model !== state.model) return;
   clearError("walk");
-  const images = floats(out.images);
+  const images = floats(out[model.tensors.decoder_output]);
   const canvases = digitCanvases($("walk"), WALK_STEPS, 56);
   canvases.forEach((c, i) => paintDigit(c, images.data, i));
   plane.setWalk(zs.map((z) => state.projection.project(z)));
@@ -255,11 +281,15 @@ const sampler = new Latest(async (request) => {
   const canvases = digitCanvases($("samples"), request.count, 56);
   canvases.forEach((c, i) => paintDigit(c, images.data, i));
   const d = model.latent_dim;
-  const uvs = [];
-  for (let i = 0; i < request.count; i++) {
-    uvs.push(state.projection.project(Array.from(latents.data.slice(i * d, (i + 1) * d))));
+  if (model.spatial) {
+    paintMaps($("sample-latent"), model, latents.data);
+  } else {
+    const uvs = [];
+    for (let i = 0; i < request.count; i++) {
+      uvs.push(state.projection.project(Array.from(latents.data.slice(i * d, (i + 1) * d))));
+    }
+    plane.setSamples(uvs);
   }
-  plane.setSamples(uvs);
   state.samples = { ...request, images: images.data, latents: latents.data };
 }, (err) => showError("sample", err));
 
@@ -313,13 +343,19 @@ function renderMix() {
 
 const encoder = new Latest(async (input) => {
   const model = state.model;
-  const out = await api.infer(model.v2.encoder, [tensor("images", "FP32", [1, 1, 28, 28], input)]);
-  const latentOut = out.latents || out.mean;
-  const latent = Array.from(floats(latentOut).data);
-  const decoded = await api.infer(model.v2.decoder, [tensor("latents", "FP32", [1, latent.length], latent)]);
+  const t = model.tensors;
+  const out = await api.infer(model.v2.encoder, [tensor(t.encoder_input, "FP32", [1, ...model.image_shape], input)]);
+  const latent = Array.from(floats(out[t.encoder_outputs[0]]).data);
+  const decoded = await api.infer(model.v2.decoder, [latentTensor(model, 1, latent)]);
   if (model !== state.model) return;
   clearError("encode");
-  paintDigit($("draw-recon"), floats(decoded.images).data);
+  paintDigit($("draw-recon"), floats(decoded[t.decoder_output]).data);
+  if (model.spatial) {
+    state.drawn = { input, latent, uv: null };
+    paintMaps($("draw-latent"), model, latent);
+    $("draw-at").textContent = `latent ${model.latent_shape.join(" x ")}: one map per channel`;
+    return;
+  }
   const uv = state.projection.project(latent);
   state.drawn = { input, latent, uv };
   plane.setDrawn(uv, latent);
@@ -328,7 +364,7 @@ const encoder = new Latest(async (input) => {
 
 const pad = new DrawPad($("draw"), () => {
   if (!state.model) return;
-  const input = pad.mnistInput();
+  const input = isMnistShape(state.model) ? pad.mnistInput() : pad.imageInput(state.model.image_shape);
   if (!input) return;
   paintDigit($("draw-input"), input);
   encoder.push(input);
@@ -341,12 +377,19 @@ $("draw-clear").addEventListener("click", () => {
   state.drawn = null;
   plane.setDrawn(null);
   $("draw-at").textContent = "";
+  $("draw-latent").replaceChildren();
 });
+
+function isMnistShape(model) {
+  const [c, h, w] = model.image_shape;
+  return c === 1 && h === SIDE && w === SIDE;
+}
 
 // --- model choice ------------------------------------------------------------------------
 
 function drawPlaneBase() {
   const m = state.model;
+  if (m.spatial) return;
   const proj = state.projection;
   const prior = $("prior").value || m.default_prior;
   const ellipses = [];
@@ -403,12 +446,22 @@ async function chooseModel(name) {
   const model = await api.getJson(`explorer/models/${encodeURIComponent(name)}`);
   clearError("models");
   state.model = model;
-  state.projection = new Projection(model.plane);
+  state.projection = model.plane ? new Projection(model.plane) : null;
   state.pins = [];
   state.drawn = null;
   state.samples = null;
   state.cursor = null;
-  $("plane-title").textContent = model.latent_dim === 2
+  setImageShape(model.image_shape);
+  pad.colour = !isMnistShape(model);
+  fitCanvases(model);
+  // A spatial latent has no plane: no plane, pointer decode or walk; the latent is shown as
+  // channel maps beside the reconstruction and the samples.
+  for (const id of ["plane-panel", "decode-panel", "walk-panel"]) $(id).hidden = model.spatial;
+  for (const id of ["draw-latent", "sample-latent"]) {
+    $(id).hidden = !model.spatial;
+    $(id).replaceChildren();
+  }
+  $("plane-title").textContent = model.spatial ? "" : model.latent_dim === 2
     ? `Latent plane of ${model.name} (${model.kind.toUpperCase()}, 2-D)`
     : `PCA plane of ${model.name} (${model.kind.toUpperCase()}, ${model.latent_dim}-D; ` +
       `${(100 * model.plane.explained_variance_ratio).toFixed(0)}% of the variance)`;
@@ -421,7 +474,7 @@ async function chooseModel(name) {
     prior.appendChild(option);
   }
   prior.value = model.default_prior;
-  fitView(model, state.projection);
+  if (!model.spatial) fitView(model, state.projection);
   drawPlaneBase();
   renderLegend();
   renderMix();
@@ -439,9 +492,22 @@ async function chooseModel(name) {
   $("draw-at").textContent = "";
   pad.clear();
   // Start with something to look at: the prior's centre decoded, and a grid of samples.
-  decodeAt(state.projection.project(model.priors[model.default_prior].mean || new Array(model.latent_dim).fill(0)));
+  if (!model.spatial) {
+    decodeAt(state.projection.project(model.priors[model.default_prior].mean || new Array(model.latent_dim).fill(0)));
+  }
   sampler.push(sampleRequest());
   await Promise.all([decoder.idle(), sampler.idle()]);
+}
+
+// The fixed image canvases at the model's aspect ratio, and the pad's caption.
+function fitCanvases(model) {
+  for (const id of ["decoded", "draw-input", "draw-recon"]) {
+    const canvas = $(id);
+    canvas.height = heightFor(canvas.width);
+  }
+  const [c, h, w] = model.image_shape;
+  $("draw-sent").textContent = `sent (${c === 3 ? "RGB " : ""}${h} x ${w})`;
+  $("draw-title").textContent = isMnistShape(model) ? "Draw a digit" : "Draw or drop an image";
 }
 
 async function loadModels() {
@@ -459,7 +525,8 @@ async function loadModels() {
   for (const m of listing.models) {
     const option = document.createElement("option");
     option.value = m.name;
-    option.textContent = `${m.name} (${m.kind}, ${m.latent_dim}-D)`;
+    const latent = m.spatial ? m.latent_shape.join(" x ") : `${m.latent_dim}-D`;
+    option.textContent = `${m.name} (${m.kind}, ${latent}, ${m.image_shape.join(" x ")})`;
     select.appendChild(option);
   }
   const wanted = new URLSearchParams(location.search).get("model");

@@ -405,3 +405,23 @@ async def test_observer_sees_queue_depth(executor):
     await batcher.close()
     assert max(stats.depths) >= 1
     assert stats.depths[-1] == 0
+
+
+async def test_requests_of_other_sizes_run_in_their_own_batches(executor):
+    """A graph with dynamic sizes gets requests whose rows differ in shape: they cannot be
+    concatenated, so each size runs in its own batch, in request order."""
+    run = Recorder()
+    batcher = DynamicBatcher(run, executor, max_batch_size=64, max_delay_s=0.05)
+    batcher.start()
+    run.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+    await asyncio.get_running_loop().run_in_executor(None, run.entered.wait, 5)
+    wide = np.ones((2, 5), np.float32)
+    queued = [batcher.submit(rows(1, 2)), batcher.submit(wide), batcher.submit(rows(3, 1))]
+    pending = [asyncio.ensure_future(q) for q in queued]
+    await wait_until(lambda: batcher.queue_depth == 3)
+    run.gate.set()
+    results = await asyncio.gather(first, *pending)
+    await batcher.close()
+    assert [b.shape for b in run.batches] == [(1, 3), (2, 3), (2, 5), (1, 3)]
+    np.testing.assert_array_equal(results[2][0], wide * 2)

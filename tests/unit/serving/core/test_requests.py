@@ -101,3 +101,20 @@ def test_outputs_that_overflowed_are_refused_as_the_input_problem():
     check_output({"latents": finite, "log_var": None}, "images")
     overflowed = np.array([[np.nan, 1.0]], np.float32)
     refused(INVALID, "pixels in [0, 1]", check_output, {"latents": overflowed}, "images")
+
+
+def test_file_limit_scales_with_the_model(tmp_path):
+    from types import SimpleNamespace
+
+    from fixtures.models import build_shaped_model_folder
+
+    from latentserve.manifest import read_manifest
+    from serving.core.requests import file_byte_limit
+
+    small = SimpleNamespace(manifest=read_manifest(build_shaped_model_folder(
+        tmp_path, "s", image_shape=(1, 28, 28), latent_shape=(2,))))  # fmt: skip
+    big = SimpleNamespace(manifest=read_manifest(build_shaped_model_folder(
+        tmp_path, "b", image_shape=(3, 64, 64), latent_shape=(2,))))  # fmt: skip
+    assert file_byte_limit(small, 4096) == (4096, "the server's max_image_bytes")
+    limit, name = file_byte_limit(big, 4096)
+    assert limit > 3 * 64 * 64 and "3 x 64 x 64 PNG" in name

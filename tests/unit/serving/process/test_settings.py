@@ -24,7 +24,7 @@ def test_defaults(monkeypatch):
     )
     # The shipped models travel inside the package: the default serves them from anywhere.
     shipped = {p.name for p in SHIPPED_MODELS_DIR.iterdir() if (p / "model.json").is_file()}
-    assert shipped == {"mnist-ae", "mnist-vae", "mnist-vae-16"}
+    assert shipped == {"mnist-ae", "mnist-vae", "mnist-vae-16", "emoji-vae"}
     assert (s.workers, s.max_connection_age_ms) == (1, 30_000)
     assert (s.device, s.batching, s.metrics_port, s.log_format) == ("auto", True, 9090, "text")
     assert s.max_batch_delay_s == pytest.approx(0.002)
