@@ -26,6 +26,13 @@ HERE = Path("benchmarks")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latent-bench", description=__doc__.split("\n\n")[0])
+    _add_modes(p)
+    _add_options(p)
+    return p
+
+
+def _add_modes(p: argparse.ArgumentParser) -> None:
+    """What to run: the whole suite (no flag), a short form of it, or one scenario."""
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="short run (< 60 s), JSON only")
     mode.add_argument("--smoke", action="store_true", help="seconds-long run for tests")
@@ -62,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         "in-process at batch 64, batching gain at 64 single-image callers, intra-op threads "
         "vs processes (latentbench/heavy.py); writes benchmarks/heavy.json and heavy.md",
     )
+
+
+def _add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", default="mnist-vae", help="model to benchmark [%(default)s]")
     p.add_argument("--json", type=Path, help="where to write the JSON results")
@@ -101,57 +111,87 @@ def _parser() -> argparse.ArgumentParser:
         help="only re-render RESULTS.md and the plots from a saved full-run JSON (its "
         "summary is recomputed from the measurements and saved back)",
     )
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
     if args.replicas:
-        from latentbench.replicas import main as main_replicas
-
-        forwarded = ["--models-dir", str(args.models_dir), "--model", args.model]
-        forwarded += ["--client-processes", str(args.client_processes)]
-        forwarded += ["--results-dir", str(args.results_dir)]
-        if args.duration is not None:
-            forwarded += ["--duration", str(args.duration)]
-        if args.warmup is not None:
-            forwarded += ["--warmup", str(args.warmup)]
-        return main_replicas(forwarded)
+        return _replicas(args)
     if args.v2:
-        from latentbench.v2 import main_v2
-
-        given = sys.argv[1:] if argv is None else list(argv)
-        return main_v2(args, " ".join(["latent-bench", shlex.join(given)]))
+        return _v2(args, given)
     if args.workers:
-        from latentbench.workers import main_workers
-
-        given = sys.argv[1:] if argv is None else list(argv)
-        return main_workers(args, " ".join(["latent-bench", shlex.join(given)]))
+        return _workers(args, given)
     if args.heavy:
-        from latentbench.heavy import main as main_heavy
-
-        forwarded = ["--client-processes", str(args.client_processes)]
-        forwarded += ["--results-dir", str(args.results_dir)]
-        if args.duration is not None:
-            forwarded += ["--duration", str(args.duration)]
-        if args.warmup is not None:
-            forwarded += ["--warmup", str(args.warmup)]
-        return main_heavy(forwarded)
+        return _heavy(args)
     if args.overhead:
         return _overhead(args)
     if args.report_from:
-        from latentbench.report import write_report
-
-        saved = SuiteResult.from_dict(json.loads(args.report_from.read_text()))
-        concurrencies = tuple(saved.config["concurrencies"])
-        saved.summary = summarise_suite(
-            saved,
-            SuiteConfig(models_dir=Path(saved.config["models_dir"]), concurrencies=concurrencies),
+        return _report_from(args)
+    config = _suite_config(args)
+    if not (config.models_dir / config.model / "model.json").is_file():
+        print(
+            f"latent-bench: no model {config.model!r} under {config.models_dir} "
+            "(give --models-dir and --model)",
+            file=sys.stderr,
         )
-        args.report_from.write_text(json.dumps(saved.to_dict(), indent=2) + "\n")
-        for path in write_report(saved, args.results_dir):
-            print(f"wrote {path}")
-        return 0
+        return 2
+    return _suite(config, args, given)
+
+
+def _replicas(args: argparse.Namespace) -> int:
+    from latentbench.replicas import main as main_replicas
+
+    forwarded = ["--models-dir", str(args.models_dir), "--model", args.model]
+    forwarded += ["--client-processes", str(args.client_processes)]
+    forwarded += ["--results-dir", str(args.results_dir)]
+    if args.duration is not None:
+        forwarded += ["--duration", str(args.duration)]
+    if args.warmup is not None:
+        forwarded += ["--warmup", str(args.warmup)]
+    return main_replicas(forwarded)
+
+
+def _v2(args: argparse.Namespace, given: list[str]) -> int:
+    from latentbench.v2 import main_v2
+
+    return main_v2(args, " ".join(["latent-bench", shlex.join(given)]))
+
+
+def _heavy(args: argparse.Namespace) -> int:
+    from latentbench.heavy import main as main_heavy
+
+    forwarded = ["--client-processes", str(args.client_processes)]
+    forwarded += ["--results-dir", str(args.results_dir)]
+    if args.duration is not None:
+        forwarded += ["--duration", str(args.duration)]
+    if args.warmup is not None:
+        forwarded += ["--warmup", str(args.warmup)]
+    return main_heavy(forwarded)
+
+
+def _workers(args: argparse.Namespace, given: list[str]) -> int:
+    from latentbench.workers import main_workers
+
+    return main_workers(args, " ".join(["latent-bench", shlex.join(given)]))
+
+
+def _report_from(args: argparse.Namespace) -> int:
+    from latentbench.report import write_report
+
+    saved = SuiteResult.from_dict(json.loads(args.report_from.read_text()))
+    concurrencies = tuple(saved.config["concurrencies"])
+    saved.summary = summarise_suite(
+        saved,
+        SuiteConfig(models_dir=Path(saved.config["models_dir"]), concurrencies=concurrencies),
+    )
+    args.report_from.write_text(json.dumps(saved.to_dict(), indent=2) + "\n")
+    for path in write_report(saved, args.results_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _suite_config(args: argparse.Namespace) -> SuiteConfig:
     config = SuiteConfig(
         models_dir=args.models_dir,
         model=args.model,
@@ -168,19 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, duration_s=args.duration)
     if args.warmup is not None:
         config = replace(config, warmup_s=args.warmup)
-    if not (config.models_dir / config.model / "model.json").is_file():
-        print(
-            f"latent-bench: no model {config.model!r} under {config.models_dir} "
-            "(give --models-dir and --model)",
-            file=sys.stderr,
-        )
-        return 2
+    return config
 
+
+def _suite(config: SuiteConfig, args: argparse.Namespace, given: list[str]) -> int:
     def log(line: str) -> None:
         print(line, flush=True)
 
     result = Suite(config, log).run()
-    given = sys.argv[1:] if argv is None else list(argv)
     result.config["command"] = " ".join(["latent-bench", shlex.join(given)]).strip()
     data = result.to_dict()
     out = args.json or (

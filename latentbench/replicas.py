@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -23,6 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latentbench.serverproc import READY, ServerProcess
 from latentserve.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from latentbench.envoyproc import EnvoyProcess
+    from latentbench.loadgen import Aggregate, LoadGenerator
 
 REPLICA_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PORT_RANGE = (20000, 40000)
@@ -200,9 +204,7 @@ def run_replicas(
     config: ReplicasConfig, workdir: Path, log: Callable[[str], None] = print
 ) -> ReplicasResult:
     """Direct vs through Envoy at c=1 and c=64, 1 replica vs 3; Envoy's CPU per call."""
-    from latentbench.envoyproc import EnvoyProcess, render_config
-    from latentbench.loadgen import Aggregate, LoadGenerator
-    from latentbench.stats import Measurement, summarise
+    from latentbench.loadgen import LoadGenerator
     from latentbench.suite import machine_info
 
     started = time.monotonic()
@@ -216,92 +218,15 @@ def run_replicas(
     envoys: list[EnvoyProcess] = []
     try:
         for name, members in (("envoy-1", replicas[:1]), ("envoy-3", replicas)):
-            rendered = render_config(
-                [r.address for r in members],
-                listen=("127.0.0.1", pick_port("127.0.0.1")),
-                admin=("127.0.0.1", pick_port("127.0.0.1")),
-            )
-            envoy = EnvoyProcess(rendered, workdir / name, concurrency=config.envoy_concurrency)
+            envoy = _envoy_for(name, members, workdir, config)
             envoys.append(envoy.start())
             envoy.wait_hosts({r.address for r in members})
         envoy1, envoy3 = envoys
-
         with LoadGenerator(config.client_processes) as gen:
-
-            def load(target: str, concurrency: int) -> Aggregate:
-                return gen.run(
-                    target,
-                    BENCH_RPC,
-                    request,
-                    1,
-                    concurrency,
-                    warmup_s=config.warmup_s,
-                    duration_s=config.duration_s,
-                    max_requests=config.max_requests,
-                    min_requests=10,
-                )
-
-            def row(
-                path: str, replicas_n: int, concurrency: int, agg: Aggregate, **extra: Any
-            ) -> dict[str, Any]:
-                m = summarise(
-                    Measurement("replicas", path, BENCH_RPC, 1, concurrency),
-                    agg.latencies_s,
-                    agg.window_s,
-                    agg.errors,
-                )
-                entry = {**m.to_dict(), "replicas": replicas_n, **extra}
-                result.rows.append(entry)
-                log(
-                    f"  {path:<14} replicas={replicas_n} c={concurrency:<3} "
-                    f"{m.images_per_s:8.0f} calls/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
-                    f"  errors {m.errors}"
-                    + (f"  envoy {extra['envoy_cpu_us_per_call']:.0f} us CPU/call" if extra else "")
-                )
-                return entry
-
-            def through_envoy(envoy: EnvoyProcess, replicas_n: int, concurrency: int) -> Aggregate:
-                calls0 = envoy.counter("cluster.latentserve.upstream_rq_total")
-                cpu0 = envoy.cpu_seconds()
-                agg = load(envoy.target, concurrency)
-                calls = envoy.counter("cluster.latentserve.upstream_rq_total") - calls0
-                cpu = envoy.cpu_seconds() - cpu0
-                row(
-                    "envoy",
-                    replicas_n,
-                    concurrency,
-                    agg,
-                    envoy_cpu_us_per_call=1e6 * cpu / max(calls, 1),
-                    envoy_calls=calls,
-                )
-                return agg
-
-            log("c=1, one replica: direct vs through Envoy (alternating rounds)")
-            direct: list[float] = []
-            proxied: list[float] = []
-            for _ in range(config.rounds):
-                direct += load(replicas[0].target, 1).latencies_s
-                proxied += load(envoy1.target, 1).latencies_s
-            d = np.percentile(np.asarray(direct) * 1e3, [50, 99])
-            p = np.percentile(np.asarray(proxied) * 1e3, [50, 99])
-            result.summary["c1_direct_p50_ms"] = float(d[0])
-            result.summary["c1_envoy_p50_ms"] = float(p[0])
-            result.summary["envoy_added_p50_ms_c1"] = float(p[0] - d[0])
-            result.summary["envoy_added_p99_ms_c1"] = float(p[1] - d[1])
-            log(
-                f"  direct p50 {d[0]:.3f} ms p99 {d[1]:.3f} ms; Envoy p50 {p[0]:.3f} ms "
-                f"p99 {p[1]:.3f} ms; added p50 {p[0] - d[0]:.3f} ms, p99 {p[1] - d[1]:.3f} ms"
-            )
-            log("single rounds for the table:")
-            row("direct", 1, 1, load(replicas[0].target, 1))
-            through_envoy(envoy1, 1, 1)
-            log("c=64: throughput, 1 replica vs 3")
-            c64_direct = row("direct", 1, 64, load(replicas[0].target, 64))
-            through_envoy(envoy1, 1, 64)
-            through_envoy(envoy3, 3, 64)
-            result.summary["c64_direct_1_calls_per_s"] = c64_direct["images_per_s"]
-            result.summary["c64_envoy_3_calls_per_s"] = result.rows[-1]["images_per_s"]
-            result.summary["c64_envoy_cpu_us_per_call"] = result.rows[-1]["envoy_cpu_us_per_call"]
+            phases = _ReplicasPhases(config, gen, request, result, log)
+            phases.c1_latency_alternating(replicas[0], envoy1)
+            phases.c1_single_rounds(replicas[0], envoy1)
+            phases.c64_throughput(replicas[0], envoy1, envoy3)
             result.summary["errors"] = sum(r["errors"] for r in result.rows)
     finally:
         for envoy in envoys:
@@ -309,6 +234,116 @@ def run_replicas(
         stop_all(replicas)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _envoy_for(
+    name: str, members: Sequence[Replica], workdir: Path, config: ReplicasConfig
+) -> EnvoyProcess:
+    """An Envoy (not started yet) on 127.0.0.1 balancing over `members`."""
+    from latentbench.envoyproc import EnvoyProcess, render_config
+
+    rendered = render_config(
+        [r.address for r in members],
+        listen=("127.0.0.1", pick_port("127.0.0.1")),
+        admin=("127.0.0.1", pick_port("127.0.0.1")),
+    )
+    return EnvoyProcess(rendered, workdir / name, concurrency=config.envoy_concurrency)
+
+
+@dataclass
+class _ReplicasPhases:
+    """The scenario's measurements, in the order run_replicas takes them; each adds its rows
+    and summary figures to `result`."""
+
+    config: ReplicasConfig
+    gen: LoadGenerator
+    request: bytes
+    result: ReplicasResult
+    log: Callable[[str], None]
+
+    def c1_latency_alternating(self, replica: Replica, envoy: EnvoyProcess) -> None:
+        self.log("c=1, one replica: direct vs through Envoy (alternating rounds)")
+        direct: list[float] = []
+        proxied: list[float] = []
+        for _ in range(self.config.rounds):
+            direct += self.load(replica.target, 1).latencies_s
+            proxied += self.load(envoy.target, 1).latencies_s
+        d = np.percentile(np.asarray(direct) * 1e3, [50, 99])
+        p = np.percentile(np.asarray(proxied) * 1e3, [50, 99])
+        summary = self.result.summary
+        summary["c1_direct_p50_ms"] = float(d[0])
+        summary["c1_envoy_p50_ms"] = float(p[0])
+        summary["envoy_added_p50_ms_c1"] = float(p[0] - d[0])
+        summary["envoy_added_p99_ms_c1"] = float(p[1] - d[1])
+        self.log(
+            f"  direct p50 {d[0]:.3f} ms p99 {d[1]:.3f} ms; Envoy p50 {p[0]:.3f} ms "
+            f"p99 {p[1]:.3f} ms; added p50 {p[0] - d[0]:.3f} ms, p99 {p[1] - d[1]:.3f} ms"
+        )
+
+    def c1_single_rounds(self, replica: Replica, envoy: EnvoyProcess) -> None:
+        self.log("single rounds for the table:")
+        self.row("direct", 1, 1, self.load(replica.target, 1))
+        self.through_envoy(envoy, 1, 1)
+
+    def c64_throughput(self, replica: Replica, envoy1: EnvoyProcess, envoy3: EnvoyProcess) -> None:
+        self.log("c=64: throughput, 1 replica vs 3")
+        c64_direct = self.row("direct", 1, 64, self.load(replica.target, 64))
+        self.through_envoy(envoy1, 1, 64)
+        self.through_envoy(envoy3, 3, 64)
+        rows, summary = self.result.rows, self.result.summary
+        summary["c64_direct_1_calls_per_s"] = c64_direct["images_per_s"]
+        summary["c64_envoy_3_calls_per_s"] = rows[-1]["images_per_s"]
+        summary["c64_envoy_cpu_us_per_call"] = rows[-1]["envoy_cpu_us_per_call"]
+
+    def load(self, target: str, concurrency: int) -> Aggregate:
+        return self.gen.run(
+            target,
+            BENCH_RPC,
+            self.request,
+            1,
+            concurrency,
+            warmup_s=self.config.warmup_s,
+            duration_s=self.config.duration_s,
+            max_requests=self.config.max_requests,
+            min_requests=10,
+        )
+
+    def through_envoy(self, envoy: EnvoyProcess, replicas_n: int, concurrency: int) -> Aggregate:
+        calls0 = envoy.counter("cluster.latentserve.upstream_rq_total")
+        cpu0 = envoy.cpu_seconds()
+        agg = self.load(envoy.target, concurrency)
+        calls = envoy.counter("cluster.latentserve.upstream_rq_total") - calls0
+        cpu = envoy.cpu_seconds() - cpu0
+        self.row(
+            "envoy",
+            replicas_n,
+            concurrency,
+            agg,
+            envoy_cpu_us_per_call=1e6 * cpu / max(calls, 1),
+            envoy_calls=calls,
+        )
+        return agg
+
+    def row(
+        self, path: str, replicas_n: int, concurrency: int, agg: Aggregate, **extra: Any
+    ) -> dict[str, Any]:
+        from latentbench.stats import Measurement, summarise
+
+        m = summarise(
+            Measurement("replicas", path, BENCH_RPC, 1, concurrency),
+            agg.latencies_s,
+            agg.window_s,
+            agg.errors,
+        )
+        entry = {**m.to_dict(), "replicas": replicas_n, **extra}
+        self.result.rows.append(entry)
+        self.log(
+            f"  {path:<14} replicas={replicas_n} c={concurrency:<3} "
+            f"{m.images_per_s:8.0f} calls/s  p50 {m.p50_ms:.3f} ms  p99 {m.p99_ms:.3f} ms"
+            f"  errors {m.errors}"
+            + (f"  envoy {extra['envoy_cpu_us_per_call']:.0f} us CPU/call" if extra else "")
+        )
+        return entry
 
 
 def write_markdown(result: ReplicasResult, path: Path) -> None:

@@ -38,9 +38,12 @@ def plot(result: SuiteResult, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    return [_plot_throughput(result, folder), _plot_latency(result, folder)]
+
+
+def _plot_throughput(result: SuiteResult, folder: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    written = []
     fig, axes = plt.subplots(1, len(RPCS), figsize=(5 * len(RPCS), 4), sharey=True)
     for ax, rpc in zip(axes, RPCS, strict=True):
         for path, style in (("inprocess", "o-"), ("grpc", "s--")):
@@ -63,9 +66,14 @@ def plot(result: SuiteResult, folder: Path) -> list[Path]:
     axes[0].legend()
     fig.suptitle(f"Throughput vs batch size ({result.config['model']})")
     fig.tight_layout()
-    written.append(folder / THROUGHPUT_PNG)
-    fig.savefig(written[-1], dpi=110)
+    written = folder / THROUGHPUT_PNG
+    fig.savefig(written, dpi=110)
     plt.close(fig)
+    return written
+
+
+def _plot_latency(result: SuiteResult, folder: Path) -> Path:
+    import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for batching, style, color in ((True, "o-", "C0"), (False, "s--", "C1")):
@@ -101,16 +109,28 @@ def plot(result: SuiteResult, folder: Path) -> list[Path]:
     right.set_ylabel("images / s")
     fig.suptitle("Latency and throughput vs concurrency")
     fig.tight_layout()
-    written.append(folder / LATENCY_PNG)
-    fig.savefig(written[-1], dpi=110)
+    written = folder / LATENCY_PNG
+    fig.savefig(written, dpi=110)
     plt.close(fig)
     return written
 
 
 def render(result: SuiteResult, plots: bool) -> str:
-    s, c, mach = result.summary, result.config, result.machine
-    top = max(c["concurrencies"])
-    out = [
+    """RESULTS.md: the header, then one section per scenario, in the order the suite runs."""
+    out = _section_header(result)
+    out += _section_summary(result)
+    out += _section_batch_sweep(result, plots)
+    out += _section_concurrency(result, plots)
+    out += _section_torch_vs_ort(result)
+    out += _section_wire(result)
+    out += _section_memory(result)
+    out += _section_notes(result)
+    return "\n".join(out) + "\n"
+
+
+def _section_header(result: SuiteResult) -> list[str]:
+    c, mach = result.config, result.machine
+    return [
         "# latentserve benchmark results",
         "",
         f"Written by `latent-bench` on "
@@ -133,9 +153,13 @@ def render(result: SuiteResult, plots: bool) -> str:
         f"(and batching on and off) alternating in {c.get('rounds', 1)} rounds. gRPC load comes from "
         f"{c['client_processes']} load-generator processes on 127.0.0.1.",
         "",
-        "## Summary",
-        "",
     ]
+
+
+def _section_summary(result: SuiteResult) -> list[str]:
+    s = result.summary
+    top = max(result.config["concurrencies"])
+    out = ["## Summary", ""]
     by_rpc = s.get("grpc_vs_inprocess_batch256_by_rpc", {})
     off = result.find(scenario="concurrency", concurrency=top, batching=False)
     off_rate = off.images_per_s if off else float("nan")
@@ -190,13 +214,16 @@ def render(result: SuiteResult, plots: bool) -> str:
     out += _table(["metric", "measured", "target"], rows)
     met = s.get("targets_met", {})
     out += ["", "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in met.items())]
+    return out
 
-    out += ["", "## Batch size: in-process onnxruntime vs gRPC", ""]
+
+def _section_batch_sweep(result: SuiteResult, plots: bool) -> list[str]:
+    out = ["", "## Batch size: in-process onnxruntime vs gRPC", ""]
     if plots:
         out += [f"![throughput vs batch size]({THROUGHPUT_PNG})", ""]
     rows = []
     for rpc in RPCS:
-        for b in c["batch_sizes"]:
+        for b in result.config["batch_sizes"]:
             ip = result.find(scenario="batch_sweep", path="inprocess", rpc=rpc, batch=b)
             g = result.find(scenario="batch_sweep", path="grpc", rpc=rpc, batch=b)
             if ip is None or g is None:
@@ -231,8 +258,11 @@ def render(result: SuiteResult, plots: bool) -> str:
         ],
         rows,
     )
+    return out
 
-    out += ["", "## Concurrency: single-image Encode, batching on vs off", ""]
+
+def _section_concurrency(result: SuiteResult, plots: bool) -> list[str]:
+    out = ["", "## Concurrency: single-image Encode, batching on vs off", ""]
     if plots:
         out += [f"![latency vs concurrency]({LATENCY_PNG})", ""]
     rows = []
@@ -253,13 +283,16 @@ def render(result: SuiteResult, plots: bool) -> str:
     out += _table(
         ["callers", "batching", "img/s", "p50 ms", "p95 ms", "p99 ms", "calls", "errors"], rows
     )
+    return out
 
-    out += ["", "## onnxruntime vs PyTorch eager (in-process, one caller)", ""]
+
+def _section_torch_vs_ort(result: SuiteResult) -> list[str]:
+    out = ["", "## onnxruntime vs PyTorch eager (in-process, one caller)", ""]
     tv = [m for m in result.measurements if m.scenario == "torch_vs_ort"]
     if tv:
         rows = []
         for rpc in ("Encode", "Decode"):
-            for b in c["torch_batch_sizes"]:
+            for b in result.config["torch_batch_sizes"]:
                 o = result.find(scenario="torch_vs_ort", path="onnxruntime", rpc=rpc, batch=b)
                 t = result.find(scenario="torch_vs_ort", path="torch", rpc=rpc, batch=b)
                 if o and t:
@@ -287,8 +320,11 @@ def render(result: SuiteResult, plots: bool) -> str:
             rows,
         )
     out += ["", *[f"- {n}" for n in result.notes if n.startswith("torch_vs_ort")]]
+    return out
 
-    out += [
+
+def _section_wire(result: SuiteResult) -> list[str]:
+    out = [
         "",
         "## Tensor encoding: raw bytes vs repeated float",
         "",
@@ -299,7 +335,7 @@ def render(result: SuiteResult, plots: bool) -> str:
         "",
     ]
     rows = []
-    for b in c["wire_batch_sizes"]:
+    for b in result.config["wire_batch_sizes"]:
         raw = result.find(scenario="wire", path="raw_bytes", batch=b)
         rep = result.find(scenario="wire", path="repeated_float", batch=b)
         if raw and rep:
@@ -322,9 +358,12 @@ def render(result: SuiteResult, plots: bool) -> str:
         ],
         rows,
     )
+    return out
 
+
+def _section_memory(result: SuiteResult) -> list[str]:
     mem = result.memory
-    out += ["", "## Server memory (RSS, batching-on server)", ""]
+    out = ["", "## Server memory (RSS, batching-on server)", ""]
     out += [
         "Idle at start is right after the server reported ready. The baseline (before) is "
         "taken after a few warm-up calls of every kind the run makes, so that one-time "
@@ -351,10 +390,14 @@ def render(result: SuiteResult, plots: bool) -> str:
             ]
         ],
     )
+    return out
+
+
+def _section_notes(result: SuiteResult) -> list[str]:
     other = [n for n in result.notes if not n.startswith("torch_vs_ort")]
     if other:
-        out += ["", "## Notes", "", *[f"- {n}" for n in other]]
-    return "\n".join(out) + "\n"
+        return ["", "## Notes", "", *[f"- {n}" for n in other]]
+    return []
 
 
 def write_report(result: SuiteResult, folder: Path) -> list[Path]:

@@ -40,24 +40,7 @@ def _measure(folder: Path, options: dict[str, Any], seconds: float) -> dict[str,
     from latentserve.manifest import load_model_folder
 
     manifest = load_model_folder(folder)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if "threads" in options:
-        so.intra_op_num_threads = options["threads"]
-    if not options.get("spin", True):
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not options.get("arena", True):
-        so.enable_cpu_mem_arena = False
-    levels = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    so.graph_optimization_level = levels[options.get("opt", "all")]
-    run_options = None
-    if options.get("shrink"):
-        run_options = ort.RunOptions()
-        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    so, run_options = _ort_options(options)
     providers = ["CPUExecutionProvider"]
     enc = ort.InferenceSession(str(folder / manifest.encoder.file), so, providers=providers)
     dec = ort.InferenceSession(str(folder / manifest.decoder.file), so, providers=providers)
@@ -95,6 +78,31 @@ def _measure(folder: Path, options: dict[str, Any], seconds: float) -> dict[str,
     time.sleep(0.2)
     out["rss_after_4096_mib"] = rss_bytes(os.getpid()) / 2**20
     return out
+
+
+def _ort_options(options: dict[str, Any]) -> tuple[Any, Any]:
+    """onnxruntime's SessionOptions and RunOptions (None: the default) for one variant."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if "threads" in options:
+        so.intra_op_num_threads = options["threads"]
+    if not options.get("spin", True):
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not options.get("arena", True):
+        so.enable_cpu_mem_arena = False
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    so.graph_optimization_level = levels[options.get("opt", "all")]
+    run_options = None
+    if options.get("shrink"):
+        run_options = ort.RunOptions()
+        run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return so, run_options
 
 
 def main(argv: Sequence[str] | None = None) -> int:

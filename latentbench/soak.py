@@ -309,6 +309,11 @@ async def run_load(
                 report.calls[rpc] = report.calls.get(rpc, 0) + 1
 
     await asyncio.gather(*(one_client(i) for i in range(config.clients)))
+    _record_latencies(report, latencies)
+
+
+def _record_latencies(report: SoakReport, latencies: dict[str, list[float]]) -> None:
+    """p50, p99 and max in ms per RPC, and over all calls."""
     for rpc, values in latencies.items():
         if values:
             ms = np.asarray(values) * 1000

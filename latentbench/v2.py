@@ -27,6 +27,7 @@ import socket
 import statistics
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,13 +154,32 @@ def check_response(
     )
 
 
-async def _run(spec: LoadSpec) -> LoadResult:
-    import aiohttp
+Send = Callable[[], Awaitable[tuple[bytes, dict[str, str]]]]
 
+
+async def _run(spec: LoadSpec) -> LoadResult:
     result = LoadResult()
     errors: Counter[str] = Counter()
+    once, close = _connect(spec)
+    try:
+        first, first_headers = await once()
+        result.problem = check_response(
+            spec.call.path, first, first_headers, spec.rows, spec.call.image_shape
+        )
+        result.completed += 1
+        await asyncio.sleep(max(0.0, spec.start_at - time.time()))
+        await _callers(spec, once, result, errors)
+    finally:
+        await close()
+    result.errors = dict(errors)
+    return result
+
+
+def _connect(spec: LoadSpec) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    """One call of `spec` (the response bytes and headers) and how to close the connection."""
+    import aiohttp
+
     call = spec.call
-    closers: list[Any] = []
     if call.method:
         channel = grpc.aio.insecure_channel(
             call.target,
@@ -168,67 +188,62 @@ async def _run(spec: LoadSpec) -> LoadResult:
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
             ],
         )
-        closers.append(channel.close)
         stub = channel.unary_unary(call.method, None, None)
 
         async def once() -> tuple[bytes, dict[str, str]]:
             return await stub(call.body, timeout=spec.timeout_s), {}
-    else:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=spec.concurrency),
-            timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-        )
-        closers.append(session.close)
-        headers = dict(call.headers)
 
-        async def once() -> tuple[bytes, dict[str, str]]:
-            async with session.post(call.target, data=call.body, headers=headers) as response:
-                body = await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}")
-                return body, dict(response.headers)
+        return once, lambda: channel.close(None)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=spec.concurrency),
+        timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
+    )
+    headers = dict(call.headers)
 
-    try:
-        first, first_headers = await once()
-        result.problem = check_response(
-            call.path, first, first_headers, spec.rows, call.image_shape
-        )
-        result.completed += 1
-        await asyncio.sleep(max(0.0, spec.start_at - time.time()))
-        measure_from = time.time() + spec.warmup_s
-        stop_at = measure_from + spec.duration_s
-        result.window_start = float("inf")
-        started = 0
+    async def post() -> tuple[bytes, dict[str, str]]:
+        async with session.post(call.target, data=call.body, headers=headers) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+            return body, dict(response.headers)
 
-        async def caller() -> None:
-            nonlocal started
-            while True:
-                now = time.time()
-                if started >= spec.max_requests or now >= stop_at:
-                    return
-                measured = now >= measure_from
+    return post, session.close
+
+
+async def _callers(spec: LoadSpec, once: Send, result: LoadResult, errors: Counter[str]) -> None:
+    """`spec.concurrency` closed-loop callers until the window ends; calls that start inside
+    the window (after the warm-up) are counted and timed."""
+    import aiohttp
+
+    measure_from = time.time() + spec.warmup_s
+    stop_at = measure_from + spec.duration_s
+    result.window_start = float("inf")
+    started = 0
+
+    async def caller() -> None:
+        nonlocal started
+        while True:
+            now = time.time()
+            if started >= spec.max_requests or now >= stop_at:
+                return
+            measured = now >= measure_from
+            if measured:
+                started += 1
+                result.window_start = min(result.window_start, now)
+            t0 = time.perf_counter()
+            try:
+                await once()
+            except (grpc.aio.AioRpcError, RuntimeError, aiohttp.ClientError) as e:
                 if measured:
-                    started += 1
-                    result.window_start = min(result.window_start, now)
-                t0 = time.perf_counter()
-                try:
-                    await once()
-                except (grpc.aio.AioRpcError, RuntimeError, aiohttp.ClientError) as e:
-                    if measured:
-                        code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else str(e)
-                        errors[code] += 1
-                    continue
-                result.completed += 1
-                if measured:
-                    result.latencies_s.append(time.perf_counter() - t0)
-                    result.window_end = time.time()
+                    code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                    errors[code] += 1
+                continue
+            result.completed += 1
+            if measured:
+                result.latencies_s.append(time.perf_counter() - t0)
+                result.window_end = time.time()
 
-        await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
-    finally:
-        for close in closers:
-            await close()
-    result.errors = dict(errors)
-    return result
+    await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
 
 
 def run_load(spec: LoadSpec) -> LoadResult:
@@ -276,36 +291,12 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
         try:
             for rows, concurrency in CONFIGS:
                 calls = build_calls(manifest, rows, server.target, f"http://{host}:{http_port}")
-                rates: dict[str, list[float]] = {p: [] for p in PATHS}
-                cpu: dict[str, list[float]] = {p: [] for p in PATHS}
-                all_latencies: dict[str, list[float]] = {p: [] for p in PATHS}
-                all_errors: dict[str, Counter[str]] = {p: Counter() for p in PATHS}
-                for round_index in range(config.rounds):
-                    order = PATHS if round_index % 2 == 0 else tuple(reversed(PATHS))
-                    for path in order:
-                        cpu_before = cpu_seconds(server.pid)
-                        latencies, errors, window, problem, completed = _measure(
-                            pool, config, calls[path], rows, concurrency
-                        )
-                        cpu_s = cpu_seconds(server.pid) - cpu_before
-                        cpu[path].append(1e3 * cpu_s / (completed * rows) if completed else 0.0)
-                        if problem:
-                            problems.append(problem)
-                        rates[path].append(len(latencies) * rows / window if window > 0 else 0.0)
-                        all_latencies[path] += latencies
-                        all_errors[path].update(errors)
+                rounds = _rounds(pool, config, server, calls, rows, concurrency)
+                problems += rounds.problems
                 for path in PATHS:
-                    m = summarise(
-                        Measurement("v2", path, "Decode", rows, concurrency),
-                        all_latencies[path],
-                        0.0,
-                        dict(all_errors[path]),
-                    )
-                    m.images_per_s = statistics.median(rates[path])
-                    each = ", ".join(f"{r:,.0f}" for r in rates[path])
-                    m.note = f"median of {config.rounds} rounds: {each} img/s"
+                    m = rounds.measurement(path, config.rounds)
                     cpu_ms[f"{path} batch{rows} c{concurrency}"] = round(
-                        statistics.median(cpu[path]), 4
+                        statistics.median(rounds.cpu[path]), 4
                     )
                     measurements.append(m)
                     log(
@@ -322,6 +313,60 @@ def run_v2_scenario(config: V2Config, log: Any = print) -> dict[str, Any]:
         "summary": summary(measurements, cpu_ms),
         "problems": problems,
     }
+
+
+@dataclass
+class _Rounds:
+    """One configuration's rounds, per path: img/s and server CPU ms per image of each round,
+    and every latency and error pooled."""
+
+    rows: int
+    concurrency: int
+    rates: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    cpu: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    errors: dict[str, Counter[str]] = field(default_factory=lambda: {p: Counter() for p in PATHS})
+    problems: list[str] = field(default_factory=list)
+
+    def measurement(self, path: str, rounds: int) -> Measurement:
+        """The path's latencies pooled over the rounds, its throughput the median round's."""
+        m = summarise(
+            Measurement("v2", path, "Decode", self.rows, self.concurrency),
+            self.latencies[path],
+            0.0,
+            dict(self.errors[path]),
+        )
+        m.images_per_s = statistics.median(self.rates[path])
+        each = ", ".join(f"{r:,.0f}" for r in self.rates[path])
+        m.note = f"median of {rounds} rounds: {each} img/s"
+        return m
+
+
+def _rounds(
+    pool: Any,
+    config: V2Config,
+    server: ServerProcess,
+    calls: dict[str, CallSpec],
+    rows: int,
+    concurrency: int,
+) -> _Rounds:
+    """Every path, `config.rounds` times, the order reversed every other round."""
+    out = _Rounds(rows, concurrency)
+    for round_index in range(config.rounds):
+        order = PATHS if round_index % 2 == 0 else tuple(reversed(PATHS))
+        for path in order:
+            cpu_before = cpu_seconds(server.pid)
+            latencies, errors, window, problem, completed = _measure(
+                pool, config, calls[path], rows, concurrency
+            )
+            cpu_s = cpu_seconds(server.pid) - cpu_before
+            out.cpu[path].append(1e3 * cpu_s / (completed * rows) if completed else 0.0)
+            if problem:
+                out.problems.append(problem)
+            out.rates[path].append(len(latencies) * rows / window if window > 0 else 0.0)
+            out.latencies[path] += latencies
+            out.errors[path].update(errors)
+    return out
 
 
 def _measure(

@@ -172,20 +172,7 @@ def measure(
     pids = server_pids(server.pid)
     before = counters(metrics_port, rpc)
     cpu_before = cpu_seconds(*pids)
-    if load is None:
-        rate = h2load.run(
-            server.target,
-            SERVICE + rpc,
-            message,
-            streams=STREAMS,
-            connections=H2LOAD_CONNECTIONS,
-            warmup_s=warmup_s,
-            duration_s=duration_s,
-        ).calls_per_s
-        driver = "h2load"
-    else:
-        rate = python_load(load, server.target, rpc, message, warmup_s, duration_s)
-        driver = "python"
+    rate, driver = _drive(server, rpc, message, warmup_s, duration_s, load)
     cpu = cpu_seconds(*pids) - cpu_before
     after = counters(metrics_port, rpc)
     calls = int(after["requests"] - before["requests"])
@@ -223,6 +210,30 @@ def measure(
     )
 
 
+def _drive(
+    server: ServerProcess,
+    rpc: str,
+    message: bytes,
+    warmup_s: float,
+    duration_s: float,
+    load: LoadGenerator | None,
+) -> tuple[float, str]:
+    """Calls/s at STREAMS streams, and which driver made them: h2load, or the Python load
+    generator where h2load is missing."""
+    if load is None:
+        rate = h2load.run(
+            server.target,
+            SERVICE + rpc,
+            message,
+            streams=STREAMS,
+            connections=H2LOAD_CONNECTIONS,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+        ).calls_per_s
+        return rate, "h2load"
+    return python_load(load, server.target, rpc, message, warmup_s, duration_s), "python"
+
+
 def run_workers(
     models_dir: Path,
     model: str = "mnist-vae",
@@ -257,13 +268,8 @@ def run_workers(
     with contextlib.ExitStack() as stack:
         servers: dict[str, tuple[ServerProcess, int]] = {}
         for setting in settings:
-            metrics_port = _free_port()
-            flags = ["--workers", setting, "--metrics-port", str(metrics_port)]
-            # h2load does not reconnect after a GOAWAY: no connection age during its window.
-            flags += ["--max-connection-age-ms", "0", *server_flags]
-            server = ServerProcess(models_dir, flags, name=f"server[workers={setting}]")
-            servers[setting] = (stack.enter_context(server), metrics_port)
-            pids = server_pids(server.pid)
+            servers[setting] = _start_server(stack, models_dir, setting, server_flags)
+            pids = server_pids(servers[setting][0].pid)
             rss[setting] = [round(rss_bytes(p) / 2**20, 1) for p in pids]
             log(f"workers={setting}: {len(pids)} processes, RSS MB {rss[setting]}")
         load = (
@@ -282,15 +288,31 @@ def run_workers(
                     )  # fmt: skip
                     run.round = round_
                     runs.append(run)
-                    log(
-                        f"  round {round_} workers={setting} {rpc} c={STREAMS} ({run.driver}): "
-                        f"{run.calls_per_s:,.0f} calls/s, {run.cpu_ms_per_call:.3f} ms CPU "
-                        f"per call, {run.requests_per_batch:g} requests per batch, errors "
-                        f"{run.errors} (server counted "
-                        f"{run.error_codes or 0}), per worker {run.calls_per_worker or '-'}"
-                    )
+                    log(_describe(run))
     summary = summarise(runs, settings)
     return WorkersResult(runs, summary, rss, usable_cores(), _figures(summary), notes)
+
+
+def _start_server(
+    stack: contextlib.ExitStack, models_dir: Path, setting: str, server_flags: tuple[str, ...]
+) -> tuple[ServerProcess, int]:
+    """A `--workers setting` server, stopped when `stack` closes, and its metrics port."""
+    metrics_port = _free_port()
+    flags = ["--workers", setting, "--metrics-port", str(metrics_port)]
+    # h2load does not reconnect after a GOAWAY: no connection age during its window.
+    flags += ["--max-connection-age-ms", "0", *server_flags]
+    server = ServerProcess(models_dir, flags, name=f"server[workers={setting}]")
+    return stack.enter_context(server), metrics_port
+
+
+def _describe(run: WorkersRun) -> str:
+    return (
+        f"  round {run.round} workers={run.workers} {run.rpc} c={STREAMS} ({run.driver}): "
+        f"{run.calls_per_s:,.0f} calls/s, {run.cpu_ms_per_call:.3f} ms CPU "
+        f"per call, {run.requests_per_batch:g} requests per batch, errors "
+        f"{run.errors} (server counted "
+        f"{run.error_codes or 0}), per worker {run.calls_per_worker or '-'}"
+    )
 
 
 def summarise(runs: list[WorkersRun], settings: tuple[str, ...]) -> list[WorkersSummary]:

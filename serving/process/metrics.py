@@ -81,6 +81,23 @@ class BatchMetrics:
 class Metrics:
     def __init__(self, worker: int | None = None) -> None:
         self.registry = CollectorRegistry()
+        self._define_call_metrics()
+        self._define_batch_metrics()
+        self._define_model_metrics()
+        # Per-worker counts, so an operator sees how SO_REUSEPORT spread the connections.
+        self._worker_requests: Counter | None = None
+        if worker is not None:
+            self._worker_requests = self._define_worker_metrics(str(worker))
+        # Label children by (model, method), for observe_request. The samples series is
+        # kept apart so that it appears only once a call has answered samples.
+        self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._samples_series: dict[tuple[str, str], Counter] = {}
+        self._http: WSGIServer | None = None
+        self._http_thread: threading.Thread | None = None
+
+    def _define_call_metrics(self) -> None:
+        """Per RPC, labelled {model, method}: received, failed (and the code), wall time,
+        samples answered."""
         r = self.registry
         self.requests = Counter(
             "latentserve_requests", "RPCs received", ["model", "method"], registry=r
@@ -101,6 +118,10 @@ class Metrics:
         self.samples = Counter(
             "latentserve_samples", "Images or latents processed", ["model", "method"], registry=r
         )
+
+    def _define_batch_metrics(self) -> None:
+        """Per onnxruntime run, labelled {model, graph}: the batcher's observations."""
+        r = self.registry
         self.batch_rows = Histogram(
             "latentserve_batch_rows",
             "Rows (images or latents) per onnxruntime run",
@@ -136,6 +157,9 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+
+    def _define_model_metrics(self) -> None:
+        r = self.registry
         self.model_ready = Gauge(
             "latentserve_model_ready",
             "1 when the model is READY",
@@ -143,30 +167,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
-        # Per-worker counts, so an operator sees how SO_REUSEPORT spread the connections.
-        self._worker_requests: Counter | None = None
-        if worker is not None:
-            label = str(worker)
-            self._worker_requests = Counter(
-                "latentserve_worker_requests",
-                "RPCs received by each worker process",
-                ["worker"],
-                registry=r,
-            ).labels(label)
-            # "liveall": the collector adds the pid label and drops a dead worker's series.
-            Gauge(
-                "latentserve_worker_up",
-                "1 for each live worker process",
-                ["worker"],
-                registry=r,
-                multiprocess_mode="liveall",
-            ).labels(label).set(1)
-        # Label children by (model, method), for observe_request. The samples series is
-        # kept apart so that it appears only once a call has answered samples.
-        self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._samples_series: dict[tuple[str, str], Counter] = {}
-        self._http: WSGIServer | None = None
-        self._http_thread: threading.Thread | None = None
+
+    def _define_worker_metrics(self, label: str) -> Counter:
+        """This worker's series: its up gauge (set to 1) and its request counter (returned)."""
+        r = self.registry
+        requests = Counter(
+            "latentserve_worker_requests",
+            "RPCs received by each worker process",
+            ["worker"],
+            registry=r,
+        ).labels(label)
+        # "liveall": the collector adds the pid label and drops a dead worker's series.
+        Gauge(
+            "latentserve_worker_up",
+            "1 for each live worker process",
+            ["worker"],
+            registry=r,
+            multiprocess_mode="liveall",
+        ).labels(label).set(1)
+        return requests
 
     def batch_observer(self, model: str, graph: str) -> BatchMetrics:
         return BatchMetrics(self, model, graph)

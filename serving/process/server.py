@@ -140,28 +140,10 @@ class LatentServer:
         if self._shared_statistics is not None:
             self._shared_statistics.start()
         s = self.settings
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 1 if self.shared_port else 0),
-        ]
-        if s.max_connection_age_ms:
-            # gRFC A9: GOAWAY after the age (grpc adds +-10% jitter), then the grace for the
-            # calls in flight; clients reconnect, and SO_REUSEPORT places the new connection.
-            options.append(("grpc.max_connection_age_ms", s.max_connection_age_ms))
-            if s.max_connection_age_grace_ms:  # else grpc's default: no limit
-                options.append(("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms))
-        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
         tokens = tokens_from_settings(s)
-        if tokens:
-            interceptors.append(
-                BearerTokenInterceptor(tokens, exempt=(*EXEMPT_PREFIXES, *V2_PUBLIC_METHODS))
-            )
-        # Last: it caches the handlers it wraps, so interceptors after it would be skipped.
-        interceptors.append(MalformedRequestInterceptor())
         server = grpc.aio.server(
-            options=options,
-            interceptors=interceptors,
+            options=self._grpc_options(),
+            interceptors=_interceptors(tokens),
             maximum_concurrent_rpcs=s.max_concurrent_rpcs or None,
         )
         pb_grpc.add_AutoencoderServicer_to_server(self.servicer, server)
@@ -200,6 +182,21 @@ class LatentServer:
                 self.metrics.serve_http(s.host, s.metrics_port)
             except OSError as e:
                 raise port_error("metrics_port", s.host, s.metrics_port, e) from None
+
+    def _grpc_options(self) -> list[tuple[str, Any]]:
+        s = self.settings
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 1 if self.shared_port else 0),
+        ]
+        if s.max_connection_age_ms:
+            # gRFC A9: GOAWAY after the age (grpc adds +-10% jitter), then the grace for the
+            # calls in flight; clients reconnect, and SO_REUSEPORT places the new connection.
+            options.append(("grpc.max_connection_age_ms", s.max_connection_age_ms))
+            if s.max_connection_age_grace_ms:  # else grpc's default: no limit
+                options.append(("grpc.max_connection_age_grace_ms", s.max_connection_age_grace_ms))
+        return options
 
     async def _serve_http(self, tokens: list[str]) -> None:
         """The HTTP port (v2 REST, the explorer page), in this event loop; shared by the
@@ -291,6 +288,17 @@ class LatentServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def _interceptors(tokens: list[str]) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = []
+    if tokens:
+        interceptors.append(
+            BearerTokenInterceptor(tokens, exempt=(*EXEMPT_PREFIXES, *V2_PUBLIC_METHODS))
+        )
+    # Last: it caches the handlers it wraps, so interceptors after it would be skipped.
+    interceptors.append(MalformedRequestInterceptor())
+    return interceptors
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:

@@ -181,19 +181,30 @@ def parse_infer_request(
 ) -> tuple[dict[str, Any], list[InferInput], set[str] | bool, list[str] | None]:
     """The JSON header, the decoded inputs, which outputs go back binary (a set of names, or
     True for all) and the requested output names (None: all)."""
+    json_part, binary = _split_body(body, header_length)
+    header = _json_header(json_part)
+    inputs = _decode_inputs(header, binary)
+    binary_outputs, requested = _requested_outputs(header)
+    return header, inputs, binary_outputs, requested
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON part and the binary part (the binary tensor data extension)."""
     if header_length is None:
-        json_part, binary = body, b""
-    else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            n = -1
-        if not 0 <= n <= len(body):
-            raise invalid_argument(
-                f"{HEADER_LENGTH}: {header_length!r} is not a byte count within the body's "
-                f"{len(body)} bytes; give the length of the JSON part"
-            )
-        json_part, binary = body[:n], body[n:]
+        return body, b""
+    try:
+        n = int(header_length)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= len(body):
+        raise invalid_argument(
+            f"{HEADER_LENGTH}: {header_length!r} is not a byte count within the body's "
+            f"{len(body)} bytes; give the length of the JSON part"
+        )
+    return body[:n], body[n:]
+
+
+def _json_header(json_part: bytes) -> dict[str, Any]:
     try:
         header = orjson.loads(json_part)
     except orjson.JSONDecodeError as e:
@@ -202,6 +213,11 @@ def parse_infer_request(
         ) from None
     if not isinstance(header, dict):
         raise invalid_argument("request body must be a JSON object with an 'inputs' list")
+    return header
+
+
+def _decode_inputs(header: dict[str, Any], binary: bytes) -> list[InferInput]:
+    """Each input from its JSON ``data`` or its slice of `binary`, taken in input order."""
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise invalid_argument("'inputs' must be a non-empty list of tensors")
@@ -228,6 +244,11 @@ def parse_infer_request(
             f"{len(binary) - offset} binary bytes after the inputs' binary_data_size total; "
             "each binary input must give its exact size"
         )
+    return inputs
+
+
+def _requested_outputs(header: dict[str, Any]) -> tuple[set[str] | bool, list[str] | None]:
+    """Which outputs go back binary (True: all) and which were asked for (None: all)."""
     binary_outputs: set[str] | bool = bool(_parameters(header).get("binary_data_output", False))
     requested: list[str] | None = None
     raw_outputs = header.get("outputs")
@@ -244,7 +265,7 @@ def parse_infer_request(
                 chosen.add(out["name"])
         if binary_outputs is False:
             binary_outputs = chosen
-    return header, inputs, binary_outputs, requested
+    return binary_outputs, requested
 
 
 def _parameters(obj: dict[str, Any]) -> dict[str, Any]:
