@@ -51,8 +51,11 @@ class ServedModel:
         decoder: GraphSession,
         encoder_batcher: DynamicBatcher,
         decoder_batcher: DynamicBatcher,
+        version: int = 1,
     ) -> None:
         self.manifest = manifest
+        # The repository version (folder MODELS_DIR/NAME/VERSION/; a flat folder is 1).
+        self.version = version
         self.folder = folder
         self.encoder = encoder
         self.decoder = decoder

@@ -3,9 +3,10 @@
 isort:skip_file
 The Open Inference Protocol (KServe v2) gRPC API, from KServe (Apache-2.0). Rebuilt from
 the FileDescriptorProto in kserve 0.21.0's kserve/protocol/grpc/grpc_predict_v2_pb2.py
-(PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers. latentserve
-serves the inference and health RPCs (the repository RPCs answer UNIMPLEMENTED); see
-docs/serving.md, "Open Inference Protocol (KServe v2)".
+(PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers, plus
+RepositoryIndex with Triton's messages (triton-inference-server/common grpc_service.proto),
+which KServe's proto lacks. See docs/serving.md, "Open Inference Protocol (KServe v2)" and
+"Model repository".
 """
 
 import abc
@@ -64,6 +65,11 @@ class GRPCInferenceServiceStub:
         inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse,
     ]
 
+    RepositoryIndex: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.RepositoryIndexRequest,
+        inference.grpc_predict_v2_pb2.RepositoryIndexResponse,
+    ]
+
 class GRPCInferenceServiceAsyncStub:
     ServerLive: grpc.aio.UnaryUnaryMultiCallable[
         inference.grpc_predict_v2_pb2.ServerLiveRequest,
@@ -103,6 +109,11 @@ class GRPCInferenceServiceAsyncStub:
     RepositoryModelUnload: grpc.aio.UnaryUnaryMultiCallable[
         inference.grpc_predict_v2_pb2.RepositoryModelUnloadRequest,
         inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse,
+    ]
+
+    RepositoryIndex: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.RepositoryIndexRequest,
+        inference.grpc_predict_v2_pb2.RepositoryIndexResponse,
     ]
 
 class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
@@ -161,5 +172,12 @@ class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
         request: inference.grpc_predict_v2_pb2.RepositoryModelUnloadRequest,
         context: _ServicerContext,
     ) -> typing.Union[inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.RepositoryModelUnloadResponse]]: ...
+
+    @abc.abstractmethod
+    def RepositoryIndex(
+        self,
+        request: inference.grpc_predict_v2_pb2.RepositoryIndexRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.RepositoryIndexResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.RepositoryIndexResponse]]: ...
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

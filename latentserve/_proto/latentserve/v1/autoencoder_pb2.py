@@ -14,7 +14,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n latentserve/v1/autoencoder.proto\x12\x0elatentserve.v1\")\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x10\n\x08raw_data\x18\x02 \x01(\x0c\"-\n\rEncodedImages\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\x12\x0e\n\x06resize\x18\x02 \x01(\x08\"\xb8\x01\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.TensorH\x00\x12\x37\n\x0e\x65ncoded_images\x18\x03 \x01(\x0b\x32\x1d.latentserve.v1.EncodedImagesH\x00\x12\x10\n\x08sample_z\x18\x04 \x01(\x08\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x42\x07\n\x05inputB\x07\n\x05_seed\"\xb9\x01\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\'\n\x07latents\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\'\n\x07log_var\x18\x04 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12!\n\x01z\x18\x05 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"[\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x07latents\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x12\n\nreturn_png\x18\x03 \x01(\x08\"k\n\x0e\x44\x65\x63odeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0b\n\x03png\x18\x04 \x03(\x0c\"\xd9\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12$\n\x05prior\x18\x04 \x01(\x0e\x32\x15.latentserve.v1.Prior\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0ereturn_latents\x18\x06 \x01(\x08\x12\x12\n\nreturn_png\x18\x07 \x01(\x08\x12\x12\n\nchunk_size\x18\x08 \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperature\"\xd8\x01\n\x0eSampleResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\'\n\x07latents\x18\x04 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0b\n\x03png\x18\x05 \x03(\x0c\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12$\n\x05prior\x18\x08 \x01(\x0e\x32\x15.latentserve.v1.Prior\"\x13\n\x11ListModelsRequest\"V\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.latentserve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\" \n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa3\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x13\n\x0bimage_shape\x18\x05 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12)\n\x05state\x18\x07 \x01(\x0e\x32\x1a.latentserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x11\n\tproviders\x18\t \x03(\t\x12,\n\rdefault_prior\x18\n \x01(\x0e\x32\x15.latentserve.v1.Prior\x12\x37\n\x07metrics\x18\x0b \x03(\x0b\x32&.latentserve.v1.ModelInfo.MetricsEntry\x12\x16\n\x0e\x65ncoder_sha256\x18\x0c \x01(\t\x12\x16\n\x0e\x64\x65\x63oder_sha256\x18\r \x01(\t\x12\x17\n\x0fprovenance_json\x18\x0e \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*t\n\x05Prior\x12\x15\n\x11PRIOR_UNSPECIFIED\x10\x00\x12\x19\n\x15PRIOR_STANDARD_NORMAL\x10\x01\x12\x19\n\x15PRIOR_FITTED_GAUSSIAN\x10\x02\x12\x1e\n\x1aPRIOR_BOUNDING_BOX_UNIFORM\x10\x03*X\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_STATE_READY\x10\x01\x12\x16\n\x12MODEL_STATE_FAILED\x10\x02\x32\xe2\x03\n\x0b\x41utoencoder\x12G\n\x06\x45ncode\x12\x1d.latentserve.v1.EncodeRequest\x1a\x1e.latentserve.v1.EncodeResponse\x12G\n\x06\x44\x65\x63ode\x12\x1d.latentserve.v1.DecodeRequest\x1a\x1e.latentserve.v1.DecodeResponse\x12M\n\x0cSampleRandom\x12\x1d.latentserve.v1.SampleRequest\x1a\x1e.latentserve.v1.SampleResponse\x12U\n\x12SampleRandomStream\x12\x1d.latentserve.v1.SampleRequest\x1a\x1e.latentserve.v1.SampleResponse0\x01\x12S\n\nListModels\x12!.latentserve.v1.ListModelsRequest\x1a\".latentserve.v1.ListModelsResponse\x12\x46\n\x08GetModel\x12\x1f.latentserve.v1.GetModelRequest\x1a\x19.latentserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n latentserve/v1/autoencoder.proto\x12\x0elatentserve.v1\")\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x10\n\x08raw_data\x18\x02 \x01(\x0c\"-\n\rEncodedImages\x12\x0c\n\x04\x64\x61ta\x18\x01 \x03(\x0c\x12\x0e\n\x06resize\x18\x02 \x01(\x08\"\xc9\x01\n\rEncodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x06images\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.TensorH\x00\x12\x37\n\x0e\x65ncoded_images\x18\x03 \x01(\x0b\x32\x1d.latentserve.v1.EncodedImagesH\x00\x12\x10\n\x08sample_z\x18\x04 \x01(\x08\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x01\x88\x01\x01\x12\x0f\n\x07version\x18\x06 \x01(\rB\x07\n\x05inputB\x07\n\x05_seed\"\xb9\x01\n\x0e\x45ncodeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\'\n\x07latents\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\'\n\x07log_var\x18\x04 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12!\n\x01z\x18\x05 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"l\n\rDecodeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x07latents\x18\x02 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x12\n\nreturn_png\x18\x03 \x01(\x08\x12\x0f\n\x07version\x18\x04 \x01(\r\"k\n\x0e\x44\x65\x63odeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0b\n\x03png\x18\x04 \x03(\x0c\"\xea\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12$\n\x05prior\x18\x04 \x01(\x0e\x32\x15.latentserve.v1.Prior\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x16\n\x0ereturn_latents\x18\x06 \x01(\x08\x12\x12\n\nreturn_png\x18\x07 \x01(\x08\x12\x12\n\nchunk_size\x18\x08 \x01(\r\x12\x0f\n\x07version\x18\t \x01(\rB\x07\n\x05_seedB\x0e\n\x0c_temperature\"\xd8\x01\n\x0eSampleResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12&\n\x06images\x18\x03 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\'\n\x07latents\x18\x04 \x01(\x0b\x32\x16.latentserve.v1.Tensor\x12\x0b\n\x03png\x18\x05 \x03(\x0c\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x0e\n\x06offset\x18\x07 \x01(\x04\x12$\n\x05prior\x18\x08 \x01(\x0e\x32\x15.latentserve.v1.Prior\"\x13\n\x11ListModelsRequest\"V\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.latentserve.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"Y\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\r\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.latentserve.v1.ModelState\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xd2\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x12\n\nlatent_dim\x18\x04 \x01(\r\x12\x13\n\x0bimage_shape\x18\x05 \x03(\x03\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12)\n\x05state\x18\x07 \x01(\x0e\x32\x1a.latentserve.v1.ModelState\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x11\n\tproviders\x18\t \x03(\t\x12,\n\rdefault_prior\x18\n \x01(\x0e\x32\x15.latentserve.v1.Prior\x12\x37\n\x07metrics\x18\x0b \x03(\x0b\x32&.latentserve.v1.ModelInfo.MetricsEntry\x12\x16\n\x0e\x65ncoder_sha256\x18\x0c \x01(\t\x12\x16\n\x0e\x64\x65\x63oder_sha256\x18\r \x01(\t\x12\x17\n\x0fprovenance_json\x18\x0e \x01(\t\x12-\n\x08versions\x18\x0f \x03(\x0b\x32\x1b.latentserve.v1.VersionInfo\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*t\n\x05Prior\x12\x15\n\x11PRIOR_UNSPECIFIED\x10\x00\x12\x19\n\x15PRIOR_STANDARD_NORMAL\x10\x01\x12\x19\n\x15PRIOR_FITTED_GAUSSIAN\x10\x02\x12\x1e\n\x1aPRIOR_BOUNDING_BOX_UNIFORM\x10\x03*\xa9\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_STATE_READY\x10\x01\x12\x16\n\x12MODEL_STATE_FAILED\x10\x02\x12\x17\n\x13MODEL_STATE_LOADING\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x05\x32\xe2\x03\n\x0b\x41utoencoder\x12G\n\x06\x45ncode\x12\x1d.latentserve.v1.EncodeRequest\x1a\x1e.latentserve.v1.EncodeResponse\x12G\n\x06\x44\x65\x63ode\x12\x1d.latentserve.v1.DecodeRequest\x1a\x1e.latentserve.v1.DecodeResponse\x12M\n\x0cSampleRandom\x12\x1d.latentserve.v1.SampleRequest\x1a\x1e.latentserve.v1.SampleResponse\x12U\n\x12SampleRandomStream\x12\x1d.latentserve.v1.SampleRequest\x1a\x1e.latentserve.v1.SampleResponse0\x01\x12S\n\nListModels\x12!.latentserve.v1.ListModelsRequest\x1a\".latentserve.v1.ListModelsResponse\x12\x46\n\x08GetModel\x12\x1f.latentserve.v1.GetModelRequest\x1a\x19.latentserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -23,36 +23,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._loaded_options = None
   _globals['_MODELINFO_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_PRIOR']._serialized_start=1723
-  _globals['_PRIOR']._serialized_end=1839
-  _globals['_MODELSTATE']._serialized_start=1841
-  _globals['_MODELSTATE']._serialized_end=1929
+  _globals['_PRIOR']._serialized_start=1929
+  _globals['_PRIOR']._serialized_end=2045
+  _globals['_MODELSTATE']._serialized_start=2048
+  _globals['_MODELSTATE']._serialized_end=2217
   _globals['_TENSOR']._serialized_start=52
   _globals['_TENSOR']._serialized_end=93
   _globals['_ENCODEDIMAGES']._serialized_start=95
   _globals['_ENCODEDIMAGES']._serialized_end=140
   _globals['_ENCODEREQUEST']._serialized_start=143
-  _globals['_ENCODEREQUEST']._serialized_end=327
-  _globals['_ENCODERESPONSE']._serialized_start=330
-  _globals['_ENCODERESPONSE']._serialized_end=515
-  _globals['_DECODEREQUEST']._serialized_start=517
-  _globals['_DECODEREQUEST']._serialized_end=608
-  _globals['_DECODERESPONSE']._serialized_start=610
-  _globals['_DECODERESPONSE']._serialized_end=717
-  _globals['_SAMPLEREQUEST']._serialized_start=720
-  _globals['_SAMPLEREQUEST']._serialized_end=937
-  _globals['_SAMPLERESPONSE']._serialized_start=940
-  _globals['_SAMPLERESPONSE']._serialized_end=1156
-  _globals['_LISTMODELSREQUEST']._serialized_start=1158
-  _globals['_LISTMODELSREQUEST']._serialized_end=1177
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1179
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1265
-  _globals['_GETMODELREQUEST']._serialized_start=1267
-  _globals['_GETMODELREQUEST']._serialized_end=1299
-  _globals['_MODELINFO']._serialized_start=1302
-  _globals['_MODELINFO']._serialized_end=1721
-  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1675
-  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1721
-  _globals['_AUTOENCODER']._serialized_start=1932
-  _globals['_AUTOENCODER']._serialized_end=2414
+  _globals['_ENCODEREQUEST']._serialized_end=344
+  _globals['_ENCODERESPONSE']._serialized_start=347
+  _globals['_ENCODERESPONSE']._serialized_end=532
+  _globals['_DECODEREQUEST']._serialized_start=534
+  _globals['_DECODEREQUEST']._serialized_end=642
+  _globals['_DECODERESPONSE']._serialized_start=644
+  _globals['_DECODERESPONSE']._serialized_end=751
+  _globals['_SAMPLEREQUEST']._serialized_start=754
+  _globals['_SAMPLEREQUEST']._serialized_end=988
+  _globals['_SAMPLERESPONSE']._serialized_start=991
+  _globals['_SAMPLERESPONSE']._serialized_end=1207
+  _globals['_LISTMODELSREQUEST']._serialized_start=1209
+  _globals['_LISTMODELSREQUEST']._serialized_end=1228
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1230
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1316
+  _globals['_GETMODELREQUEST']._serialized_start=1318
+  _globals['_GETMODELREQUEST']._serialized_end=1367
+  _globals['_VERSIONINFO']._serialized_start=1369
+  _globals['_VERSIONINFO']._serialized_end=1458
+  _globals['_MODELINFO']._serialized_start=1461
+  _globals['_MODELINFO']._serialized_end=1927
+  _globals['_MODELINFO_METRICSENTRY']._serialized_start=1881
+  _globals['_MODELINFO_METRICSENTRY']._serialized_end=1927
+  _globals['_AUTOENCODER']._serialized_start=2220
+  _globals['_AUTOENCODER']._serialized_end=2702
 # @@protoc_insertion_point(module_scope)

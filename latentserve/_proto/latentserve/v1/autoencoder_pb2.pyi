@@ -74,6 +74,14 @@ class _ModelStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._Enu
     """Found but refused (bad manifest, missing or corrupt graph, hash
     mismatch, ...); `error` says why.
     """
+    MODEL_STATE_LOADING: _ModelState.ValueType  # 3
+    """A version is being loaded and warmed up; it takes no call yet."""
+    MODEL_STATE_UNLOADING: _ModelState.ValueType  # 4
+    """A version takes no new call; its calls in flight finish, then it is released."""
+    MODEL_STATE_UNAVAILABLE: _ModelState.ValueType  # 5
+    """A version found in the repository but not served (not in the version policy,
+    unloaded); `error` says why.
+    """
 
 class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper): ...
 
@@ -83,6 +91,14 @@ MODEL_STATE_READY: ModelState.ValueType  # 1
 MODEL_STATE_FAILED: ModelState.ValueType  # 2
 """Found but refused (bad manifest, missing or corrupt graph, hash
 mismatch, ...); `error` says why.
+"""
+MODEL_STATE_LOADING: ModelState.ValueType  # 3
+"""A version is being loaded and warmed up; it takes no call yet."""
+MODEL_STATE_UNLOADING: ModelState.ValueType  # 4
+"""A version takes no new call; its calls in flight finish, then it is released."""
+MODEL_STATE_UNAVAILABLE: ModelState.ValueType  # 5
+"""A version found in the repository but not served (not in the version policy,
+unloaded); `error` says why.
 """
 global___ModelState = ModelState
 
@@ -148,6 +164,7 @@ class EncodeRequest(google.protobuf.message.Message):
     ENCODED_IMAGES_FIELD_NUMBER: builtins.int
     SAMPLE_Z_FIELD_NUMBER: builtins.int
     SEED_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     model: builtins.str
     """Model name; empty selects the server's default model."""
     sample_z: builtins.bool
@@ -155,6 +172,10 @@ class EncodeRequest(google.protobuf.message.Message):
     seed: builtins.int
     """Seed for `sample_z`; same seed and inputs give the same z. When unset the
     server picks one and returns it in EncodeResponse.seed.
+    """
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
     """
     @property
     def images(self) -> global___Tensor:
@@ -172,9 +193,10 @@ class EncodeRequest(google.protobuf.message.Message):
         encoded_images: global___EncodedImages | None = ...,
         sample_z: builtins.bool = ...,
         seed: builtins.int | None = ...,
+        version: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "seed", b"seed"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "model", b"model", "sample_z", b"sample_z", "seed", b"seed"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "model", b"model", "sample_z", b"sample_z", "seed", b"seed", "version", b"version"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
     @typing.overload
@@ -231,9 +253,14 @@ class DecodeRequest(google.protobuf.message.Message):
     MODEL_FIELD_NUMBER: builtins.int
     LATENTS_FIELD_NUMBER: builtins.int
     RETURN_PNG_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     model: builtins.str
     return_png: builtins.bool
     """Also return each image as an 8-bit grayscale PNG."""
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
+    """
     @property
     def latents(self) -> global___Tensor:
         """N x D float32 latents, D = the model's latent_dim; N >= 1; finite values."""
@@ -244,9 +271,10 @@ class DecodeRequest(google.protobuf.message.Message):
         model: builtins.str = ...,
         latents: global___Tensor | None = ...,
         return_png: builtins.bool = ...,
+        version: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["latents", b"latents"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["latents", b"latents", "model", b"model", "return_png", b"return_png"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["latents", b"latents", "model", b"model", "return_png", b"return_png", "version", b"version"]) -> None: ...
 
 global___DecodeRequest = DecodeRequest
 
@@ -293,6 +321,7 @@ class SampleRequest(google.protobuf.message.Message):
     RETURN_LATENTS_FIELD_NUMBER: builtins.int
     RETURN_PNG_FIELD_NUMBER: builtins.int
     CHUNK_SIZE_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     model: builtins.str
     count: builtins.int
     """Number of images, >= 1. SampleRandom allows up to the server's max
@@ -315,6 +344,10 @@ class SampleRequest(google.protobuf.message.Message):
     """SampleRandomStream only: images per message (default and maximum set by
     the server; 0 means the default).
     """
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
+    """
     def __init__(
         self,
         *,
@@ -326,9 +359,10 @@ class SampleRequest(google.protobuf.message.Message):
         return_latents: builtins.bool = ...,
         return_png: builtins.bool = ...,
         chunk_size: builtins.int = ...,
+        version: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "seed", b"seed", "temperature", b"temperature"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature", "version", b"version"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
     @typing.overload
@@ -420,16 +454,48 @@ class GetModelRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     model: builtins.str
     """Empty selects the default model."""
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
+    """
     def __init__(
         self,
         *,
         model: builtins.str = ...,
+        version: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["model", b"model"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model", b"model", "version", b"version"]) -> None: ...
 
 global___GetModelRequest = GetModelRequest
+
+@typing.final
+class VersionInfo(google.protobuf.message.Message):
+    """One version of a model in the repository (the folder MODELS_DIR/NAME/VERSION/, or a
+    flat MODELS_DIR/NAME/ as version 1).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    version: builtins.int
+    state: global___ModelState.ValueType
+    reason: builtins.str
+    """Why it is not served (FAILED, UNAVAILABLE), or what is happening."""
+    def __init__(
+        self,
+        *,
+        version: builtins.int = ...,
+        state: global___ModelState.ValueType = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason", "state", b"state", "version", b"version"]) -> None: ...
+
+global___VersionInfo = VersionInfo
 
 @typing.final
 class ModelInfo(google.protobuf.message.Message):
@@ -465,6 +531,7 @@ class ModelInfo(google.protobuf.message.Message):
     ENCODER_SHA256_FIELD_NUMBER: builtins.int
     DECODER_SHA256_FIELD_NUMBER: builtins.int
     PROVENANCE_JSON_FIELD_NUMBER: builtins.int
+    VERSIONS_FIELD_NUMBER: builtins.int
     name: builtins.str
     version: builtins.str
     kind: builtins.str
@@ -493,6 +560,12 @@ class ModelInfo(google.protobuf.message.Message):
     def metrics(self) -> google.protobuf.internal.containers.ScalarMap[builtins.str, builtins.float]:
         """Test-set metrics from model.json (e.g. test_mse_per_pixel)."""
 
+    @property
+    def versions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___VersionInfo]:
+        """Every version of this model in the repository, newest first; the fields above
+        describe the newest served one (`version`).
+        """
+
     def __init__(
         self,
         *,
@@ -510,7 +583,8 @@ class ModelInfo(google.protobuf.message.Message):
         encoder_sha256: builtins.str = ...,
         decoder_sha256: builtins.str = ...,
         provenance_json: builtins.str = ...,
+        versions: collections.abc.Iterable[global___VersionInfo] | None = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "metrics", b"metrics", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "state", b"state", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "metrics", b"metrics", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "state", b"state", "version", b"version", "versions", b"versions"]) -> None: ...
 
 global___ModelInfo = ModelInfo
