@@ -71,7 +71,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 UINT32_MAX = 2**32 - 1
 STREAM_SECONDS_PER_SAMPLE = 0.01
 
-_STATES = {pb.MODEL_STATE_READY: "READY", pb.MODEL_STATE_FAILED: "FAILED"}
+_STATES = {
+    pb.MODEL_STATE_READY: "READY",
+    pb.MODEL_STATE_FAILED: "FAILED",
+    pb.MODEL_STATE_LOADING: "LOADING",
+    pb.MODEL_STATE_UNLOADING: "UNLOADING",
+    pb.MODEL_STATE_UNAVAILABLE: "UNAVAILABLE",
+}
 
 
 class LatentServeError(Exception):
@@ -90,6 +96,7 @@ class EncodeResult:
     z: Float32Array | None  # N x D, when sample_z was asked for
     seed: int  # the seed used for z (0 when not sampled)
     model: str
+    model_version: str = ""  # the repository version that answered
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class DecodeResult:
     images: Float32Array  # N x 1 x 28 x 28 in [0, 1]
     png: list[bytes]  # N PNG files when return_png was set, else empty
     model: str
+    model_version: str = ""  # the repository version that answered
 
 
 @dataclass(frozen=True)
@@ -106,12 +114,20 @@ class SampleResult:
     seed: int
     prior: str  # the prior actually used, e.g. "standard_normal"
     model: str
+    model_version: str = ""  # the repository version that answered
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # READY, LOADING, UNLOADING, UNAVAILABLE or FAILED
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    state: str  # READY, FAILED or LOADING
+    state: str  # READY, FAILED, LOADING or UNAVAILABLE
     version: str = ""
     kind: str = ""
     latent_dim: int = 0
@@ -124,6 +140,7 @@ class ModelInfo:
     encoder_sha256: str = ""
     decoder_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    versions: tuple[VersionStatus, ...] = ()  # every version in the repository, newest first
 
 
 # -- conversions shared by the sync and async clients -------------------------------------------
@@ -180,8 +197,9 @@ def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
 
     latents = joined("latents")
     assert latents is not None
+    first = responses[0]
     return EncodeResult(
-        latents, joined("log_var"), joined("z"), int(responses[0].seed), responses[0].model
+        latents, joined("log_var"), joined("z"), int(first.seed), first.model, first.model_version
     )
 
 
@@ -199,9 +217,18 @@ def _decode_requests(
     ]
 
 
+def _set_version(requests: Sequence[pb.EncodeRequest | pb.DecodeRequest], version: int) -> None:
+    """Pin every request of one call to `version`: without it, a call split into several
+    requests could straddle a swap and be answered by two versions."""
+    for request in requests:
+        request.version = version
+
+
 def _decode_result(responses: list[pb.DecodeResponse]) -> DecodeResult:
     images = np.concatenate([_decoded(r.images) for r in responses])
-    return DecodeResult(images, [p for r in responses for p in r.png], responses[0].model)
+    first = responses[0]
+    pngs = [p for r in responses for p in r.png]
+    return DecodeResult(images, pngs, first.model, first.model_version)
 
 
 def _sample_request(
@@ -271,6 +298,7 @@ class _SampleAssembler:
             int(first.seed),
             PROTO_TO_PRIOR.get(first.prior, ""),
             first.model,
+            first.model_version,
         )
 
 
@@ -290,6 +318,10 @@ def _model_info(info: pb.ModelInfo) -> ModelInfo:
         encoder_sha256=info.encoder_sha256,
         decoder_sha256=info.decoder_sha256,
         provenance=json.loads(info.provenance_json) if info.provenance_json else {},
+        versions=tuple(
+            VersionStatus(v.version, _STATES.get(v.state, "LOADING"), v.reason)
+            for v in info.versions
+        ),
     )
 
 
@@ -445,17 +477,25 @@ class LatentClient(_ClientBase):
         sample_z: bool = False,
         seed: int | None = None,
         resize: bool = False,
+        version: int = 0,
     ) -> EncodeResult:
         """images: N x 28 x 28 / N x 1 x 28 x 28 array (float32 in [0, 1] or uint8), or a
-        list of PNG/JPEG files as bytes -> latents N x D (VAE: mean, log_var, optional z)."""
+        list of PNG/JPEG files as bytes -> latents N x D (VAE: mean, log_var, optional z).
+        `version`: the model's repository version (0 = the newest the server serves)."""
         requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
+        _set_version(requests, version)
         return _encode_result([self._call(self._stub.Encode, r) for r in requests])
 
     def decode(
-        self, latents: npt.ArrayLike, model: str = "", return_png: bool = False
+        self,
+        latents: npt.ArrayLike,
+        model: str = "",
+        return_png: bool = False,
+        version: int = 0,
     ) -> DecodeResult:
         """latents: N x D float32 -> images N x 1 x 28 x 28 float32 (and PNGs on request)."""
         requests = _decode_requests(latents, model, return_png, self.batch_size)
+        _set_version(requests, version)
         return _decode_result([self._call(self._stub.Decode, r) for r in requests])
 
     def sample(
@@ -466,9 +506,11 @@ class LatentClient(_ClientBase):
         prior: PriorArg = None,
         temperature: float | None = None,
         return_latents: bool = False,
+        version: int = 0,
     ) -> SampleResult:
         """`count` random images (N x 1 x 28 x 28); same seed and arguments, same images."""
         request = _sample_request(count, model, seed, prior, temperature, return_latents)
+        request.version = version
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
             assembler.add(self._call(self._stub.SampleRandom, request))
@@ -572,14 +614,21 @@ class AsyncLatentClient(_ClientBase):
         sample_z: bool = False,
         seed: int | None = None,
         resize: bool = False,
+        version: int = 0,
     ) -> EncodeResult:
         requests = _encode_requests(images, model, sample_z, seed, resize, self.batch_size)
+        _set_version(requests, version)
         return _encode_result(await self._call_all(self._stub.Encode, requests))
 
     async def decode(
-        self, latents: npt.ArrayLike, model: str = "", return_png: bool = False
+        self,
+        latents: npt.ArrayLike,
+        model: str = "",
+        return_png: bool = False,
+        version: int = 0,
     ) -> DecodeResult:
         requests = _decode_requests(latents, model, return_png, self.batch_size)
+        _set_version(requests, version)
         return _decode_result(await self._call_all(self._stub.Decode, requests))
 
     async def sample(
@@ -590,8 +639,10 @@ class AsyncLatentClient(_ClientBase):
         prior: PriorArg = None,
         temperature: float | None = None,
         return_latents: bool = False,
+        version: int = 0,
     ) -> SampleResult:
         request = _sample_request(count, model, seed, prior, temperature, return_latents)
+        request.version = version
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
             assembler.add(await self._call(self._stub.SampleRandom, request))

@@ -39,6 +39,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from latentserve.manifest import ManifestError, ModelManifest, load_model_folder
+from latentserve.publish import MANIFEST_FILE, version_of
 from serving.core.errors import ServingError, failed_precondition, not_found, unavailable
 from serving.core.model import ServedModel
 from serving.core.registry import FolderLoader, ModelEntry, ModelState, ObserverFactory
@@ -48,7 +49,6 @@ from serving.process.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-MANIFEST_FILE = "model.json"
 
 
 class VersionState(enum.Enum):
@@ -159,18 +159,11 @@ def _fingerprint(folder: Path, skip_dirs: bool) -> tuple[tuple[str, int, int], .
     return tuple(sorted(files))
 
 
-def version_number(name: str) -> int | None:
-    """The version a folder name stands for ("3"), or None (hidden, not a number, 0)."""
-    if not name.isdigit() or name.startswith("0"):
-        return None
-    return int(name)
-
-
 def scan_model(folder: Path) -> FoundModel:
     """One model folder: its numbered version folders, a flat model.json as version 1."""
     versions: dict[int, FoundVersion] = {}
     for child in sorted(folder.iterdir()):
-        number = version_number(child.name)
+        number = version_of(child.name)
         if number is not None and child.is_dir():
             versions[number] = FoundVersion(number, child, _fingerprint(child, skip_dirs=False))
     if 1 not in versions and (folder / MANIFEST_FILE).is_file():
@@ -591,7 +584,8 @@ class ModelRepository:
         try:
             return await asyncio.get_running_loop().run_in_executor(None, build)
         except (ManifestError, ValueError, RuntimeError, OSError) as e:
-            raise failed_precondition(f"{fv.folder}: {e}") from None
+            where = "" if str(fv.folder) in str(e) else f"{fv.folder}: "
+            raise failed_precondition(f"{where}{e}") from None
         except Exception as e:  # onnxruntime raises its own exception types
             raise failed_precondition(
                 f"{fv.folder}: cannot load graph: {type(e).__name__}: {e}"
