@@ -257,6 +257,7 @@ class ModelRepository:
         # Called after every state change (the server updates health and metrics).
         self.listeners: list[Callable[[], None]] = []
         self.loads = 0  # versions loaded (a test counts them: two concurrent loads, one load)
+        self.changes = 0  # state changes so far (a test tells a quiet moment by it)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -645,6 +646,7 @@ class ModelRepository:
             self._on_event(event, name, str(version))
 
     def _changed(self) -> None:
+        self.changes += 1
         for listener in self.listeners:
             listener()
 
