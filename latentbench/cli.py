@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
         "Encode and Decode at 64 h2load streams (latentbench/workers.py); writes "
         "benchmarks/workers.json and workers.md",
     )
+    mode.add_argument(
+        "--reload",
+        action="store_true",
+        help="only the reload scenario: 64 native + REST callers while a new version is "
+        "published every 2 s in poll mode, 1 and 2 workers, then RSS over 100 unload/load "
+        "cycles (latentbench/reload.py); --warmup is the steady phase [10 s], --duration the "
+        "publishing phase [60 s]; writes benchmarks/reload.json and reload.md",
+    )
     p.add_argument("--models-dir", type=Path, default=Path("models"))
     p.add_argument("--model", default="mnist-vae", help="model to benchmark [%(default)s]")
     p.add_argument("--json", type=Path, help="where to write the JSON results")
@@ -120,6 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         given = sys.argv[1:] if argv is None else list(argv)
         return main_workers(args, " ".join(["latent-bench", shlex.join(given)]))
+    if args.reload:
+        from latentbench.reload import main_reload
+
+        given = sys.argv[1:] if argv is None else list(argv)
+        return main_reload(args, " ".join(["latent-bench", shlex.join(given)]))
     if args.overhead:
         return _overhead(args)
     if args.report_from:
