@@ -116,7 +116,8 @@ def read_config(folder: Path) -> ModelConfig:
             '{"version_policy": {"latest": {"num_versions": 1}}} (or "all": {}, or '
             '"specific": {"versions": [1, 2]})'
         ) from None
-    chosen = [k for k in ("latest", "all", "specific") if getattr(config.version_policy, k)]
+    policy = config.version_policy
+    chosen = [k for k in ("latest", "all", "specific") if getattr(policy, k) is not None]
     if len(chosen) > 1:
         raise ManifestError(f"{path}: version_policy sets {' and '.join(chosen)}; set one")
     return config
@@ -323,11 +324,14 @@ class ModelRepository:
         return rows
 
     def loaded_summary(self) -> str:
-        """What is loaded, for NOT_FOUND messages: "a (versions 2, 1), b (version 1)"."""
+        """What is loaded, for NOT_FOUND messages: "a, b (versions 3, 2)" (a model serving
+        just version 1, as a flat folder does, is its name alone)."""
         parts = []
         for slot in self.slots:
             ready = slot.ready_versions()
-            if ready:
+            if ready == [1]:
+                parts.append(slot.name)
+            elif ready:
                 label = "versions" if len(ready) > 1 else "version"
                 parts.append(f"{slot.name} ({label} {', '.join(str(v) for v in ready)})")
         return ", ".join(parts) or "none"
@@ -341,7 +345,7 @@ class ModelRepository:
                     "no default model is ready (the server is starting, or no model folder "
                     "could be loaded)"
                 )
-            raise not_found(f"unknown model {name!r}; loaded: {self.loaded_summary()}")
+            raise not_found(f"unknown model {name!r}; available models: {self.loaded_summary()}")
         return self._entry(slot)
 
     def resolve(self, name: str, version: int = 0) -> ServedModel:
@@ -362,7 +366,7 @@ class ModelRepository:
             served = ", ".join(str(v) for v in slot.ready_versions()) or "none"
             raise not_found(
                 f"model {slot.name!r} has no version {version} loaded (versions served: "
-                f"{served}; 0 or none = the newest); loaded: {self.loaded_summary()}"
+                f"{served}; 0 or none = the newest); available models: {self.loaded_summary()}"
             )
         ready = slot.ready_versions()
         if ready:
@@ -376,7 +380,9 @@ class ModelRepository:
         if (failures or slot.error) and not slot.unloaded:
             newest = max(failures, key=lambda e: e.version).reason if failures else slot.error
             raise failed_precondition(f"model {slot.name!r} is not served: {newest}")
-        raise not_found(f"model {slot.name!r} is not loaded; loaded: {self.loaded_summary()}")
+        raise not_found(
+            f"model {slot.name!r} is not loaded; available models: {self.loaded_summary()}"
+        )
 
     # -- changing -----------------------------------------------------------------------------
 
@@ -438,7 +444,7 @@ class ModelRepository:
         """The repository API's unload: every version of `name` stops taking calls, the
         calls in flight finish, then they are released. NOT_FOUND for an unknown model."""
         if name not in self._slots:
-            raise not_found(f"unknown model {name!r}; loaded: {self.loaded_summary()}")
+            raise not_found(f"unknown model {name!r}; available models: {self.loaded_summary()}")
         folder = self._slots[name].folder
         found = await asyncio.to_thread(scan_model, folder) if folder.is_dir() else None
         await self.sync(name, found, unloaded=True)
@@ -566,6 +572,8 @@ class ModelRepository:
         self._changed()
         if old is not None:
             await self._release(slot.name, fv.version, old, "replaced by its changed files")
+            del old
+            _collect()
 
     async def _build(self, name: str, fv: FoundVersion) -> tuple[ModelManifest, ServedModel]:
         """model.json, hashes, sessions, shapes, warm-up: off the event loop."""
@@ -596,26 +604,25 @@ class ModelRepository:
         self, slot: ModelSlot, entry: VersionEntry, why: str, drop: bool = False
     ) -> None:
         """No new calls, then the admitted ones finish, then the sessions go."""
-        model = entry.model
+        model, entry.model = entry.model, None  # resolve skips it from here on
         if model is not None:
             entry.state, entry.reason = VersionState.UNLOADING, why
             self._changed()
             await self._release(slot.name, entry.version, model, why)
-            entry.model = None
+            del model
+            _collect()
         entry.state, entry.reason, entry.failed = VersionState.UNAVAILABLE, why, False
         if drop:
             del slot.versions[entry.version]
         self._changed()
 
     async def _release(self, name: str, version: int, model: ServedModel, why: str) -> None:
+        """Wait for the calls that may hold `model`, then close its batchers. The caller
+        drops the last reference, and with it the onnxruntime sessions and their arenas."""
         started = time.perf_counter()
         if self._settled is not None:
             await self._settled()
         await model.close()
-        del model
-        # Sessions and their arenas go with the last reference; collect the cycles now so
-        # the memory comes back at once, not at some later collection.
-        gc.collect()
         self._event("unloaded", name, version)
         log.info(
             "model %s version %d unloaded (%s) in %.2f s",
@@ -655,6 +662,13 @@ class ModelRepository:
             for entry in slot.versions.values():
                 if entry.model is not None:
                     await entry.model.close()
+
+
+def _collect() -> None:
+    """Collect now what a released version leaves in reference cycles, so its memory comes
+    back at once rather than at some later collection (a few ms: the server froze its
+    start-up objects out of the collector's way, serving.process.server)."""
+    gc.collect()
 
 
 def _not_served_reason(slot: ModelSlot) -> str:

@@ -106,6 +106,7 @@ class LatentServer:
         self._loaded = False  # start-up loading done: health follows the repository from then
         self._may_announce = False  # the whole server's health may follow the models
         self._publishing: asyncio.Task[None] | None = None
+        self._published: set[tuple[str, str]] = set()  # (model, version) with a ready gauge
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -266,13 +267,24 @@ class LatentServer:
             self._publishing = asyncio.get_running_loop().create_task(self._publish_states())
 
     async def _publish_states(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        serving = not self.calls.draining and not self._stopped.is_set()
         for slot in self.registry.slots:
             ready = bool(slot.ready_versions())
             for number, entry in slot.versions.items():
+                seen.add((slot.name, str(number)))
                 gauge = self.metrics.model_ready.labels(slot.name, str(number))
                 gauge.set(1 if entry.ready else 0)
-            if not self.calls.draining and not self._stopped.is_set():
+            if serving:
                 await self.health.set(slot.name, SERVING if ready else NOT_SERVING)
+        # Versions and models that left the repository: not ready, not serving.
+        for name, version in self._published - seen:
+            self.metrics.model_ready.labels(name, version).set(0)
+        names = {name for name, _ in seen}
+        for name in {name for name, _ in self._published} - names:
+            if serving:
+                await self.health.set(name, NOT_SERVING)
+        self._published = seen
         self._overall = SERVING if self.registry.ready_names else NOT_SERVING
         if self._may_announce:
             await self.announce_ready()
