@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -73,15 +74,19 @@ class RunResult:
     calls: int
     failed: int
     failures: list[str]
+    steady_p50_ms: float
+    swap_p50_ms: float
     steady_p99_ms: float
     swap_p99_ms: float
     p99_ratio: float
     publishing_p99_ms: float
+    p99_by_kind_ms: dict[str, dict[str, float]]  # {"native": {"steady": .., "swaps": ..}, ...}
     publishes: int
     versions_answered: int
     publish_to_first_call_s: list[float]
     rss_before_mib: float
     rss_after_mib: float
+    load_average: float  # the machine's 1-minute load average at the end (2 cores)
 
 
 @dataclass
@@ -97,8 +102,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _p99(values: list[float]) -> float:
-    return float(np.percentile(values, 99)) * 1000.0 if values else float("nan")
+def _p99(values: list[float], q: float = 99) -> float:
+    return float(np.percentile(values, q)) * 1000.0 if values else float("nan")
+
+
+def _ok(calls: list[Call], kind: str = "") -> list[float]:
+    return [c.latency for c in calls if not c.error and (not kind or c.kind == kind)]
 
 
 def _server_rss(server: ServerProcess) -> int:
@@ -260,8 +269,7 @@ def run_poll(
             windows.append((at, first + SWAP_TAIL_S))
     swap = [c for c in during if any(a <= c.started < b for a, b in windows)]
     failures = [c.error for c in calls if c.error and t0 <= c.started]
-    steady_p99 = _p99([c.latency for c in steady if not c.error])
-    swap_p99 = _p99([c.latency for c in swap if not c.error])
+    steady_p99, swap_p99 = _p99(_ok(steady)), _p99(_ok(swap))
     result = RunResult(
         workers=workers,
         steady_s=round(t1 - t0, 2),
@@ -269,15 +277,25 @@ def run_poll(
         calls=len(steady) + len(during),
         failed=len(failures),
         failures=sorted(set(failures))[:10],
+        steady_p50_ms=round(_p99(_ok(steady), 50), 2),
+        swap_p50_ms=round(_p99(_ok(swap), 50), 2),
         steady_p99_ms=round(steady_p99, 2),
         swap_p99_ms=round(swap_p99, 2),
         p99_ratio=round(swap_p99 / steady_p99, 2),
-        publishing_p99_ms=round(_p99([c.latency for c in during if not c.error]), 2),
+        publishing_p99_ms=round(_p99(_ok(during)), 2),
+        p99_by_kind_ms={
+            kind: {
+                "steady": round(_p99(_ok(steady, kind)), 2),
+                "swaps": round(_p99(_ok(swap, kind)), 2),
+            }
+            for kind in ("native", "rest")
+        },
         publishes=len(publishes),
-        versions_answered=len({c.version for c in during if not c.error}),
+        versions_answered=len(firsts),
         publish_to_first_call_s=[round(f, 3) for f in firsts],
         rss_before_mib=round(rss_before / 2**20, 1),
         rss_after_mib=round(rss_after / 2**20, 1),
+        load_average=round(os.getloadavg()[0], 1),
     )
     log(
         f"{workers} worker(s): {result.calls} calls, {result.failed} failed, p99 steady "
@@ -338,18 +356,24 @@ def render_markdown(result: ReloadResult, command: str) -> str:
         f"Model `{result.model}`; {CALLERS} callers (half native Decode, half v2 REST JSON), "
         f"poll interval {POLL_INTERVAL_S} s, a new version every {PUBLISH_EVERY_S} s.",
         "",
-        "| workers | calls | failed | p99 steady (ms) | p99 during swaps (ms) | ratio (target <= 2) "
-        "| publish -> first call by the new version (median / max s) | versions served | RSS before -> after (MiB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| workers | calls | failed | p50 steady / swaps (ms) | p99 steady (ms) | p99 during swaps (ms) "
+        "| p99 ratio (target <= 2) | p99 native, REST: steady / swaps (ms) "
+        "| publish -> first call by the new version (median / max s) | published versions that answered "
+        "| RSS before -> after (MiB) | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result.runs:
         firsts = r.publish_to_first_call_s
         median = statistics.median(firsts) if firsts else float("nan")
         worst = max(firsts) if firsts else float("nan")
+        kinds = r.p99_by_kind_ms
         lines.append(
-            f"| {r.workers} | {r.calls} | {r.failed} | {r.steady_p99_ms} | {r.swap_p99_ms} | "
-            f"{r.p99_ratio} | {median:.2f} / {worst:.2f} | {r.versions_answered} of "
-            f"{r.publishes} published | {r.rss_before_mib} -> {r.rss_after_mib} |"
+            f"| {r.workers} | {r.calls} | {r.failed} | {r.steady_p50_ms} / {r.swap_p50_ms} | "
+            f"{r.steady_p99_ms} | {r.swap_p99_ms} | {r.p99_ratio} | "
+            f"{kinds['native']['steady']} / {kinds['native']['swaps']}, "
+            f"{kinds['rest']['steady']} / {kinds['rest']['swaps']} | "
+            f"{median:.2f} / {worst:.2f} | {r.versions_answered} of {r.publishes} | "
+            f"{r.rss_before_mib} -> {r.rss_after_mib} | {r.load_average} |"
         )
     c = result.cycles
     if c:
