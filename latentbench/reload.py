@@ -123,23 +123,47 @@ def _server_rss(server: ServerProcess) -> int:
     return total
 
 
+def _rest_body(latent_dim: int) -> bytes:
+    tensor = {"name": "latents", "datatype": "FP32", "shape": [1, latent_dim]}
+    return json.dumps({"inputs": [{**tensor, "data": [0.0] * latent_dim}]}).encode()
+
+
+async def _native_caller(
+    method: Any, request: pb.DecodeRequest, stop: asyncio.Event, calls: list[Call]
+) -> None:
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            response = await method(request, timeout=30)
+            version, error = response.model_version, ""
+        except grpc.aio.AioRpcError as e:
+            version, error = "", f"{e.code().name}: {e.details()}"
+        calls.append(Call("native", started, time.monotonic() - started, version, error))
+
+
+async def _rest_caller(
+    session: aiohttp.ClientSession, url: str, body: bytes, stop: asyncio.Event, calls: list[Call]
+) -> None:
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            async with session.post(url, data=body) as response:
+                raw = await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"HTTP {response.status}: {raw[:200]!r}")
+            version, error = str(json.loads(raw)["model_version"]), ""
+        except (aiohttp.ClientError, RuntimeError, OSError) as e:
+            version, error = "", str(e)
+        calls.append(Call("rest", started, time.monotonic() - started, version, error))
+
+
 async def _load(
     target: str, http: str, model: str, latent_dim: int, stop: asyncio.Event, calls: list[Call]
 ) -> None:
+    """CALLERS closed-loop callers until `stop`: half native Decode (over
+    NATIVE_CONNECTIONS connections), half v2 REST JSON."""
     latents = np.zeros((1, latent_dim), dtype=np.float32)
-    native_request = pb.DecodeRequest(model=model, latents=array_to_tensor(latents))
-    rest_body = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "latents",
-                    "datatype": "FP32",
-                    "shape": [1, latent_dim],
-                    "data": [0.0] * latent_dim,
-                }
-            ]
-        }
-    ).encode()
+    request = pb.DecodeRequest(model=model, latents=array_to_tensor(latents))
     channels = [
         grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(NATIVE_CONNECTIONS)
@@ -152,50 +176,62 @@ async def _load(
         )
         for c in channels
     ]
-
-    async def native(i: int) -> None:
-        method = methods[i % len(methods)]
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                response = await method(native_request, timeout=30)
-                calls.append(
-                    Call("native", started, time.monotonic() - started, response.model_version)
-                )
-            except grpc.aio.AioRpcError as e:
-                calls.append(
-                    Call(
-                        "native",
-                        started,
-                        time.monotonic() - started,
-                        "",
-                        f"{e.code().name}: {e.details()}",
-                    )
-                )
-
-    async def rest(session: aiohttp.ClientSession) -> None:
-        url = f"{http}/v2/models/{model}-decoder/infer"
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                async with session.post(url, data=rest_body) as response:
-                    body = await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
-                    version = json.loads(body)["model_version"]
-                calls.append(Call("rest", started, time.monotonic() - started, str(version)))
-            except (aiohttp.ClientError, RuntimeError, OSError) as e:
-                calls.append(Call("rest", started, time.monotonic() - started, "", str(e)))
-
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    url, body = f"{http}/v2/models/{model}-decoder/infer", _rest_body(latent_dim)
     async with aiohttp.ClientSession(
-        connector=connector, headers={"content-type": "application/json"}
+        connector=aiohttp.TCPConnector(limit=0), headers={"content-type": "application/json"}
     ) as session:
-        tasks = [asyncio.create_task(native(i)) for i in range(CALLERS // 2)]
-        tasks += [asyncio.create_task(rest(session)) for _ in range(CALLERS - CALLERS // 2)]
+        tasks = [
+            _native_caller(methods[i % len(methods)], request, stop, calls)
+            for i in range(CALLERS // 2)
+        ]
+        tasks += [
+            _rest_caller(session, url, body, stop, calls) for _ in range(CALLERS - CALLERS // 2)
+        ]
         await asyncio.gather(*tasks)
     for c in channels:
         await c.close(None)
+
+
+@dataclass
+class _Timeline:
+    """What one poll run recorded: calls, publishes and the phase boundaries."""
+
+    calls: list[Call] = field(default_factory=list)
+    publishes: list[tuple[float, int]] = field(default_factory=list)  # (time, version)
+    steady_from: float = 0.0
+    publishing_from: float = 0.0
+    publishing_to: float = 0.0
+    rss_before: int = 0
+    rss_after: int = 0
+
+
+async def _scenario(
+    server: ServerProcess,
+    http: str,
+    source: Path,
+    repo: Path,
+    model: str,
+    latent_dim: int,
+    steady_s: float,
+    publishing_s: float,
+) -> _Timeline:
+    t = _Timeline()
+    stop = asyncio.Event()
+    load = asyncio.create_task(_load(server.target, http, model, latent_dim, stop, t.calls))
+    await asyncio.sleep(2.0)  # connections up, caches warm: not measured
+    t.steady_from = time.monotonic()
+    await asyncio.sleep(steady_s)
+    t.publishing_from = time.monotonic()
+    t.rss_before = _server_rss(server)
+    while time.monotonic() - t.publishing_from < publishing_s:
+        published = await asyncio.to_thread(publish, source, repo, model)
+        t.publishes.append((time.monotonic(), int(published.name)))
+        await asyncio.sleep(PUBLISH_EVERY_S)
+    t.publishing_to = time.monotonic()
+    await asyncio.sleep(1.0)  # the last swap finishes
+    stop.set()
+    await load
+    return t
 
 
 def run_poll(
@@ -207,73 +243,49 @@ def run_poll(
     publishing_s: float,
     log: Callable[[str], None],
 ) -> RunResult:
+    """One poll-mode server with `workers` processes: steady load, then publishing."""
     with tempfile.TemporaryDirectory(prefix="latentbench-reload-") as tmp:
         repo = Path(tmp) / "repo"
         shutil.copytree(source, repo / model)
         http_port = _free_port()
-        flags = [
-            "--model-control",
-            "poll",
-            "--poll-interval-s",
-            str(POLL_INTERVAL_S),
-            "--workers",
-            str(workers),
-            "--http-port",
-            str(http_port),
-            "--default-model",
-            model,
-            "--max-connection-age-ms",
-            "0",
-        ]
+        flags = ["--model-control", "poll", "--poll-interval-s", str(POLL_INTERVAL_S)]
+        flags += ["--workers", str(workers), "--http-port", str(http_port)]
+        flags += ["--default-model", model, "--max-connection-age-ms", "0"]
         with ServerProcess(repo, flags, name=f"reload-{workers}w") as server:
             http = f"http://127.0.0.1:{http_port}"
-            calls: list[Call] = []
-            publishes: list[tuple[float, int]] = []
-            rss_before = 0
-
-            async def scenario() -> tuple[float, float, float]:
-                stop = asyncio.Event()
-                load = asyncio.create_task(
-                    _load(server.target, http, model, latent_dim, stop, calls)
-                )
-                await asyncio.sleep(2.0)  # connections up, caches warm: not measured
-                t0 = time.monotonic()
-                await asyncio.sleep(steady_s)
-                t1 = time.monotonic()
-                nonlocal rss_before
-                rss_before = _server_rss(server)
-                while time.monotonic() - t1 < publishing_s:
-                    published = await asyncio.to_thread(publish, source, repo, model)
-                    publishes.append((time.monotonic(), int(published.name)))
-                    await asyncio.sleep(PUBLISH_EVERY_S)
-                t2 = time.monotonic()
-                await asyncio.sleep(1.0)  # the last swap finishes
-                stop.set()
-                await load
-                return t0, t1, t2
-
-            t0, t1, t2 = asyncio.run(scenario())
+            timeline = asyncio.run(
+                _scenario(server, http, source, repo, model, latent_dim, steady_s, publishing_s)
+            )
             time.sleep(1.0)
-            rss_after = _server_rss(server)
-    steady = [c for c in calls if t0 <= c.started < t1]
-    during = [c for c in calls if t1 <= c.started]
+            timeline.rss_after = _server_rss(server)
+    result = _summarise(workers, timeline)
+    firsts = result.publish_to_first_call_s
+    log(
+        f"{workers} worker(s): {result.calls} calls, {result.failed} failed, p99 steady "
+        f"{result.steady_p99_ms} ms, during swaps {result.swap_p99_ms} ms "
+        f"({result.p99_ratio}x), publish -> first call median "
+        f"{statistics.median(firsts) if firsts else float('nan'):.2f} s"
+    )
+    return result
+
+
+def _summarise(workers: int, t: _Timeline) -> RunResult:
+    steady = [c for c in t.calls if t.steady_from <= c.started < t.publishing_from]
+    during = [c for c in t.calls if t.publishing_from <= c.started]
     firsts: list[float] = []
     windows: list[tuple[float, float]] = []
-    for at, version in publishes:
-        first = min(
-            (c.started + c.latency for c in during if c.version == str(version) and not c.error),
-            default=None,
-        )
-        if first is not None:
-            firsts.append(first - at)
-            windows.append((at, first + SWAP_TAIL_S))
+    for at, version in t.publishes:
+        answered = [c.started + c.latency for c in during if c.version == str(version)]
+        if answered:
+            firsts.append(min(answered) - at)
+            windows.append((at, min(answered) + SWAP_TAIL_S))
     swap = [c for c in during if any(a <= c.started < b for a, b in windows)]
-    failures = [c.error for c in calls if c.error and t0 <= c.started]
+    failures = [c.error for c in t.calls if c.error and t.steady_from <= c.started]
     steady_p99, swap_p99 = _p99(_ok(steady)), _p99(_ok(swap))
-    result = RunResult(
+    return RunResult(
         workers=workers,
-        steady_s=round(t1 - t0, 2),
-        publishing_s=round(t2 - t1, 2),
+        steady_s=round(t.publishing_from - t.steady_from, 2),
+        publishing_s=round(t.publishing_to - t.publishing_from, 2),
         calls=len(steady) + len(during),
         failed=len(failures),
         failures=sorted(set(failures))[:10],
@@ -290,20 +302,13 @@ def run_poll(
             }
             for kind in ("native", "rest")
         },
-        publishes=len(publishes),
+        publishes=len(t.publishes),
         versions_answered=len(firsts),
         publish_to_first_call_s=[round(f, 3) for f in firsts],
-        rss_before_mib=round(rss_before / 2**20, 1),
-        rss_after_mib=round(rss_after / 2**20, 1),
+        rss_before_mib=round(t.rss_before / 2**20, 1),
+        rss_after_mib=round(t.rss_after / 2**20, 1),
         load_average=round(os.getloadavg()[0], 1),
     )
-    log(
-        f"{workers} worker(s): {result.calls} calls, {result.failed} failed, p99 steady "
-        f"{result.steady_p99_ms} ms, during swaps {result.swap_p99_ms} ms "
-        f"({result.p99_ratio}x), publish -> first call median "
-        f"{statistics.median(firsts) if firsts else float('nan'):.2f} s"
-    )
-    return result
 
 
 def run_cycles(
