@@ -173,6 +173,11 @@ def scan_model(folder: Path) -> FoundModel:
         config, error = read_config(folder), ""
     except ManifestError as e:
         config, error = ModelConfig(), str(e)
+    if not versions and not error:
+        error = (
+            f"{folder}: no {MANIFEST_FILE} and no version folder; a model folder holds "
+            f"{MANIFEST_FILE} and its graphs, or version folders 1/, 2/, ... that do"
+        )
     return FoundModel(folder.name, folder, versions, config, error)
 
 
@@ -473,11 +478,7 @@ class ModelRepository:
             for number, entry in list(slot.versions.items()):
                 if number not in on_disk:
                     await self._retire(slot, entry, "removed from the repository", drop=True)
-                elif (
-                    number not in wanted
-                    and not entry.failed
-                    and (entry.state is not VersionState.UNAVAILABLE or entry.reason != why)
-                ):
+                elif number not in wanted and _stale(entry, why):
                     await self._retire(slot, entry, why)
             for number in set(on_disk) - set(slot.versions):
                 fv = on_disk[number]
@@ -677,6 +678,14 @@ def _not_served_reason(slot: ModelSlot) -> str:
     if slot.error:
         return slot.error
     return f"not in the version policy ({slot.policy.describe()})"
+
+
+def _stale(entry: VersionEntry, why: str) -> bool:
+    """Whether a version that is not wanted still has to be retired (or its reason
+    updated); a refused version keeps its refusal as its reason."""
+    if entry.ready or entry.state is not VersionState.UNAVAILABLE:
+        return True
+    return not entry.failed and entry.reason != why
 
 
 def _needs_load(entry: VersionEntry | None, fv: FoundVersion) -> bool:

@@ -212,3 +212,31 @@ def test_policy_all_serves_every_version_and_batches_never_mix(repo, tmp_path):
         assert answer["model_version"] == "1"
         status, meta = http_json(base, f"/v2/models/{NAME}-decoder")
         assert status == 200 and meta["versions"] == ["2", "1"]
+
+
+def test_a_changed_version_folder_is_reloaded_with_no_failed_call(polling, tmp_path):
+    """Files copied over a served version, one by one (not atomically): a poll may see them
+    half copied and refuse them, the old files keep serving, and once the copy is complete
+    the version is reloaded from the new files."""
+    base, repo = http_base(polling), polling.settings.models_dir
+    latents = np.full((1, 2), 0.3, np.float32)
+    with LatentClient(polling.target) as client:
+        before = client.decode(latents, model=NAME).images
+    retrained = build_model_folder(tmp_path / "retrained", NAME, seed=9)
+    with Load(polling.target, base, NAME, native_callers=2, rest_callers=2) as load:
+        for name in ("decoder.onnx", "encoder.onnx", "model.json"):
+            shutil.copy(retrained / name, repo / NAME / name)
+            time.sleep(2 * POLL_S)  # a poll or two between the files
+        wait_for(
+            lambda: (
+                state(base, 1) == "READY"
+                and served_model(polling, 1).manifest.decoder.sha256  # type: ignore[attr-defined]
+                == json.loads((retrained / "model.json").read_text())["decoder"]["sha256"]
+            ),
+            what="version 1 reloaded from the new files",
+        )
+    assert not load.failures, load.failures[:5]
+    with LatentClient(polling.target) as client:
+        after = client.decode(latents, model=NAME)
+    assert after.model_version == "1" and not np.allclose(after.images, before)
+    assert index(base)[(NAME, "1")]["reason"] == ""
