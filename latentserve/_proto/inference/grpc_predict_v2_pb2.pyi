@@ -508,13 +508,19 @@ class RepositoryModelLoadRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: builtins.int
+    TRITON_MODEL_NAME_FIELD_NUMBER: builtins.int
     model_name: builtins.str
+    triton_model_name: builtins.str
+    """Not KServe's: Triton's RepositoryModelLoadRequest sends the model's name as field 2
+    (its field 1 is repository_name), so tritonclient's load_model reaches us too.
+    """
     def __init__(
         self,
         *,
         model_name: builtins.str = ...,
+        triton_model_name: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["model_name", b"model_name"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model_name", b"model_name", "triton_model_name", b"triton_model_name"]) -> None: ...
 
 global___RepositoryModelLoadRequest = RepositoryModelLoadRequest
 
@@ -541,13 +547,17 @@ class RepositoryModelUnloadRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: builtins.int
+    TRITON_MODEL_NAME_FIELD_NUMBER: builtins.int
     model_name: builtins.str
+    triton_model_name: builtins.str
+    """As in RepositoryModelLoadRequest: Triton's field number for the model's name."""
     def __init__(
         self,
         *,
         model_name: builtins.str = ...,
+        triton_model_name: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["model_name", b"model_name"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model_name", b"model_name", "triton_model_name", b"triton_model_name"]) -> None: ...
 
 global___RepositoryModelUnloadRequest = RepositoryModelUnloadRequest
 

@@ -97,20 +97,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
+        name = request.triton_model_name or request.model_name
         try:
-            await self.api.repository_load(request.model_name)
+            await self.api.repository_load(name)
         except ServingError as e:
             await context.abort(e.code, bounded(e.message))
-        return pb.RepositoryModelLoadResponse(model_name=request.model_name, isLoaded=True)
+        return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
+        name = request.triton_model_name or request.model_name
         try:
-            await self.api.repository_unload(request.model_name)
+            await self.api.repository_unload(name)
         except ServingError as e:
             await context.abort(e.code, bounded(e.message))
-        return pb.RepositoryModelUnloadResponse(model_name=request.model_name, isUnloaded=True)
+        return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
 
 def metadata_response(model: V2Model, versions: list[str]) -> pb.ModelMetadataResponse:
