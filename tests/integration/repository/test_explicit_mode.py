@@ -163,6 +163,9 @@ def test_unload_lets_calls_in_flight_finish_and_refuses_new_ones(explicit):
 def test_two_loads_at_once_load_once(explicit):
     assert rest(explicit, "/v2/repository/models/tiny-vae/unload")[0] == 200
     before = explicit.server.registry.loads
+    metrics = explicit.server.metrics.registry
+    labels = {"model": "tiny-vae", "version": "1", "outcome": "ok"}
+    counted = metrics.get_sample_value("latentserve_model_loads_total", labels) or 0.0
     statuses: list[int] = []
     threads = [
         threading.Thread(
@@ -176,6 +179,7 @@ def test_two_loads_at_once_load_once(explicit):
         t.join(60)
     assert statuses == [200, 200]
     assert explicit.server.registry.loads == before + 1
+    assert metrics.get_sample_value("latentserve_model_loads_total", labels) == counted + 1
 
 
 def test_index_readiness_and_infer_agree_while_loading_and_unloading(explicit):
