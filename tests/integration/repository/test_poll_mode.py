@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from fixtures.models import build_model_folder
@@ -29,8 +30,10 @@ from fixtures.repository import (
     wait_for,
 )
 from fixtures.servers import InProcessServer, free_port
+from fixtures.slow_model import build_slow_model_folder
 
-from latentserve.client import LatentClient
+from latentserve.client import LatentClient, LatentServeError
+from latentserve.publish import publish
 
 POLL_S = 0.2
 NAME = "tiny-vae"
@@ -240,3 +243,36 @@ def test_a_changed_version_folder_is_reloaded_with_no_failed_call(polling, tmp_p
         after = client.decode(latents, model=NAME)
     assert after.model_version == "1" and not np.allclose(after.images, before)
     assert index(base)[(NAME, "1")]["reason"] == ""
+
+
+def test_a_version_takes_no_call_while_it_loads_and_warms_up(repo, tmp_path):
+    """A version with a slow warm-up: while it is LOADING, the index says so (naming the
+    process), its readiness is false, a call naming it is told to retry, and calls naming
+    no version are answered by the version before."""
+    with InProcessServer(
+        repo, model_control="poll", poll_interval_s=POLL_S, http_port=free_port(), warmup_runs=100
+    ) as running:
+        base = http_base(running)
+        slow = build_slow_model_folder(tmp_path / "slow", NAME, matmuls=30, seed=2)
+        publish(slow, repo)
+        rows = wait_for(
+            lambda: (r := index(base)).get((NAME, "2"), {}).get("state") == "LOADING" and r,
+            timeout=20,
+            what="version 2 loading",
+        )
+        assert "loading in pid" in rows[(NAME, "2")]["reason"]
+        status, ready = http_json(base, f"/v2/models/{NAME}-decoder/versions/2/ready")
+        with LatentClient(running.target) as client:
+            latents = np.zeros((1, 2), np.float32)
+            answered = client.decode(latents, model=NAME).model_version
+            with pytest.raises(LatentServeError) as pinned:
+                client.decode(latents, model=NAME, version=2)
+        # Still loading after the checks (its warm-up takes seconds), so they saw LOADING.
+        assert state(base, 2) == "LOADING"
+        assert status == 503 and ready["ready"] is False
+        assert answered == "1"
+        assert pinned.value.code is grpc.StatusCode.UNAVAILABLE
+        assert "loading" in pinned.value.message
+        wait_for(lambda: state(base, 2) == "READY", timeout=60, what="version 2 ready")
+        with LatentClient(running.target) as client:
+            assert client.decode(np.zeros((1, 2), np.float32), model=NAME).model_version == "2"
