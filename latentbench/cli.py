@@ -69,6 +69,14 @@ def _add_modes(p: argparse.ArgumentParser) -> None:
         "in-process at batch 64, batching gain at 64 single-image callers, intra-op threads "
         "vs processes (latentbench/heavy.py); writes benchmarks/heavy.json and heavy.md",
     )
+    mode.add_argument(
+        "--reload",
+        action="store_true",
+        help="only the reload scenario: 64 native + REST callers while a new version is "
+        "published every 2 s in poll mode, 1 and 2 workers, then RSS over 100 unload/load "
+        "cycles (latentbench/reload.py); --warmup is the steady phase [10 s], --duration the "
+        "publishing phase [60 s]; writes benchmarks/reload.json and reload.md",
+    )
 
 
 def _add_options(p: argparse.ArgumentParser) -> None:
@@ -124,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _workers(args, given)
     if args.heavy:
         return _heavy(args)
+    if args.reload:
+        from latentbench.reload import main_reload
+
+        return main_reload(args, " ".join(["latent-bench", shlex.join(given)]))
     if args.overhead:
         return _overhead(args)
     if args.report_from:

@@ -84,12 +84,13 @@ def _write_images(path: Path, images: npt.NDArray[Any]) -> str:
 
 
 def _print_models(models: list[ModelInfo], default: str) -> None:
-    rows = [("", "NAME", "STATE", "KIND", "DIM", "PRIOR", "PROVIDERS")]
+    rows = [("", "NAME", "VERSIONS", "STATE", "KIND", "DIM", "PRIOR", "PROVIDERS")]
     for m in models:
         rows.append(
             (
                 "*" if m.name == default else "",
                 m.name,
+                _versions(m),
                 m.state,
                 m.kind or "-",
                 "x".join(map(str, m.latent_shape)) or str(m.latent_dim or "-"),
@@ -103,12 +104,22 @@ def _print_models(models: list[ModelInfo], default: str) -> None:
     for m in models:
         if m.error:
             print(f"\n{m.name}: {m.error}")
+        for v in m.versions:
+            if v.reason and v.state != "READY":
+                print(f"{m.name} version {v.version}: {v.state}: {v.reason}")
     if default:
         print(f"\n* default model: {default}")
 
 
 # Latents with more values than this (a spatial map) are summarised, not printed in full.
 MAX_PRINTED_VALUES = 32
+
+
+def _versions(m: ModelInfo) -> str:
+    """ "2 READY, 1 UNLOADING": every version and its state, newest first."""
+    if not m.versions:
+        return m.version or "-"
+    return ", ".join(f"{v.version} {v.state}" for v in m.versions)
 
 
 def _format_vector(v: npt.NDArray[np.float32]) -> str:

@@ -73,7 +73,13 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 UINT32_MAX = 2**32 - 1
 STREAM_SECONDS_PER_SAMPLE = 0.01
 
-_STATES = {pb.MODEL_STATE_READY: "READY", pb.MODEL_STATE_FAILED: "FAILED"}
+_STATES = {
+    pb.MODEL_STATE_READY: "READY",
+    pb.MODEL_STATE_FAILED: "FAILED",
+    pb.MODEL_STATE_LOADING: "LOADING",
+    pb.MODEL_STATE_UNLOADING: "UNLOADING",
+    pb.MODEL_STATE_UNAVAILABLE: "UNAVAILABLE",
+}
 
 
 class LatentServeError(Exception):
@@ -92,6 +98,7 @@ class EncodeResult:
     z: Float32Array | None  # same shape, when sample_z was asked for
     seed: int  # the seed used for z (0 when not sampled)
     model: str
+    model_version: str = ""  # the repository version that answered
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,7 @@ class DecodeResult:
     images: npt.NDArray[Any]
     png: list[bytes]  # N PNG files when return_png was set, else empty
     model: str
+    model_version: str = ""  # the repository version that answered
 
 
 @dataclass(frozen=True)
@@ -110,12 +118,20 @@ class SampleResult:
     seed: int
     prior: str  # the prior actually used, e.g. "standard_normal"
     model: str
+    model_version: str = ""  # the repository version that answered
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # READY, LOADING, UNLOADING, UNAVAILABLE or FAILED
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    state: str  # READY, FAILED or LOADING
+    state: str  # READY, FAILED, LOADING or UNAVAILABLE
     version: str = ""
     kind: str = ""
     latent_dim: int = 0  # values per image: D, or C * h * w
@@ -132,6 +148,7 @@ class ModelInfo:
     graph_dtype: str = ""  # "float32" or "float16" (the wire is float32 either way)
     # Dynamic sizes: (multiple, min, max) for height and width; None when fixed.
     dynamic_sizes: tuple[int, int, int] | None = None
+    versions: tuple[VersionStatus, ...] = ()  # every version in the repository, newest first
 
 
 # -- conversions shared by the sync and async clients -------------------------------------------
@@ -213,8 +230,9 @@ def _encode_result(responses: list[pb.EncodeResponse]) -> EncodeResult:
 
     latents = joined("latents")
     assert latents is not None
+    first = responses[0]
     return EncodeResult(
-        latents, joined("log_var"), joined("z"), int(responses[0].seed), responses[0].model
+        latents, joined("log_var"), joined("z"), int(first.seed), first.model, first.model_version
     )
 
 
@@ -243,9 +261,18 @@ def _decode_requests(
     ]
 
 
+def _set_version(requests: Sequence[pb.EncodeRequest | pb.DecodeRequest], version: int) -> None:
+    """Pin every request of one call to `version`: without it, a call split into several
+    requests could straddle a swap and be answered by two versions."""
+    for request in requests:
+        request.version = version
+
+
 def _decode_result(responses: list[pb.DecodeResponse]) -> DecodeResult:
     images = np.concatenate([_decoded(r.images) for r in responses])
-    return DecodeResult(images, [p for r in responses for p in r.png], responses[0].model)
+    first = responses[0]
+    pngs = [p for r in responses for p in r.png]
+    return DecodeResult(images, pngs, first.model, first.model_version)
 
 
 def _sample_request(
@@ -317,6 +344,7 @@ class _SampleAssembler:
             int(first.seed),
             PROTO_TO_PRIOR.get(first.prior, ""),
             first.model,
+            first.model_version,
         )
 
 
@@ -341,6 +369,10 @@ def _model_info(info: pb.ModelInfo) -> ModelInfo:
         encoder_sha256=info.encoder_sha256,
         decoder_sha256=info.decoder_sha256,
         provenance=json.loads(info.provenance_json) if info.provenance_json else {},
+        versions=tuple(
+            VersionStatus(v.version, _STATES.get(v.state, "LOADING"), v.reason)
+            for v in info.versions
+        ),
     )
 
 
@@ -496,14 +528,17 @@ class LatentClient(_ClientBase):
         sample_z: bool = False,
         seed: int | None = None,
         resize: bool = False,
+        version: int = 0,
     ) -> EncodeResult:
         """images: N x C x H x W array in the model's shape (N x H x W or one H x W image for
         a grey model), float32 in [0, 1] or uint8, or a list of PNG/JPEG files as bytes
         (`resize` scales them to the model's size) -> latents N x D or N x C x h x w (VAE:
-        mean, log_var, optional z)."""
+        mean, log_var, optional z). `version`: the model's repository version (0 = the newest
+        the server serves)."""
         requests = _encode_requests(
             images, model, sample_z, seed, resize, self.batch_size, self.max_message_bytes
         )
+        _set_version(requests, version)
         return _encode_result([self._call(self._stub.Encode, r) for r in requests])
 
     def decode(
@@ -512,12 +547,14 @@ class LatentClient(_ClientBase):
         model: str = "",
         return_png: bool = False,
         image_dtype: str = "float32",
+        version: int = 0,
     ) -> DecodeResult:
         """latents: N x D or N x C x h x w float32 -> images N x C x H x W, float32 in
         [0, 1] or uint8 with image_dtype="uint8" (and PNGs on request)."""
         rows = self.batch_size
         try:
             requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+            _set_version(requests, version)
             return _decode_result([self._call(self._stub.Decode, r) for r in requests])
         except LatentServeError as e:
             # Large images: the answer for batch_size rows would not fit one message; size
@@ -529,6 +566,7 @@ class LatentClient(_ClientBase):
             if rows >= self.batch_size:
                 raise
         requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+        _set_version(requests, version)
         return _decode_result([self._call(self._stub.Decode, r) for r in requests])
 
     def sample(
@@ -540,12 +578,14 @@ class LatentClient(_ClientBase):
         temperature: float | None = None,
         return_latents: bool = False,
         image_dtype: str = "float32",
+        version: int = 0,
     ) -> SampleResult:
         """`count` random images (N x C x H x W; float32, or uint8 with image_dtype="uint8");
         same seed and arguments, same images."""
         request = _sample_request(
             count, model, seed, prior, temperature, return_latents, image_dtype=image_dtype
         )
+        request.version = version
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
             try:
@@ -654,10 +694,12 @@ class AsyncLatentClient(_ClientBase):
         sample_z: bool = False,
         seed: int | None = None,
         resize: bool = False,
+        version: int = 0,
     ) -> EncodeResult:
         requests = _encode_requests(
             images, model, sample_z, seed, resize, self.batch_size, self.max_message_bytes
         )
+        _set_version(requests, version)
         return _encode_result(await self._call_all(self._stub.Encode, requests))
 
     async def decode(
@@ -666,10 +708,12 @@ class AsyncLatentClient(_ClientBase):
         model: str = "",
         return_png: bool = False,
         image_dtype: str = "float32",
+        version: int = 0,
     ) -> DecodeResult:
         rows = self.batch_size
         try:
             requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+            _set_version(requests, version)
             return _decode_result(await self._call_all(self._stub.Decode, requests))
         except LatentServeError as e:
             if not _too_large(e):
@@ -679,6 +723,7 @@ class AsyncLatentClient(_ClientBase):
             if rows >= self.batch_size:
                 raise
         requests = _decode_requests(latents, model, return_png, rows, image_dtype)
+        _set_version(requests, version)
         return _decode_result(await self._call_all(self._stub.Decode, requests))
 
     async def sample(
@@ -690,10 +735,12 @@ class AsyncLatentClient(_ClientBase):
         temperature: float | None = None,
         return_latents: bool = False,
         image_dtype: str = "float32",
+        version: int = 0,
     ) -> SampleResult:
         request = _sample_request(
             count, model, seed, prior, temperature, return_latents, image_dtype=image_dtype
         )
+        request.version = version
         assembler = _SampleAssembler(count)
         if count <= self.max_unary_samples:
             try:

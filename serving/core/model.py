@@ -58,8 +58,11 @@ class ServedModel:
         encoder_batcher: DynamicBatcher,
         decoder_batcher: DynamicBatcher,
         statistics: StatisticsBook | None = None,
+        version: int = 1,
     ) -> None:
         self.manifest = manifest
+        # The repository version (folder MODELS_DIR/NAME/VERSION/; a flat folder is 1).
+        self.version = version
         self.folder = folder
         self.encoder = encoder
         self.decoder = decoder
@@ -73,10 +76,10 @@ class ServedModel:
         self._decoder_head = decoder.output_names.index(manifest.decoder_output)
         # Per-role request statistics (the batchers record their graphs' runs themselves).
         book = statistics or StatisticsBook()
-        version = manifest.version
-        self._encoder_stats = book.graph(manifest.name, version, "encoder")
-        self._decoder_stats = book.graph(manifest.name, version, "decoder")
-        self._sampler_stats = book.graph(manifest.name, version, "sampler")
+        label = str(version)
+        self._encoder_stats = book.graph(manifest.name, label, "encoder")
+        self._decoder_stats = book.graph(manifest.name, label, "decoder")
+        self._sampler_stats = book.graph(manifest.name, label, "sampler")
 
     @property
     def name(self) -> str:

@@ -1,16 +1,15 @@
-"""The model registry: which model folders exist under models_dir and their state.
+"""Loading one model folder: onnxruntime sessions, shape checks, batchers, warm-up.
 
-`scan()` reads every folder's model.json (via latentserve.manifest) without loading graphs;
-`load_all()` then creates the onnxruntime sessions, checks that the graphs' input and output
-shapes agree with model.json, and warms them up. A folder that fails any step is logged with
-the reason and kept as FAILED, so ListModels/GetModel can show why, while the other models
-are served. `resolve(name)` is how the servicer turns a request's model field into a
-ServedModel or the right error.
+:class:`FolderLoader` turns a folder whose model.json validated (latentserve.manifest) into a
+warmed-up :class:`ServedModel`: it creates the sessions, checks that the graphs' input and
+output shapes agree with model.json, gives each graph its batcher and warms both up; a
+folder that fails any step raises with the reason. Which folders exist, their versions and
+their lifecycle (load, swap, unload) belong to serving.core.repository. :class:`ModelEntry`
+is the per-model view the protocols show (ListModels, GetModel, the explorer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from latentserve.manifest import (
     ManifestError,
     ModelManifest,
     describe_shape,
-    load_model_folder,
 )
 from serving.core.batching import (
     INLINE_AFTER_IDLE_S,
@@ -31,16 +29,16 @@ from serving.core.batching import (
     BatchTracer,
     DynamicBatcher,
 )
-from serving.core.errors import failed_precondition, not_found, unavailable
 from serving.core.model import ServedModel
-from serving.core.runtime import Dim, GraphSession, choose_providers
+from serving.core.runtime import Dim, GraphSession
 from serving.core.statistics import StatisticsBook
 from serving.process.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 
-ObserverFactory = Callable[[str, str], BatchObserver]
+# (model name, version, graph) -> the observer of that version's batcher for that graph.
+ObserverFactory = Callable[[str, str, str], BatchObserver]
 # (model, version, graph) -> the graph's span recorder, when tracing is on.
 TracerFactory = Callable[[str, str, str], BatchTracer]
 
@@ -49,6 +47,7 @@ class ModelState(enum.Enum):
     LOADING = "LOADING"
     READY = "READY"
     FAILED = "FAILED"
+    UNAVAILABLE = "UNAVAILABLE"  # found, not served: unloaded, or outside the version policy
 
 
 @dataclass
@@ -59,6 +58,7 @@ class ModelEntry:
     manifest: ModelManifest | None = None
     error: str = ""
     model: ServedModel | None = None
+    version: int = 1  # the repository version this entry describes
 
 
 def _shape_matches(actual: list[Dim], expected: tuple[int | None, ...]) -> bool:
@@ -134,7 +134,10 @@ def _spec_words(manifest: ModelManifest) -> str:
     return f"{latent}, image {describe_shape(manifest.image_shape)}{dynamic}"
 
 
-class ModelRegistry:
+class FolderLoader:
+    """Loads one model version folder into a warmed-up :class:`ServedModel` (blocking: the
+    repository runs it in a thread)."""
+
     def __init__(
         self,
         settings: ServerSettings,
@@ -146,80 +149,15 @@ class ModelRegistry:
         self._executor = executor
         self._observer_factory = observer_factory
         self._tracer_factory = tracer_factory
-        self._entries: dict[str, ModelEntry] = {}
-        self.default_model = ""
-        # Every model's request and run statistics (Triton's statistics extension).
+        # Every version's request and run statistics (Triton's statistics extension).
         self.statistics = StatisticsBook()
 
-    @property
-    def entries(self) -> list[ModelEntry]:
-        return [self._entries[name] for name in sorted(self._entries)]
-
-    @property
-    def ready_names(self) -> list[str]:
-        return [e.name for e in self.entries if e.state is ModelState.READY]
-
-    def scan(self) -> list[ModelEntry]:
-        """Read every model folder's manifest and hashes; nothing is loaded yet."""
-        root = self._settings.models_dir
-        if not root.is_dir():
-            log.error("models_dir %s does not exist or is not a folder; no models to serve", root)
-            return []
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            if folder.name.startswith((".", "_")):
-                continue
-            try:
-                manifest = load_model_folder(folder)
-            except ManifestError as e:
-                self._refuse(ModelEntry(folder.name, folder, ModelState.FAILED), str(e))
-                continue
-            if manifest.name in self._entries:
-                other = self._entries[manifest.name].folder
-                self._refuse(
-                    ModelEntry(folder.name, folder, ModelState.FAILED, manifest),
-                    f"{folder}: model name {manifest.name!r} is already served from {other}",
-                )
-                continue
-            self._entries[manifest.name] = ModelEntry(
-                manifest.name, folder, ModelState.LOADING, manifest
-            )
-        if not self._entries:
-            log.error("no model folders found under %s", root)
-        return self.entries
-
-    def _refuse(self, entry: ModelEntry, reason: str) -> None:
-        log.error("model folder %s refused: %s", entry.folder, reason)
-        entry.state, entry.error, entry.model = ModelState.FAILED, reason, None
-        key = entry.name if entry.name not in self._entries else str(entry.folder)
-        self._entries[key] = entry
-
-    async def load_all(self) -> None:
-        """Create sessions, check shapes and warm up every scanned model (one at a time,
-        off the event loop), then pick the default model."""
-        loop = asyncio.get_running_loop()
-        providers = choose_providers(self._settings.device)
-        for entry in self.entries:
-            if entry.state is not ModelState.LOADING:
-                continue
-            try:
-                model = await loop.run_in_executor(None, self._load, entry, providers)
-            except (ManifestError, ValueError, RuntimeError, OSError) as e:
-                self._refuse(entry, f"{entry.folder}: {e}")
-                continue
-            except Exception as e:  # onnxruntime raises its own exception types
-                self._refuse(entry, f"{entry.folder}: cannot load graph: {type(e).__name__}: {e}")
-                continue
-            model.start()
-            entry.model, entry.state = model, ModelState.READY
-            log.info(
-                "model %s ready (%s, images %s, latent %s, providers %s)",
-                entry.name,
-                model.manifest.kind,
-                describe_shape(model.image_shape),
-                describe_shape(model.latent_shape),
-                ", ".join(model.providers),
-            )
-        self.default_model = self._pick_default()
+    def load(
+        self, folder: Path, manifest: ModelManifest, version: int, providers: list[str]
+    ) -> ServedModel:
+        """Sessions, shape checks, one batcher per graph of this version, warm-up."""
+        entry = ModelEntry(manifest.name, folder, ModelState.LOADING, manifest, version=version)
+        return self._load(entry, providers)
 
     def _load(self, entry: ModelEntry, providers: list[str]) -> ServedModel:
         assert entry.manifest is not None
@@ -231,7 +169,9 @@ class ModelRegistry:
 
         def batcher(graph: str, session: GraphSession) -> DynamicBatcher:
             observer = (
-                self._observer_factory(manifest.name, graph) if self._observer_factory else None
+                self._observer_factory(manifest.name, str(entry.version), graph)
+                if self._observer_factory
+                else None
             )
             return DynamicBatcher(
                 session.run,
@@ -244,10 +184,10 @@ class ModelRegistry:
                 inline_max_rows=INLINE_MAX_ROWS,
                 inline_after_idle_s=INLINE_AFTER_IDLE_S,
                 observer=observer,
-                name=f"{manifest.name}/{graph}",
-                statistics=self.statistics.graph(manifest.name, manifest.version, graph),
+                name=f"{manifest.name}/{entry.version}/{graph}",
+                statistics=self.statistics.graph(manifest.name, str(entry.version), graph),
                 tracer=(
-                    self._tracer_factory(manifest.name, manifest.version, graph)
+                    self._tracer_factory(manifest.name, str(entry.version), graph)
                     if self._tracer_factory
                     else None
                 ),
@@ -261,49 +201,7 @@ class ModelRegistry:
             batcher("encoder", encoder),
             batcher("decoder", decoder),
             self.statistics,
+            version=entry.version,
         )
         model.warm_up(s.warmup_runs)
         return model
-
-    def _pick_default(self) -> str:
-        ready = self.ready_names
-        wanted = self._settings.default_model
-        if wanted in ready:
-            return wanted
-        if not ready:
-            log.error("no model is ready; every request will fail until models are fixed")
-            return ""
-        log.warning(
-            "default model %r is not available; using %r (first ready model alphabetically)",
-            wanted,
-            ready[0],
-        )
-        return ready[0]
-
-    def get_entry(self, name: str) -> ModelEntry:
-        """The entry for `name` (empty = default), in any state; NOT_FOUND if unknown."""
-        key = name or self.default_model
-        entry = self._entries.get(key)
-        if entry is None:
-            if not name:
-                raise unavailable(
-                    "no default model is ready (the server is starting, or no model folder "
-                    "could be loaded)"
-                )
-            available = ", ".join(self.ready_names) or "none"
-            raise not_found(f"unknown model {name!r}; available models: {available}")
-        return entry
-
-    def resolve(self, name: str) -> ServedModel:
-        """The READY model for `name` (empty = default), or the error the caller should get."""
-        entry = self.get_entry(name)
-        if entry.state is ModelState.FAILED:
-            raise failed_precondition(f"model {entry.name!r} is not served: {entry.error}")
-        if entry.state is ModelState.LOADING or entry.model is None:
-            raise unavailable(f"model {entry.name!r} is still loading; retry shortly")
-        return entry.model
-
-    async def close(self) -> None:
-        for entry in self.entries:
-            if entry.model is not None:
-                await entry.model.close()

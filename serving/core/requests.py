@@ -29,7 +29,7 @@ from latentserve.wording import counted
 from serving.core.errors import invalid_argument, resource_exhausted
 from serving.core.images import decode_image
 from serving.core.model import Encoded, SampleChunk, ServedModel
-from serving.core.registry import ModelRegistry
+from serving.core.repository import ModelRepository
 from serving.process.settings import ServerSettings
 
 Float32Array = npt.NDArray[np.float32]
@@ -109,13 +109,14 @@ class SampleRequest:
 class RequestParser:
     """Validates requests against one server's limits (`settings`) and models (`registry`)."""
 
-    def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
+    def __init__(self, registry: ModelRepository, settings: ServerSettings) -> None:
         self._registry = registry
         self._settings = settings
 
-    def model(self, name: str) -> ServedModel:
-        """The READY model called `name` (empty = the default), or the error to answer."""
-        return self._registry.resolve(name)
+    def model(self, name: str, version: int = 0) -> ServedModel:
+        """The READY model called `name` (empty = the default) at `version` (0 = its newest
+        served version), or the error to answer."""
+        return self._registry.resolve(name, version)
 
     # -- Encode -----------------------------------------------------------------------------
 

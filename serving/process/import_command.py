@@ -12,12 +12,10 @@ subcommand beside its own.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from latentserve.manifest import describe_shape
-from serving.core.importer import ImportOptions, ImportRefused, import_pair
+from serving.core.importer import ImportOptions, import_pair
 
 PROG = "latent-models"
 
@@ -106,19 +104,3 @@ def run_import(args: argparse.Namespace) -> int:
         f"wrote {args.out}"
     )
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Manage latentserve model folders.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_import_command(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except (ImportRefused, OSError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2

@@ -2,17 +2,20 @@
 HTTP endpoint. Each server owns its own CollectorRegistry, so several servers in one process
 (tests) do not collide.
 
-Exported series (labels in braces):
-  latentserve_requests_total{model,method}               RPCs received
-  latentserve_request_errors_total{model,method,code}    RPCs that ended with a non-OK status
-  latentserve_request_latency_seconds{model,method}      RPC wall time (histogram)
-  latentserve_samples_total{model,method}                images/latents answered (OK calls)
-  latentserve_batch_rows{model,graph}                    rows per onnxruntime run (histogram)
-  latentserve_batch_requests{model,graph}                requests merged per run (histogram)
-  latentserve_inference_seconds{model,graph}             onnxruntime run time (histogram)
-  latentserve_queue_wait_seconds{model,graph}            each request's wait for its run
-  latentserve_queue_depth{model,graph}                   requests waiting for a batch
-  latentserve_model_ready{model}                         1 when READY, else 0
+Exported series (labels in braces; `version` is the model's repository version, empty for
+a call that failed before a version was chosen):
+  latentserve_requests_total{model,method,version}              RPCs received
+  latentserve_request_errors_total{model,method,code,version}   RPCs that ended non-OK
+  latentserve_request_latency_seconds{model,method,version}     RPC wall time (histogram)
+  latentserve_samples_total{model,method,version}               images/latents answered
+  latentserve_batch_rows{model,graph,version}            rows per onnxruntime run (histogram)
+  latentserve_batch_requests{model,graph,version}        requests merged per run (histogram)
+  latentserve_inference_seconds{model,graph,version}     onnxruntime run time (histogram)
+  latentserve_queue_wait_seconds{model,graph,version}    each request's wait for its run
+  latentserve_queue_depth{model,graph,version}           requests waiting for a batch
+  latentserve_model_ready{model,version}                 1 when that version is READY, else 0
+  latentserve_model_loads_total{model,version,outcome}   version loads (outcome ok / failed)
+  latentserve_model_unloads_total{model,version}         versions released
 With several worker processes (serving/process/supervisor.py) also:
   latentserve_worker_requests_total{worker}              RPCs received by each worker
   latentserve_worker_up{worker,pid}                      1 per live worker process
@@ -57,14 +60,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class BatchMetrics:
-    """The batcher's observer for one (model, graph)."""
+    """The batcher's observer for one (model, version, graph)."""
 
-    def __init__(self, metrics: Metrics, model: str, graph: str) -> None:
-        self._rows = metrics.batch_rows.labels(model, graph)
-        self._requests = metrics.batch_requests.labels(model, graph)
-        self._seconds = metrics.inference_seconds.labels(model, graph)
-        self._depth = metrics.queue_depth.labels(model, graph)
-        self._wait = metrics.queue_wait.labels(model, graph)
+    def __init__(self, metrics: Metrics, model: str, version: str, graph: str) -> None:
+        self._rows = metrics.batch_rows.labels(model, graph, version)
+        self._requests = metrics.batch_requests.labels(model, graph, version)
+        self._seconds = metrics.inference_seconds.labels(model, graph, version)
+        self._depth = metrics.queue_depth.labels(model, graph, version)
+        self._wait = metrics.queue_wait.labels(model, graph, version)
 
     def batch_ran(self, rows: int, requests: int, seconds: float) -> None:
         self._rows.observe(rows)
@@ -90,8 +93,8 @@ class Metrics:
             self._worker_requests = self._define_worker_metrics(str(worker))
         # Label children by (model, method), for observe_request. The samples series is
         # kept apart so that it appears only once a call has answered samples.
-        self._request_series: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
-        self._samples_series: dict[tuple[str, str], Counter] = {}
+        self._request_series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._samples_series: dict[tuple[str, str, str], Counter] = {}
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -100,23 +103,26 @@ class Metrics:
         samples answered."""
         r = self.registry
         self.requests = Counter(
-            "latentserve_requests", "RPCs received", ["model", "method"], registry=r
+            "latentserve_requests", "RPCs received", ["model", "method", "version"], registry=r
         )
         self.errors = Counter(
             "latentserve_request_errors",
             "RPCs that ended with a non-OK gRPC status",
-            ["model", "method", "code"],
+            ["model", "method", "code", "version"],
             registry=r,
         )
         self.latency = Histogram(
             "latentserve_request_latency_seconds",
             "RPC wall time in seconds",
-            ["model", "method"],
+            ["model", "method", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.samples = Counter(
-            "latentserve_samples", "Images or latents processed", ["model", "method"], registry=r
+            "latentserve_samples",
+            "Images or latents processed",
+            ["model", "method", "version"],
+            registry=r,
         )
 
     def _define_batch_metrics(self) -> None:
@@ -125,35 +131,35 @@ class Metrics:
         self.batch_rows = Histogram(
             "latentserve_batch_rows",
             "Rows (images or latents) per onnxruntime run",
-            ["model", "graph"],
+            ["model", "graph", "version"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.batch_requests = Histogram(
             "latentserve_batch_requests",
             "Requests merged into one onnxruntime run",
-            ["model", "graph"],
+            ["model", "graph", "version"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.inference_seconds = Histogram(
             "latentserve_inference_seconds",
             "onnxruntime run time in seconds",
-            ["model", "graph"],
+            ["model", "graph", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "latentserve_queue_wait_seconds",
             "Each request's wait in the batcher's queue before its onnxruntime run, in seconds",
-            ["model", "graph"],
+            ["model", "graph", "version"],
             buckets=(0.0, *LATENCY_BUCKETS),
             registry=r,
         )
         self.queue_depth = Gauge(
             "latentserve_queue_depth",
             "Requests waiting for a batch",
-            ["model", "graph"],
+            ["model", "graph", "version"],
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -162,10 +168,19 @@ class Metrics:
         r = self.registry
         self.model_ready = Gauge(
             "latentserve_model_ready",
-            "1 when the model is READY",
-            ["model"],
+            "1 when the model version is READY",
+            ["model", "version"],
             registry=r,
             multiprocess_mode="livemin",
+        )
+        self.model_loads = Counter(
+            "latentserve_model_loads",
+            "Model version loads, by outcome (ok, failed)",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "latentserve_model_unloads", "Model versions released", ["model", "version"], registry=r
         )
 
     def _define_worker_metrics(self, label: str) -> Counter:
@@ -187,28 +202,45 @@ class Metrics:
         ).labels(label).set(1)
         return requests
 
-    def batch_observer(self, model: str, graph: str) -> BatchMetrics:
-        return BatchMetrics(self, model, graph)
+    def batch_observer(self, model: str, version: str, graph: str) -> BatchMetrics:
+        return BatchMetrics(self, model, version, graph)
+
+    def model_event(self, event: str, model: str, version: str) -> None:
+        """A repository event: "loaded", "failed" or "unloaded"."""
+        if event == "unloaded":
+            self.model_unloads.labels(model, version).inc()
+        else:
+            self.model_loads.labels(model, version, "ok" if event == "loaded" else "failed").inc()
 
     def observe_request(
-        self, model: str, method: str, code: str, seconds: float, samples: int = 0
+        self,
+        model: str,
+        method: str,
+        code: str,
+        seconds: float,
+        samples: int = 0,
+        version: str = "",
     ) -> None:
         # labels() costs a lock and a tuple per call; the children are looked up once.
-        series = self._request_series.get((model, method))
+        key = (model, method, version)
+        series = self._request_series.get(key)
         if series is None:
-            series = (self.requests.labels(model, method), self.latency.labels(model, method))
-            self._request_series[(model, method)] = series
+            series = (
+                self.requests.labels(model, method, version),
+                self.latency.labels(model, method, version),
+            )
+            self._request_series[key] = series
         requests, latency = series
         requests.inc()
         if self._worker_requests is not None:
             self._worker_requests.inc()
         latency.observe(seconds)
         if code != "OK":
-            self.errors.labels(model, method, code).inc()
+            self.errors.labels(model, method, code, version).inc()
         elif samples:
-            counter = self._samples_series.get((model, method))
+            counter = self._samples_series.get(key)
             if counter is None:
-                counter = self._samples_series[(model, method)] = self.samples.labels(model, method)
+                counter = self._samples_series[key] = self.samples.labels(model, method, version)
             counter.inc(samples)
 
     def serve_http(self, host: str, port: int) -> None:

@@ -6,6 +6,9 @@ load and warm up every model, then mark the server and each READY model SERVING.
 Health service names: "" (the whole server: SERVING once loading is done and at least one
 model is ready), "latentserve.v1.Autoencoder" (same), and each model's name (e.g.
 "mnist-vae": SERVING when that model is READY).
+With `model_control` poll, a task rescans the repository every `poll_interval_s`
+(serving.core.repository); with explicit, the v2 repository API loads and unloads. Health
+per model follows its versions: SERVING while one is READY.
 On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls are still served for
 `drain_delay_s` (so balancers notice first), then get UNAVAILABLE, in-flight calls get
 `grace_period_s` to finish, then the process exits 0.
@@ -14,6 +17,7 @@ On SIGTERM/SIGINT: every health status goes NOT_SERVING, new calls are still ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -34,7 +38,8 @@ from latentserve._proto.inference import grpc_predict_v2_pb2_grpc as v2_pb_grpc
 from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
 from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
 from latentserve.wording import counted
-from serving.core.registry import ModelRegistry, ModelState
+from serving.core.registry import ModelState
+from serving.core.repository import ModelRepository
 from serving.process.metrics import Metrics
 from serving.process.ports import listening_socket, port_error
 from serving.process.settings import ServerSettings, StartupError
@@ -87,12 +92,17 @@ class LatentServer:
         self._executor = ThreadPoolExecutor(
             max_workers=settings.inference_workers, thread_name_prefix="inference"
         )
-        self.registry = ModelRegistry(
+        where = f"pid {os.getpid()}" if worker is None else f"worker {worker} (pid {os.getpid()})"
+        self.registry = ModelRepository(
             settings,
             self._executor,
             self.metrics.batch_observer,
             tracing.batch_tracer if tracing is not None else None,
+            settled=lambda: self.calls.settled(),
+            where=where,
+            on_event=self.metrics.model_event,
         )
+        self.registry.listeners.append(self._states_changed)
         self._shared_statistics = (
             None
             if statistics_dir is None
@@ -111,6 +121,11 @@ class LatentServer:
         self._stopped = asyncio.Event()
         self._overall = NOT_SERVING
         self._announced_serving = False  # drain_delay_s only matters once balancers saw SERVING
+        self._loaded = False  # start-up loading done: health follows the repository from then
+        self._may_announce = False  # the whole server's health may follow the models
+        self._publishing: asyncio.Task[None] | None = None
+        self._published: set[tuple[str, str]] = set()  # (model, version) with a ready gauge
+        self._poller: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -211,20 +226,20 @@ class LatentServer:
 
     async def load_models(self, announce: bool = True) -> None:
         """Load and warm up every model, then report SERVING for what is ready (the whole
-        server only with `announce`; otherwise `announce_ready` does that later)."""
+        server only with `announce`; otherwise `announce_ready` does that later). With
+        model_control poll, the repository is rescanned from then on."""
         await self.registry.load_all()
         # What exists now (modules, sessions, settings) lives as long as the process: keep it
         # out of the cyclic collector's full passes, which otherwise walk all of it again and
         # again under load (about 10% of the server's CPU per Encode call at 64 streams).
         gc.freeze()
-        for entry in self.registry.entries:
-            ready = entry.state is ModelState.READY
-            self.metrics.model_ready.labels(entry.name).set(1 if ready else 0)
-            await self.health.set(entry.name, SERVING if ready else NOT_SERVING)
+        self._loaded = True
+        await self._publish_states()
         ready_names = self.registry.ready_names
-        self._overall = SERVING if ready_names else NOT_SERVING
         if announce:
             await self.announce_ready()
+        if self.settings.model_control == "poll" and self._poller is None:
+            self._poller = asyncio.create_task(self._poll_forever())
         failed = [e.name for e in self.registry.entries if e.state is ModelState.FAILED]
         refused = f"; refused {', '.join(failed)}" if failed else ""
         if not ready_names:
@@ -233,13 +248,54 @@ class LatentServer:
         log.info(
             "%s: serving %s (default %s)%s",
             "ready" if announce else "warmed up",
-            ", ".join(ready_names),
+            self.registry.loaded_summary(),
             self.registry.default_model,
             refused,
         )
 
+    async def _poll_forever(self) -> None:
+        interval = self.settings.poll_interval_s
+        log.info("polling %s for model changes every %.1f s", self.settings.models_dir, interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.registry.poll()
+            except Exception:  # a bad scan must not end polling
+                log.exception("polling the model repository failed; retrying")
+
+    def _states_changed(self) -> None:
+        """The repository changed a version's state: health and metrics follow (coalesced)."""
+        if not self._loaded or self._stopped.is_set():
+            return
+        if self._publishing is None or self._publishing.done():
+            self._publishing = asyncio.get_running_loop().create_task(self._publish_states())
+
+    async def _publish_states(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        serving = not self.calls.draining and not self._stopped.is_set()
+        for slot in self.registry.slots:
+            ready = bool(slot.ready_versions())
+            for number, entry in slot.versions.items():
+                seen.add((slot.name, str(number)))
+                gauge = self.metrics.model_ready.labels(slot.name, str(number))
+                gauge.set(1 if entry.ready else 0)
+            if serving:
+                await self.health.set(slot.name, SERVING if ready else NOT_SERVING)
+        # Versions and models that left the repository: not ready, not serving.
+        for name, version in self._published - seen:
+            self.metrics.model_ready.labels(name, version).set(0)
+        names = {name for name, _ in seen}
+        for name in {name for name, _ in self._published} - names:
+            if serving:
+                await self.health.set(name, NOT_SERVING)
+        self._published = seen
+        self._overall = SERVING if self.registry.ready_names else NOT_SERVING
+        if self._may_announce:
+            await self.announce_ready()
+
     async def announce_ready(self) -> None:
         """The whole server's health follows the models: SERVING if at least one is ready."""
+        self._may_announce = True
         if not self._stopped.is_set() and not self.calls.draining:
             await self.health.set("", self._overall)
             await self.health.set(SERVICE_NAME, self._overall)
@@ -251,6 +307,10 @@ class LatentServer:
             return
         grace = self.settings.grace_period_s if grace is None else grace
         started = time.monotonic()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
         log.info(
             "shutting down: draining %s (grace %.1fs)",
             counted(self.calls.in_flight, "in-flight call"),
@@ -350,9 +410,10 @@ async def _serve(settings: ServerSettings, tracing: Tracing | None) -> int:
     loading.add_done_callback(_log_loading_failure)
     stopping = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if loading.done() and not server.registry.ready_names:
+    if loading.done() and not server.registry.ready_names and settings.model_control == "none":
         # Refuse rather than sit NOT_SERVING: a server that can serve nothing is a
-        # misconfiguration, and an exit is what supervisors and orchestrators report.
+        # misconfiguration, and an exit is what supervisors and orchestrators report. With
+        # poll or explicit model control, models may still arrive: it waits for them.
         log.error("no servable model in %s: %s", settings.models_dir, NO_MODEL_FIX)
         stopping.cancel()
         await server.stop(0)

@@ -21,6 +21,7 @@ ENV_PREFIX = "LATENTSERVE_"
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
+ModelControl = Literal["none", "poll", "explicit"]
 
 MiB = 1 << 20
 
@@ -57,6 +58,16 @@ class ServerSettings(BaseSettings):
         "mnist-vae",
         description="model used when a request names none; if absent, the first ready "
         "model in alphabetical order",
+    )
+    model_control: ModelControl = Field(
+        "none",
+        description="none: load the models dir once at start-up; poll: also pick up new, "
+        "changed and removed version folders every poll_interval_s; explicit: only the "
+        "repository API (POST /v2/repository/models/NAME/load, .../unload) changes what is "
+        "served (docs/serving.md, Model repository)",
+    )
+    poll_interval_s: float = Field(
+        5.0, gt=0.0, le=3600.0, description="with model_control poll, seconds between scans"
     )
     device: Device = Field("auto", description="auto (CUDA if available, else CPU), cpu or cuda")
     intra_op_threads: int = Field(
@@ -183,6 +194,14 @@ class ServerSettings(BaseSettings):
             )
         if self.auth_token_file is not None and not read_token_file(self.auth_token_file):
             raise ValueError(f"auth_token_file {self.auth_token_file} holds no token")
+        if self.model_control == "explicit" and self.workers != 1:
+            # A repository call reaches the one worker its connection landed on (SO_REUSEPORT
+            # picks it), so the workers would serve different versions: refuse, not diverge.
+            raise ValueError(
+                "model_control explicit needs workers 1: a load or unload call reaches only "
+                "one worker process; with several workers use model_control poll (each worker "
+                "scans the repository and converges within one poll interval)"
+            )
         return self
 
     @property

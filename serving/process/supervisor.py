@@ -518,7 +518,7 @@ async def _serve_worker(
         conn.send(("failed", str(e)))
         await server.stop(0)
         return EXIT_STARTUP_ERROR
-    if not server.registry.ready_names:
+    if not server.registry.ready_names and settings.model_control == "none":
         conn.send(("failed", f"no servable model in {settings.models_dir}: {NO_MODEL_FIX}"))
         await server.stop(0)
         return EXIT_STARTUP_ERROR

@@ -79,6 +79,8 @@ class Call:
     samples: int = 0
     start: float = field(default_factory=time.perf_counter)
     trace: object = None  # the call's span, when tracing is on
+    version: str = ""  # metric label: the model version that answered, once resolved
+    epoch: int = 0  # the tracker's epoch when the call began (see `CallTracker.settled`)
 
 
 class CallTracker:
@@ -97,6 +99,33 @@ class CallTracker:
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Calls in flight per epoch, and who waits for the epochs up to some number to empty.
+        self._epoch = 0
+        self._open: dict[int, int] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def settled(self) -> None:
+        """Wait until every call admitted before now has ended (calls admitted later do not
+        count). The repository retires a model version after this: once the version takes
+        no new calls, the calls that may still hold it are exactly these."""
+        epoch = self._epoch
+        self._epoch += 1
+        if not any(e <= epoch for e in self._open):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((epoch, waiter))
+        await waiter
+
+    def _wake_settled(self) -> None:
+        oldest = min(self._open, default=self._epoch)
+        pending = []
+        for epoch, waiter in self._waiters:
+            if epoch < oldest:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                pending.append((epoch, waiter))
+        self._waiters = pending
 
     async def drain(self, timeout: float) -> bool:
         """Refuse new calls (UNAVAILABLE) and wait up to `timeout` seconds for the accepted
@@ -125,7 +154,9 @@ class CallTracker:
             raise Refused(status)
         self.in_flight += 1
         self._idle.clear()
-        call = Call(method, model or self._default_model() or UNKNOWN_MODEL_LABEL)
+        epoch = self._epoch
+        self._open[epoch] = self._open.get(epoch, 0) + 1
+        call = Call(method, model or self._default_model() or UNKNOWN_MODEL_LABEL, epoch=epoch)
         if self.tracing is not None:
             call.trace = self.tracing.start_call(method, carrier)
         return call
@@ -140,6 +171,13 @@ class CallTracker:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
+        left = self._open[call.epoch] - 1
+        if left:
+            self._open[call.epoch] = left
+        else:
+            del self._open[call.epoch]
+            if self._waiters:
+                self._wake_settled()
         if error is None:
             self._record(call, "OK")
             return None
@@ -148,6 +186,7 @@ class CallTracker:
             failure = error if isinstance(error, ServingError) else _invalid(error)
             if failure.code is grpc.StatusCode.NOT_FOUND:
                 call.model = UNKNOWN_MODEL_LABEL  # keep label cardinality bounded
+                call.version = ""
             code = failure.code.name
             status = Status(failure.code, bounded(failure.message))
         elif isinstance(error, (asyncio.CancelledError, GeneratorExit)):
@@ -171,7 +210,12 @@ class CallTracker:
 
     def _record(self, call: Call, code: str) -> None:
         self._metrics.observe_request(
-            call.model, call.method, code, time.perf_counter() - call.start, call.samples
+            call.model,
+            call.method,
+            code,
+            time.perf_counter() - call.start,
+            call.samples,
+            call.version,
         )
         if call.trace is not None and self.tracing is not None:
             self.tracing.end_call(call.trace, call.model, code)

@@ -23,7 +23,7 @@ import grpc
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from serving.core.registry import ModelRegistry
+from serving.core.repository import ModelRepository
 from serving.process.settings import ServerSettings
 from serving.protocols.auth import HTTP_CREDENTIALS, TokenCheck
 from serving.protocols.v2.inference import V2Api
@@ -56,7 +56,7 @@ class HttpContext:
     """What route providers may use: the v2 API, the registry and the settings."""
 
     api: V2Api
-    registry: ModelRegistry
+    registry: ModelRepository
     settings: ServerSettings
 
 

@@ -119,12 +119,14 @@ def check_rpcs_match_onnxruntime(client: LatentClient, name: str, reference: Ref
 
 
 def metric_values(text: str, family: str) -> dict[tuple[str, str], float]:
-    """{(model, method): value} of one labelled counter in a Prometheus text exposition."""
+    """{(model, method): value} of one labelled counter in a Prometheus text exposition
+    (summed over its other labels, such as the model version)."""
     values: dict[tuple[str, str], float] = {}
     for metrics in text_string_to_metric_families(text):
         for sample in metrics.samples:
             if sample.name == family:
-                values[(sample.labels["model"], sample.labels["method"])] = sample.value
+                key = (sample.labels["model"], sample.labels["method"])
+                values[key] = values.get(key, 0.0) + sample.value
     return values
 
 

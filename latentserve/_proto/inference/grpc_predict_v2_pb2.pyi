@@ -3,10 +3,11 @@
 isort:skip_file
 The Open Inference Protocol (KServe v2) gRPC API, from KServe (Apache-2.0). Rebuilt from
 the FileDescriptorProto in kserve 0.21.0's kserve/protocol/grpc/grpc_predict_v2_pb2.py
-(PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers. latentserve
-serves the inference and health RPCs (the repository RPCs answer UNIMPLEMENTED); see
-docs/serving.md, "Open Inference Protocol (KServe v2)". ModelStatistics and its messages
-(at the end) are added from Triton's statistics extension; see docs/operations.md.
+(PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers, plus
+RepositoryIndex with Triton's messages (triton-inference-server/common grpc_service.proto),
+which KServe's proto lacks (see docs/serving.md, "Open Inference Protocol (KServe v2)" and
+"Model repository"), and ModelStatistics and its messages (at the end) from Triton's
+statistics extension (see docs/operations.md).
 """
 
 import builtins
@@ -508,13 +509,19 @@ class RepositoryModelLoadRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: builtins.int
+    TRITON_MODEL_NAME_FIELD_NUMBER: builtins.int
     model_name: builtins.str
+    triton_model_name: builtins.str
+    """Not KServe's: Triton's RepositoryModelLoadRequest sends the model's name as field 2
+    (its field 1 is repository_name), so tritonclient's load_model reaches us too.
+    """
     def __init__(
         self,
         *,
         model_name: builtins.str = ...,
+        triton_model_name: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["model_name", b"model_name"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model_name", b"model_name", "triton_model_name", b"triton_model_name"]) -> None: ...
 
 global___RepositoryModelLoadRequest = RepositoryModelLoadRequest
 
@@ -541,13 +548,17 @@ class RepositoryModelUnloadRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_NAME_FIELD_NUMBER: builtins.int
+    TRITON_MODEL_NAME_FIELD_NUMBER: builtins.int
     model_name: builtins.str
+    triton_model_name: builtins.str
+    """As in RepositoryModelLoadRequest: Triton's field number for the model's name."""
     def __init__(
         self,
         *,
         model_name: builtins.str = ...,
+        triton_model_name: builtins.str = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["model_name", b"model_name"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model_name", b"model_name", "triton_model_name", b"triton_model_name"]) -> None: ...
 
 global___RepositoryModelUnloadRequest = RepositoryModelUnloadRequest
 
@@ -736,3 +747,59 @@ class InferBatchStatistics(google.protobuf.message.Message):
     def ClearField(self, field_name: typing.Literal["batch_size", b"batch_size", "compute_infer", b"compute_infer", "compute_input", b"compute_input", "compute_output", b"compute_output"]) -> None: ...
 
 global___InferBatchStatistics = InferBatchStatistics
+
+@typing.final
+class RepositoryIndexRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    REPOSITORY_NAME_FIELD_NUMBER: builtins.int
+    READY_FIELD_NUMBER: builtins.int
+    repository_name: builtins.str
+    ready: builtins.bool
+    def __init__(
+        self,
+        *,
+        repository_name: builtins.str = ...,
+        ready: builtins.bool = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["ready", b"ready", "repository_name", b"repository_name"]) -> None: ...
+
+global___RepositoryIndexRequest = RepositoryIndexRequest
+
+@typing.final
+class RepositoryIndexResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    @typing.final
+    class ModelIndex(google.protobuf.message.Message):
+        DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: builtins.int
+        VERSION_FIELD_NUMBER: builtins.int
+        STATE_FIELD_NUMBER: builtins.int
+        REASON_FIELD_NUMBER: builtins.int
+        name: builtins.str
+        version: builtins.str
+        state: builtins.str
+        reason: builtins.str
+        def __init__(
+            self,
+            *,
+            name: builtins.str = ...,
+            version: builtins.str = ...,
+            state: builtins.str = ...,
+            reason: builtins.str = ...,
+        ) -> None: ...
+        def ClearField(self, field_name: typing.Literal["name", b"name", "reason", b"reason", "state", b"state", "version", b"version"]) -> None: ...
+
+    MODELS_FIELD_NUMBER: builtins.int
+    @property
+    def models(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___RepositoryIndexResponse.ModelIndex]: ...
+    def __init__(
+        self,
+        *,
+        models: collections.abc.Iterable[global___RepositoryIndexResponse.ModelIndex] | None = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["models", b"models"]) -> None: ...
+
+global___RepositoryIndexResponse = RepositoryIndexResponse

@@ -3,10 +3,11 @@
 isort:skip_file
 The Open Inference Protocol (KServe v2) gRPC API, from KServe (Apache-2.0). Rebuilt from
 the FileDescriptorProto in kserve 0.21.0's kserve/protocol/grpc/grpc_predict_v2_pb2.py
-(PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers. latentserve
-serves the inference and health RPCs (the repository RPCs answer UNIMPLEMENTED); see
-docs/serving.md, "Open Inference Protocol (KServe v2)". ModelStatistics and its messages
-(at the end) are added from Triton's statistics extension; see docs/operations.md.
+(PyPI) by scripts/proto_from_descriptor.py: same messages, fields and numbers, plus
+RepositoryIndex with Triton's messages (triton-inference-server/common grpc_service.proto),
+which KServe's proto lacks (see docs/serving.md, "Open Inference Protocol (KServe v2)" and
+"Model repository"), and ModelStatistics and its messages (at the end) from Triton's
+statistics extension (see docs/operations.md).
 """
 
 import abc
@@ -73,6 +74,11 @@ class GRPCInferenceServiceStub:
     Triton's grpc_service.proto, so tritonclient's get_inference_statistics() reads it.
     """
 
+    RepositoryIndex: grpc.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.RepositoryIndexRequest,
+        inference.grpc_predict_v2_pb2.RepositoryIndexResponse,
+    ]
+
 class GRPCInferenceServiceAsyncStub:
     ServerLive: grpc.aio.UnaryUnaryMultiCallable[
         inference.grpc_predict_v2_pb2.ServerLiveRequest,
@@ -121,6 +127,11 @@ class GRPCInferenceServiceAsyncStub:
     """Triton's statistics extension (not in KServe's proto): same names and field numbers as
     Triton's grpc_service.proto, so tritonclient's get_inference_statistics() reads it.
     """
+
+    RepositoryIndex: grpc.aio.UnaryUnaryMultiCallable[
+        inference.grpc_predict_v2_pb2.RepositoryIndexRequest,
+        inference.grpc_predict_v2_pb2.RepositoryIndexResponse,
+    ]
 
 class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -188,5 +199,12 @@ class GRPCInferenceServiceServicer(metaclass=abc.ABCMeta):
         """Triton's statistics extension (not in KServe's proto): same names and field numbers as
         Triton's grpc_service.proto, so tritonclient's get_inference_statistics() reads it.
         """
+
+    @abc.abstractmethod
+    def RepositoryIndex(
+        self,
+        request: inference.grpc_predict_v2_pb2.RepositoryIndexRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[inference.grpc_predict_v2_pb2.RepositoryIndexResponse, collections.abc.Awaitable[inference.grpc_predict_v2_pb2.RepositoryIndexResponse]]: ...
 
 def add_GRPCInferenceServiceServicer_to_server(servicer: GRPCInferenceServiceServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

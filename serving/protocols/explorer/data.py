@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from latentserve.manifest import ModelManifest
-from serving.core.registry import ModelRegistry, ModelState
+from serving.core.registry import ModelState
+from serving.core.repository import ModelRepository
 from serving.protocols.v2.models import Role, v2_name
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def model_data(manifest: ModelManifest, folder: Path) -> Json:
 class ExplorerData:
     """The page's model data for one registry; each folder's files are read once."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRepository) -> None:
         self._registry = registry
         self._cache: dict[tuple[str, Path], bytes] = {}
 

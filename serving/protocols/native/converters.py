@@ -18,7 +18,8 @@ from latentserve.priors import PRIOR_TO_PROTO, PROTO_TO_PRIOR, PriorName
 from latentserve.tensors import array_to_tensor
 from serving.core.errors import invalid_argument
 from serving.core.model import Encoded
-from serving.core.registry import ModelEntry, ModelRegistry, ModelState
+from serving.core.registry import ModelEntry, ModelState
+from serving.core.repository import ModelRepository, ModelSlot, VersionState
 from serving.core.requests import DecodeRequest, EncodeRequest, ImageDtype, SampleRequest
 
 Float32Array = npt.NDArray[np.float32]
@@ -26,7 +27,14 @@ Float32Array = npt.NDArray[np.float32]
 STATE_TO_PROTO = {
     ModelState.READY: pb.MODEL_STATE_READY,
     ModelState.FAILED: pb.MODEL_STATE_FAILED,
-    ModelState.LOADING: pb.MODEL_STATE_UNSPECIFIED,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
+}
+VERSION_STATE_TO_PROTO = {
+    VersionState.LOADING: pb.MODEL_STATE_LOADING,
+    VersionState.READY: pb.MODEL_STATE_READY,
+    VersionState.UNLOADING: pb.MODEL_STATE_UNLOADING,
+    VersionState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
 }
 
 
@@ -62,7 +70,7 @@ def images_tensor(images: Float32Array, image_dtype: ImageDtype) -> pb.Tensor:
 def encode_response(request: EncodeRequest, result: Encoded) -> pb.EncodeResponse:
     return pb.EncodeResponse(
         model=request.model.name,
-        model_version=request.model.manifest.version,
+        model_version=str(request.model.version),
         latents=array_to_tensor(result.latents),
         # None leaves a field unset (a plain autoencoder has no log_var; z only on request).
         log_var=None if result.log_var is None else array_to_tensor(result.log_var),
@@ -76,7 +84,7 @@ def decode_response(
 ) -> pb.DecodeResponse:
     response = pb.DecodeResponse(
         model=request.model.name,
-        model_version=request.model.manifest.version,
+        model_version=str(request.model.version),
         images=images_tensor(images, request.image_dtype),
     )
     response.png.extend(pngs)
@@ -92,7 +100,7 @@ def sample_response(
 ) -> pb.SampleResponse:
     response = pb.SampleResponse(
         model=request.model.name,
-        model_version=request.model.manifest.version,
+        model_version=str(request.model.version),
         images=images_tensor(images, request.image_dtype),
         seed=request.seed,
         offset=offset,
@@ -104,17 +112,25 @@ def sample_response(
     return response
 
 
-def list_models_response(registry: ModelRegistry) -> pb.ListModelsResponse:
+def list_models_response(registry: ModelRepository) -> pb.ListModelsResponse:
     return pb.ListModelsResponse(
-        models=[model_info(e) for e in registry.entries], default_model=registry.default_model
+        models=[model_info(e, registry.slot(e.name)) for e in registry.entries],
+        default_model=registry.default_model,
     )
 
 
-def model_info(entry: ModelEntry) -> pb.ModelInfo:
+def model_info(entry: ModelEntry, slot: ModelSlot | None = None) -> pb.ModelInfo:
+    """The model as `entry` shows it (its newest served version), and every version."""
     info = pb.ModelInfo(name=entry.name, state=STATE_TO_PROTO[entry.state], error=entry.error)
+    if slot is not None:
+        for number in sorted(slot.versions, reverse=True):
+            v = slot.versions[number]
+            info.versions.add(
+                version=number, state=_version_state(v.state, v.failed), reason=v.reason
+            )
     m = entry.manifest
     if m is not None:
-        info.version = m.version
+        info.version = str(entry.version)
         info.kind = m.kind
         info.latent_dim = m.latent_dim
         info.image_shape.extend(m.image_shape)
@@ -133,3 +149,9 @@ def model_info(entry: ModelEntry) -> pb.ModelInfo:
     if entry.model is not None:
         info.providers.extend(entry.model.providers)
     return info
+
+
+def _version_state(state: VersionState, failed: bool) -> pb.ModelState.ValueType:
+    if failed and state is VersionState.UNAVAILABLE:
+        return pb.MODEL_STATE_FAILED
+    return VERSION_STATE_TO_PROTO[state]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -24,7 +25,8 @@ from latentserve.tensors import tensor_to_array
 from serving.core.errors import invalid_argument, overloaded
 from serving.core.images import encode_pngs
 from serving.core.model import ServedModel, monotonic_deadline
-from serving.core.registry import ModelRegistry
+from serving.core.registry import ModelState
+from serving.core.repository import ModelRepository
 from serving.core.requests import EncodeRequest, RequestParser, SampleRequest
 from serving.process.settings import ServerSettings
 from serving.protocols import calls
@@ -45,7 +47,7 @@ Float32Array = npt.NDArray[np.float32]
 
 class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     def __init__(
-        self, registry: ModelRegistry, settings: ServerSettings, calls: CallTracker
+        self, registry: ModelRepository, settings: ServerSettings, calls: CallTracker
     ) -> None:
         self._registry = registry
         self._settings = settings
@@ -54,17 +56,18 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
         # SampleRandomStream calls in progress (bounded by max_concurrent_streams).
         self.active_streams = 0
 
-    def _model(self, name: str, call: Call) -> ServedModel:
-        """The READY model `name` (empty = default), now also the call's metric label."""
-        model = self._parse.model(name)
-        call.model = model.name
+    def _model(self, name: str, version: int, call: Call) -> ServedModel:
+        """The READY model `name` (empty = default) at `version` (0 = its newest), now also
+        the call's metric labels."""
+        model = self._parse.model(name, version)
+        call.model, call.version = model.name, str(model.version)
         return model
 
     @calls.unary("Encode")
     async def Encode(
         self, request: pb.EncodeRequest, context: Context, call: Call
     ) -> pb.EncodeResponse:
-        model = self._model(request.model, call)
+        model = self._model(request.model, request.version, call)
         parsed = await self._encode_request(model, request)
         result = await parsed.run(monotonic_deadline(context.time_remaining()))
         call.samples = parsed.rows
@@ -90,7 +93,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     async def Decode(
         self, request: pb.DecodeRequest, context: Context, call: Call
     ) -> pb.DecodeResponse:
-        model = self._model(request.model, call)
+        model = self._model(request.model, request.version, call)
         latents = (
             tensor_to_array(request.latents, "latents") if request.HasField("latents") else None
         )
@@ -109,7 +112,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     async def SampleRandom(
         self, request: pb.SampleRequest, context: Context, call: Call
     ) -> pb.SampleResponse:
-        model = self._model(request.model, call)
+        model = self._model(request.model, request.version, call)
         parsed = self._parse.sample(model, **_sampling_fields(request))
         deadline = monotonic_deadline(context.time_remaining())
         (chunk,) = [c async for c in parsed.chunks(deadline)]
@@ -120,7 +123,7 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     async def SampleRandomStream(
         self, request: pb.SampleRequest, context: Context, call: Call
     ) -> AsyncIterator[pb.SampleResponse]:
-        model = self._model(request.model, call)
+        model = self._model(request.model, request.version, call)
         parsed = self._parse.sample_stream(
             model, chunk_size=request.chunk_size, **_sampling_fields(request)
         )
@@ -151,7 +154,15 @@ class AutoencoderServicer(pb_grpc.AutoencoderServicer):
     ) -> pb.ModelInfo:
         entry = self._registry.get_entry(request.model)
         call.model = entry.name
-        return model_info(entry)
+        slot = self._registry.slot(entry.name)
+        if request.version:
+            # The named version, READY, or the error a call to it would get.
+            model = self._registry.resolve(entry.name, request.version)
+            entry = replace(
+                entry, state=ModelState.READY, manifest=model.manifest, model=model, error=""
+            )
+            entry.version = model.version
+        return model_info(entry, slot)
 
 
 def _sampling_fields(request: pb.SampleRequest) -> dict[str, Any]:

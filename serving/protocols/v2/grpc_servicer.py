@@ -5,7 +5,9 @@ Handlers translate only: v2 protobuf tensors to arrays (codec.py), :class:`V2Api
 answer (inference.py: typed requests, the model's batchers), arrays to
 ``raw_output_contents``. ModelMetadata and ModelInfer are tracked calls (``calls.unary``:
 drain, metrics, error -> status, like native calls); the liveness and readiness RPCs answer
-even while the server drains, which is how they report it.
+even while the server drains, which is how they report it. The repository RPCs (index,
+load, unload) are not tracked calls: an unload waits for the tracked calls in flight to
+finish, which must not include itself.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from latentserve.tensors import TensorError
 from serving.core.errors import ServingError, invalid_argument
 from serving.core.model import monotonic_deadline
 from serving.protocols import calls
-from serving.protocols.calls import Call
+from serving.protocols.calls import Call, bounded
 from serving.protocols.v2 import codec
 from serving.protocols.v2.inference import InferInput, V2Api
 from serving.protocols.v2.models import V2Model
@@ -32,12 +34,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 PUBLIC_METHODS = (
     f"/{SERVICE_NAME}/ServerLive",
     f"/{SERVICE_NAME}/ServerReady",
-)
-
-# KServe's proto has model-repository RPCs; models here are the folders found at start-up.
-REPOSITORY_CONTROL = (
-    "model repository control is not supported: latentserve serves every model folder it "
-    "finds at start-up (--models-dir); add or remove a folder and restart"
 )
 
 
@@ -67,9 +63,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: Context, call: Call
     ) -> pb.ModelMetadataResponse:
-        model = self.api.model_metadata(request.name, request.version)
+        model, versions = self.api.model_metadata(request.name, request.version)
         call.model = model.name
-        return metadata_response(model)
+        return metadata_response(model, versions)
 
     @calls.unary("ModelInfer", calls.unresolved_model)
     async def ModelInfer(
@@ -96,22 +92,41 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             call.model = request.name
         return statistics_response(stats)
 
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        Index = pb.RepositoryIndexResponse.ModelIndex
+        rows = self.api.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[
+                Index(name=r.name, version=r.version, state=r.state, reason=r.reason) for r in rows
+            ]
+        )
+
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CONTROL)
+        name = request.triton_model_name or request.model_name
+        try:
+            await self.api.repository_load(name)
+        except ServingError as e:
+            await context.abort(e.code, bounded(e.message))
+        return pb.RepositoryModelLoadResponse(model_name=name, isLoaded=True)
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, REPOSITORY_CONTROL)
+        name = request.triton_model_name or request.model_name
+        try:
+            await self.api.repository_unload(name)
+        except ServingError as e:
+            await context.abort(e.code, bounded(e.message))
+        return pb.RepositoryModelUnloadResponse(model_name=name, isUnloaded=True)
 
 
-def metadata_response(model: V2Model) -> pb.ModelMetadataResponse:
+def metadata_response(model: V2Model, versions: list[str]) -> pb.ModelMetadataResponse:
     Tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
         name=model.name,
-        versions=[model.version],
+        versions=versions,
         platform=model.platform,
         inputs=[Tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
         outputs=[Tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs],

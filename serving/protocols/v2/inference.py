@@ -18,18 +18,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serving.core.errors import invalid_argument
+from serving.core.errors import failed_precondition, invalid_argument
 from serving.core.model import ServedModel
-from serving.core.registry import ModelRegistry
+from serving.core.repository import IndexRow, ModelRepository
 from serving.core.requests import RequestParser
 from serving.process.settings import ServerSettings
 from serving.protocols.calls import Call, CallTracker
 from serving.protocols.v2 import statistics
-from serving.protocols.v2.models import Role, TensorSpec, V2Catalogue, V2Model
+from serving.protocols.v2.models import Role, TensorSpec, V2Catalogue, V2Model, split_v2_name
 
 SERVER_NAME = "latentserve"
 # Protocol extensions served beyond the core API (Triton's names, which clients check).
-EXTENSIONS = ("binary_tensor_data", "statistics")
+EXTENSIONS = ("binary_tensor_data", "statistics", "model_repository")
 
 Array = npt.NDArray[Any]
 
@@ -44,7 +44,7 @@ class InferInput:
 class V2Api:
     """Health, metadata and inference for one server's registry and limits."""
 
-    def __init__(self, registry: ModelRegistry, settings: ServerSettings, calls: CallTracker):
+    def __init__(self, registry: ModelRepository, settings: ServerSettings, calls: CallTracker):
         self.catalogue = V2Catalogue(registry)
         self.calls = calls
         self.settings = settings
@@ -69,9 +69,44 @@ class V2Api:
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return SERVER_NAME, self._version, EXTENSIONS
 
-    def model_metadata(self, name: str, version: str = "") -> V2Model:
+    def model_metadata(self, name: str, version: str = "") -> tuple[V2Model, list[str]]:
+        """The v2 model (at `version`, or its newest served) and every version served."""
         _, described = self.catalogue.resolve(name, version)
-        return described
+        return described, self.catalogue.versions(name)
+
+    # -- the model repository extension -----------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexRow]:
+        """Every model and version with its state (READY, LOADING, UNLOADING, UNAVAILABLE)
+        and reason. Models are listed by their folder name (each serves three v2 models:
+        NAME-encoder, NAME-decoder, NAME-sampler)."""
+        return self._registry.index(ready_only)
+
+    async def repository_load(self, name: str) -> None:
+        """Load (or reload) model folder `name`: see ModelRepository.load."""
+        self._check_explicit("load")
+        await self._registry.load(self._folder_name(name))
+
+    async def repository_unload(self, name: str) -> None:
+        self._check_explicit("unload")
+        await self._registry.unload(self._folder_name(name))
+
+    def _folder_name(self, name: str) -> str:
+        """The model folder a repository call means: `name` itself, or for a v2 model name
+        ("mnist-vae-decoder") the folder that serves it (a folder serves all three)."""
+        parts = split_v2_name(name)
+        if parts is None or self._registry.slot(name) or (self._registry.root / name).is_dir():
+            return name
+        return parts[0]
+
+    def _check_explicit(self, action: str) -> None:
+        mode = self.settings.model_control
+        if mode != "explicit":
+            raise failed_precondition(
+                f"cannot {action} models: this server runs with --model-control {mode} "
+                f"({'it scans the repository itself' if mode == 'poll' else 'models are fixed at start-up'}); "
+                "start it with --model-control explicit to load and unload through the API"
+            )
 
     def model_statistics(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton's statistics extension: cumulative figures per v2 model and version."""
@@ -92,7 +127,7 @@ class V2Api:
         of them), keyed by name, in the model's output order. `call` gets the metric labels
         (the v2 model name) and the rows answered."""
         model, described = self.catalogue.resolve(name, version)
-        call.model = described.name
+        call.model, call.version = described.name, described.version
         given = _match_inputs(described, inputs)
         wanted = _requested_outputs(described, requested)
         if described.role is Role.ENCODER:

@@ -25,14 +25,16 @@ This module only describes and looks up; inference.py runs the calls.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
+import weakref
 from dataclasses import dataclass
+
+import grpc
 
 from serving.core.errors import ServingError, not_found
 from serving.core.model import ServedModel
-from serving.core.registry import ModelEntry, ModelRegistry, ModelState
+from serving.core.repository import ModelRepository, ModelSlot
 from serving.core.runtime import Dim
 
 PLATFORM_ONNX = "onnxruntime_onnx"  # Triton's name for an ONNX Runtime model
@@ -106,7 +108,7 @@ def _dims(shape: list[Dim]) -> tuple[int, ...]:
 
 def describe(model: ServedModel, role: Role) -> V2Model:
     """The v2 model for one role of a loaded model, its metadata read from the graphs."""
-    name, version = v2_name(model.name, role), model.manifest.version
+    name, version = v2_name(model.name, role), str(model.version)
     if role is Role.ENCODER:
         graph, names = model.encoder, model.manifest.encoder.outputs
     elif role is Role.DECODER:
@@ -139,47 +141,78 @@ def describe(model: ServedModel, role: Role) -> V2Model:
 
 
 class V2Catalogue:
-    """The v2 models of a registry's READY model folders, described once per load."""
+    """The v2 models of a repository's READY model versions, each described once per
+    loaded version (a reloaded version may have other shapes: it is described anew)."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRepository) -> None:
         self._registry = registry
-        self._described: dict[str, V2Model] = {}
+        self._described: weakref.WeakKeyDictionary[ServedModel, dict[Role, V2Model]] = (
+            weakref.WeakKeyDictionary()
+        )
 
-    def entry(self, name: str, version: str = "") -> tuple[ModelEntry, Role]:
-        """The model folder behind v2 model `name`, in any state; NOT_FOUND if none."""
+    def _parts(self, name: str) -> tuple[ModelSlot, Role]:
+        """The model behind v2 model `name`, in any state; NOT_FOUND if none."""
         parts = split_v2_name(name)
-        entry = None
-        if parts is not None:
-            with contextlib.suppress(ServingError):
-                entry = self._registry.get_entry(parts[0])
-        if parts is None or entry is None:
-            available = ", ".join(
-                v2_name(e.name, r)
-                for e in self._registry.entries
-                for r in Role
-                if e.state is ModelState.READY
-            )
+        slot = self._registry.slot(parts[0]) if parts is not None else None
+        if parts is None or slot is None:
+            available = ", ".join(v2_name(n, r) for n in self._registry.ready_names for r in Role)
             raise not_found(
                 f"unknown model {name!r}; the Open Inference Protocol models are "
                 f"<model>-encoder, <model>-decoder and <model>-sampler: {available or 'none ready'}"
             )
-        if version and entry.manifest is not None and version != entry.manifest.version:
-            raise not_found(
-                f"model {name!r} has no version {version!r}; it serves version "
-                f"{entry.manifest.version!r} (or leave the version empty)"
-            )
-        return entry, parts[1]
+        return slot, parts[1]
+
+    def versions(self, name: str) -> list[str]:
+        """The versions of v2 model `name` that are served, newest first."""
+        slot, _ = self._parts(name)
+        return [str(v) for v in slot.ready_versions()]
 
     def is_ready(self, name: str, version: str = "") -> bool:
-        entry, _ = self.entry(name, version)
-        return entry.state is ModelState.READY
+        slot, _ = self._parts(name)
+        number = parse_version(version)
+        if not number:
+            return bool(slot.ready_versions())
+        entry = slot.versions.get(number)
+        if entry is None:
+            raise self._no_version(name, slot, version)
+        return entry.ready
 
     def resolve(self, name: str, version: str = "") -> tuple[ServedModel, V2Model]:
-        """The READY model behind `name` and its v2 description, or the right error
-        (NOT_FOUND, FAILED_PRECONDITION for a refused folder, UNAVAILABLE while loading)."""
-        entry, role = self.entry(name, version)
-        model = self._registry.resolve(entry.name)
-        described = self._described.get(name)
+        """The READY model behind `name` (at `version`; empty = the newest served) and its
+        v2 description, or the right error (NOT_FOUND, FAILED_PRECONDITION for a refused
+        folder, UNAVAILABLE while loading)."""
+        slot, role = self._parts(name)
+        number = parse_version(version)
+        try:
+            model = self._registry.resolve(slot.name, number)
+        except ServingError as e:
+            if number and e.code is grpc.StatusCode.NOT_FOUND:
+                raise self._no_version(name, slot, version) from None
+            raise
+        roles = self._described.get(model)
+        if roles is None:
+            roles = self._described[model] = {}
+        described = roles.get(role)
         if described is None:
-            described = self._described[name] = describe(model, role)
+            described = roles[role] = describe(model, role)
         return model, described
+
+    def _no_version(self, name: str, slot: ModelSlot, version: str) -> ServingError:
+        served = [f"'{v}'" for v in slot.ready_versions()]
+        serves = f"version {served[0]}" if len(served) == 1 else f"versions {', '.join(served)}"
+        return not_found(
+            f"model {name!r} has no version {version!r} loaded; it serves "
+            f"{serves if served else 'no version'} (or leave the version empty for the newest)"
+        )
+
+
+def parse_version(version: str) -> int:
+    """A request's version: "" = 0 (the newest served), else a positive integer."""
+    if not version:
+        return 0
+    if not version.isdigit() or int(version) < 1:
+        raise not_found(
+            f"model version {version!r} does not exist: versions are positive integers "
+            "(the repository's version folders), or empty for the newest"
+        )
+    return int(version)

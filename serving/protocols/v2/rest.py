@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import orjson
 from aiohttp import web
 
@@ -52,6 +53,9 @@ def routes(api: V2Api) -> list[web.RouteDef]:
         web.get("/v2/models/{name}/versions/{version}", rest.model_metadata),
         web.get("/v2/models/{name}/versions/{version}/ready", rest.model_ready),
         web.post("/v2/models/{name}/versions/{version}/infer", rest.infer),
+        web.post("/v2/repository/index", rest.repository_index),
+        web.post("/v2/repository/models/{name}/load", rest.repository_load),
+        web.post("/v2/repository/models/{name}/unload", rest.repository_unload),
     ]
 
 
@@ -117,11 +121,11 @@ class V2Rest:
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         async def work(call: Call) -> web.Response:
-            model = self._api.model_metadata(
+            model, versions = self._api.model_metadata(
                 request.match_info["name"], request.match_info.get("version", "")
             )
             call.model = model.name
-            return _json(metadata_json(model))
+            return _json(metadata_json(model, versions))
 
         return await self._answer("RestModelMetadata", work, request)
 
@@ -135,6 +139,45 @@ class V2Rest:
             return _json({"model_stats": stats})
 
         return await self._answer("RestModelStatistics", work, request)
+
+    # -- the model repository extension (Triton's shapes) ------------------------------------
+    # Not tracked calls: an unload waits for the tracked calls in flight, never for itself.
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        ready = False
+        if body.strip():
+            try:
+                options = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                options = None
+            if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+                return json_error(400, 'the body must be empty or {"ready": true|false}')
+            ready = options.get("ready", False)
+        rows = self._api.repository_index(ready)
+        return _json(
+            [
+                {"name": r.name, "version": r.version, "state": r.state, "reason": r.reason}
+                for r in rows
+            ]
+        )
+
+    async def repository_load(self, request: web.Request) -> web.Response:
+        return await self._repository_call(request, self._api.repository_load)
+
+    async def repository_unload(self, request: web.Request) -> web.Response:
+        return await self._repository_call(request, self._api.repository_unload)
+
+    async def _repository_call(
+        self, request: web.Request, action: Callable[[str], Awaitable[None]]
+    ) -> web.Response:
+        try:
+            await action(request.match_info["name"])
+        except ServingError as e:
+            # Triton answers a load that fails with 400; an unknown model is a 404.
+            status = 404 if e.code is grpc.StatusCode.NOT_FOUND else 400
+            return json_error(status, e.message)
+        return web.Response(status=200)
 
     # -- inference --------------------------------------------------------------------------
 
@@ -162,10 +205,10 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         ) from None
 
 
-def metadata_json(model: V2Model) -> dict[str, Any]:
+def metadata_json(model: V2Model, versions: list[str]) -> dict[str, Any]:
     return {
         "name": model.name,
-        "versions": [model.version],
+        "versions": versions,
         "platform": model.platform,
         "inputs": [
             {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in model.inputs

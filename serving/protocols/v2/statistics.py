@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from latentserve._proto.inference import grpc_predict_v2_pb2 as pb
 from serving.core.errors import invalid_argument
-from serving.core.registry import ModelEntry, ModelRegistry, ModelState
+from serving.core.repository import ModelRepository
 from serving.core.statistics import BATCH_DURATIONS, DURATIONS, Counts
 from serving.protocols.v2.models import Role, V2Catalogue, v2_name
 
@@ -25,29 +25,31 @@ UNUSED_DURATIONS = ("cache_hit", "cache_miss")
 
 
 def model_statistics(
-    registry: ModelRegistry, catalogue: V2Catalogue, name: str = "", version: str = ""
+    repository: ModelRepository, catalogue: V2Catalogue, name: str = "", version: str = ""
 ) -> list[dict[str, Any]]:
-    """The statistics of v2 model `name` (empty: every v2 model of every ready model
-    folder) at `version` (empty: any), in Triton's JSON shape; NOT_FOUND for an unknown
-    model or version."""
+    """The statistics of v2 model `name` (empty: every v2 model of every served version)
+    at `version` (empty: the newest served), in Triton's JSON shape; NOT_FOUND for an
+    unknown model or version."""
     if name:
-        targets: list[tuple[ModelEntry, Role]] = [catalogue.entry(name, version)]
+        model, described = catalogue.resolve(name, version)
+        role = described.role
+        targets = [(model.manifest.name, str(model.version), role)]
     elif version:
         raise invalid_argument("a version needs a model name; leave both empty for every model")
     else:
         targets = [
-            (entry, role)
-            for entry in registry.entries
-            if entry.state is ModelState.READY
+            (slot.name, str(number), role)
+            for slot in repository.slots
+            for number in slot.ready_versions()
             for role in Role
         ]
-    snapshot = registry.statistics.snapshot()
-    answer = []
-    for entry, role in targets:
-        served_version = entry.manifest.version if entry.manifest is not None else ""
-        counts = snapshot.get((entry.name, served_version, role.value), {})
-        answer.append(_model_stat(v2_name(entry.name, role), served_version, counts))
-    return answer
+    snapshot = repository.statistics.snapshot()
+    return [
+        _model_stat(
+            v2_name(model_name, role), served, snapshot.get((model_name, served, role.value), {})
+        )
+        for model_name, served, role in targets
+    ]
 
 
 def _model_stat(name: str, version: str, counts: Counts) -> dict[str, Any]:

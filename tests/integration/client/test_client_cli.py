@@ -26,8 +26,10 @@ def test_models_lists_state_kind_and_default(run):
     code, out, _ = run("models")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "KIND", "DIM", "PRIOR", "PROVIDERS"]
+    assert lines[0].split() == ["NAME", "VERSIONS", "STATE", "KIND", "DIM", "PRIOR", "PROVIDERS"]
     assert any(line.startswith("*") and "tiny-vae " in line and "READY" in line for line in lines)
+    # Every version and its state: the tiny models are flat folders, version 1.
+    assert any("tiny-ae " in line and "1 READY" in line for line in lines)
     assert "default model: tiny-vae" in out
 
 

@@ -120,14 +120,14 @@ def test_list_models_shows_every_folder(faulty):
 def decoder_runs(running: InProcessServer, model: str) -> tuple[float, float]:
     """(onnxruntime runs, rows run) of `model`'s decoder so far, from the server's metrics."""
     registry = running.server.metrics.registry
-    labels = {"model": model, "graph": "decoder"}
+    labels = {"model": model, "graph": "decoder", "version": "1"}
     count = registry.get_sample_value("latentserve_batch_rows_count", labels) or 0.0
     rows = registry.get_sample_value("latentserve_batch_rows_sum", labels) or 0.0
     return count, rows
 
 
 def error_count(running: InProcessServer, model: str, method: str, code: str) -> float:
-    labels = {"model": model, "method": method, "code": code}
+    labels = {"model": model, "method": method, "code": code, "version": "1"}
     value = running.server.metrics.registry.get_sample_value(
         "latentserve_request_errors_total", labels
     )

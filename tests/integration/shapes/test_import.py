@@ -22,7 +22,7 @@ from PIL import Image
 from latentserve.cli import main as client_main
 from latentserve.client import LatentClient
 from latentserve.manifest import load_model_folder
-from serving.process.import_command import main as models_main
+from serving.process.models_cli import main as models_main
 
 THEIR_NAMES = Names("sample", ("latent_dist_mean", "latent_dist_logvar"), "z", "reconstruction")
 LATENT_MODELS = Path(sys.executable).with_name("latent-models")

@@ -536,7 +536,7 @@ def test_v2_calls_are_counted_in_the_metrics(
     registry = v2_server.server.metrics.registry
 
     def count(method: str, model: str) -> float:
-        labels = {"method": method, "model": model}
+        labels = {"method": method, "model": model, "version": "1"}
         return registry.get_sample_value("latentserve_requests_total", labels) or 0.0
 
     before = count("ModelInfer", "tiny-ae-decoder"), count("RestInfer", "tiny-ae-decoder")
@@ -562,7 +562,7 @@ def test_v2_and_native_calls_to_one_graph_share_a_batch(tmp_path: Path) -> None:
     with InProcessServer(tmp_path, http_port=0, max_batch_delay_ms=500.0) as server:
         latents = np.zeros((1, 2), dtype=np.float32)
         registry = server.server.metrics.registry
-        labels = {"model": "slow", "graph": "decoder"}
+        labels = {"model": "slow", "graph": "decoder", "version": "1"}
 
         def runs() -> tuple[float, float]:
             count = registry.get_sample_value("latentserve_batch_requests_count", labels) or 0.0
@@ -673,14 +673,15 @@ def test_grpc_deadline_is_honoured(tmp_path: Path) -> None:
         assert v2.ServerReady(pb.ServerReadyRequest()).ready
 
 
-def test_grpc_repository_control_is_refused_with_what_to_do(
+def test_grpc_repository_control_needs_explicit_mode(
     stub: pb_grpc.GRPCInferenceServiceStub,
 ) -> None:
+    """model_control none (the default): load and unload are refused with what to do."""
     for call, request in (
         (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="tiny-vae-encoder")),
         (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="x")),
     ):
         with pytest.raises(grpc.RpcError) as info:
             call(request, timeout=10)
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "--models-dir" in (info.value.details() or "")
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "--model-control explicit" in (info.value.details() or "")

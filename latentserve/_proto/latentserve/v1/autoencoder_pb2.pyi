@@ -100,6 +100,14 @@ class _ModelStateEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._Enu
     """Found but refused (bad manifest, missing or corrupt graph, hash
     mismatch, ...); `error` says why.
     """
+    MODEL_STATE_LOADING: _ModelState.ValueType  # 3
+    """A version is being loaded and warmed up; it takes no call yet."""
+    MODEL_STATE_UNLOADING: _ModelState.ValueType  # 4
+    """A version takes no new call; its calls in flight finish, then it is released."""
+    MODEL_STATE_UNAVAILABLE: _ModelState.ValueType  # 5
+    """A version found in the repository but not served (not in the version policy,
+    unloaded); `error` says why.
+    """
 
 class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper): ...
 
@@ -109,6 +117,14 @@ MODEL_STATE_READY: ModelState.ValueType  # 1
 MODEL_STATE_FAILED: ModelState.ValueType  # 2
 """Found but refused (bad manifest, missing or corrupt graph, hash
 mismatch, ...); `error` says why.
+"""
+MODEL_STATE_LOADING: ModelState.ValueType  # 3
+"""A version is being loaded and warmed up; it takes no call yet."""
+MODEL_STATE_UNLOADING: ModelState.ValueType  # 4
+"""A version takes no new call; its calls in flight finish, then it is released."""
+MODEL_STATE_UNAVAILABLE: ModelState.ValueType  # 5
+"""A version found in the repository but not served (not in the version policy,
+unloaded); `error` says why.
 """
 global___ModelState = ModelState
 
@@ -181,6 +197,7 @@ class EncodeRequest(google.protobuf.message.Message):
     ENCODED_IMAGES_FIELD_NUMBER: builtins.int
     SAMPLE_Z_FIELD_NUMBER: builtins.int
     SEED_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     model: builtins.str
     """Model name; empty selects the server's default model."""
     sample_z: builtins.bool
@@ -188,6 +205,10 @@ class EncodeRequest(google.protobuf.message.Message):
     seed: builtins.int
     """Seed for `sample_z`; same seed and inputs give the same z. When unset the
     server picks one and returns it in EncodeResponse.seed.
+    """
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
     """
     @property
     def images(self) -> global___Tensor:
@@ -207,9 +228,10 @@ class EncodeRequest(google.protobuf.message.Message):
         encoded_images: global___EncodedImages | None = ...,
         sample_z: builtins.bool = ...,
         seed: builtins.int | None = ...,
+        version: builtins.int = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "seed", b"seed"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "model", b"model", "sample_z", b"sample_z", "seed", b"seed"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "encoded_images", b"encoded_images", "images", b"images", "input", b"input", "model", b"model", "sample_z", b"sample_z", "seed", b"seed", "version", b"version"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
     @typing.overload
@@ -268,10 +290,15 @@ class DecodeRequest(google.protobuf.message.Message):
     MODEL_FIELD_NUMBER: builtins.int
     LATENTS_FIELD_NUMBER: builtins.int
     RETURN_PNG_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     IMAGE_DTYPE_FIELD_NUMBER: builtins.int
     model: builtins.str
     return_png: builtins.bool
     """Also return each image as an 8-bit PNG (grey or RGB, as the model)."""
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
+    """
     image_dtype: global___DataType.ValueType
     """The images tensor's type: float32 (default) or uint8 (4x smaller)."""
     @property
@@ -286,10 +313,11 @@ class DecodeRequest(google.protobuf.message.Message):
         model: builtins.str = ...,
         latents: global___Tensor | None = ...,
         return_png: builtins.bool = ...,
+        version: builtins.int = ...,
         image_dtype: global___DataType.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["latents", b"latents"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["image_dtype", b"image_dtype", "latents", b"latents", "model", b"model", "return_png", b"return_png"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["image_dtype", b"image_dtype", "latents", b"latents", "model", b"model", "return_png", b"return_png", "version", b"version"]) -> None: ...
 
 global___DecodeRequest = DecodeRequest
 
@@ -336,6 +364,7 @@ class SampleRequest(google.protobuf.message.Message):
     RETURN_LATENTS_FIELD_NUMBER: builtins.int
     RETURN_PNG_FIELD_NUMBER: builtins.int
     CHUNK_SIZE_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     IMAGE_DTYPE_FIELD_NUMBER: builtins.int
     model: builtins.str
     count: builtins.int
@@ -360,6 +389,10 @@ class SampleRequest(google.protobuf.message.Message):
     the server, and lowered for large images so a message fits its size
     limit; 0 means the default).
     """
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
+    """
     image_dtype: global___DataType.ValueType
     """The images tensor's type: float32 (default) or uint8 (4x smaller)."""
     def __init__(
@@ -373,10 +406,11 @@ class SampleRequest(google.protobuf.message.Message):
         return_latents: builtins.bool = ...,
         return_png: builtins.bool = ...,
         chunk_size: builtins.int = ...,
+        version: builtins.int = ...,
         image_dtype: global___DataType.ValueType = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "seed", b"seed", "temperature", b"temperature"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "image_dtype", b"image_dtype", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "chunk_size", b"chunk_size", "count", b"count", "image_dtype", b"image_dtype", "model", b"model", "prior", b"prior", "return_latents", b"return_latents", "return_png", b"return_png", "seed", b"seed", "temperature", b"temperature", "version", b"version"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_seed", b"_seed"]) -> typing.Literal["seed"] | None: ...
     @typing.overload
@@ -470,16 +504,48 @@ class GetModelRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
     model: builtins.str
     """Empty selects the default model."""
+    version: builtins.int
+    """Repository version to use (a positive integer: the folder MODELS_DIR/NAME/VERSION/);
+    0 = the newest version the server serves.
+    """
     def __init__(
         self,
         *,
         model: builtins.str = ...,
+        version: builtins.int = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["model", b"model"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["model", b"model", "version", b"version"]) -> None: ...
 
 global___GetModelRequest = GetModelRequest
+
+@typing.final
+class VersionInfo(google.protobuf.message.Message):
+    """One version of a model in the repository (the folder MODELS_DIR/NAME/VERSION/, or a
+    flat MODELS_DIR/NAME/ as version 1).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: builtins.int
+    STATE_FIELD_NUMBER: builtins.int
+    REASON_FIELD_NUMBER: builtins.int
+    version: builtins.int
+    state: global___ModelState.ValueType
+    reason: builtins.str
+    """Why it is not served (FAILED, UNAVAILABLE), or what is happening."""
+    def __init__(
+        self,
+        *,
+        version: builtins.int = ...,
+        state: global___ModelState.ValueType = ...,
+        reason: builtins.str = ...,
+    ) -> None: ...
+    def ClearField(self, field_name: typing.Literal["reason", b"reason", "state", b"state", "version", b"version"]) -> None: ...
+
+global___VersionInfo = VersionInfo
 
 @typing.final
 class ModelInfo(google.protobuf.message.Message):
@@ -515,6 +581,7 @@ class ModelInfo(google.protobuf.message.Message):
     ENCODER_SHA256_FIELD_NUMBER: builtins.int
     DECODER_SHA256_FIELD_NUMBER: builtins.int
     PROVENANCE_JSON_FIELD_NUMBER: builtins.int
+    VERSIONS_FIELD_NUMBER: builtins.int
     LATENT_SHAPE_FIELD_NUMBER: builtins.int
     GRAPH_DTYPE_FIELD_NUMBER: builtins.int
     SIZE_MULTIPLE_FIELD_NUMBER: builtins.int
@@ -565,6 +632,12 @@ class ModelInfo(google.protobuf.message.Message):
         """Test-set metrics from model.json (e.g. test_mse_per_pixel)."""
 
     @property
+    def versions(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[global___VersionInfo]:
+        """Every version of this model in the repository, newest first; the fields above
+        describe the newest served one (`version`).
+        """
+
+    @property
     def latent_shape(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
         """One image's latent shape: [D], or [C, h, w] for a spatial latent (at the
         nominal image size; it scales with the image for dynamic sizes).
@@ -587,6 +660,7 @@ class ModelInfo(google.protobuf.message.Message):
         encoder_sha256: builtins.str = ...,
         decoder_sha256: builtins.str = ...,
         provenance_json: builtins.str = ...,
+        versions: collections.abc.Iterable[global___VersionInfo] | None = ...,
         latent_shape: collections.abc.Iterable[builtins.int] | None = ...,
         graph_dtype: builtins.str = ...,
         size_multiple: builtins.int = ...,
@@ -595,6 +669,6 @@ class ModelInfo(google.protobuf.message.Message):
         latent_scaling: builtins.float = ...,
         latent_shift: builtins.float = ...,
     ) -> None: ...
-    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "graph_dtype", b"graph_dtype", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "latent_scaling", b"latent_scaling", "latent_shape", b"latent_shape", "latent_shift", b"latent_shift", "max_size", b"max_size", "metrics", b"metrics", "min_size", b"min_size", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "size_multiple", b"size_multiple", "state", b"state", "version", b"version"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["decoder_sha256", b"decoder_sha256", "default_prior", b"default_prior", "description", b"description", "encoder_sha256", b"encoder_sha256", "error", b"error", "graph_dtype", b"graph_dtype", "image_shape", b"image_shape", "kind", b"kind", "latent_dim", b"latent_dim", "latent_scaling", b"latent_scaling", "latent_shape", b"latent_shape", "latent_shift", b"latent_shift", "max_size", b"max_size", "metrics", b"metrics", "min_size", b"min_size", "name", b"name", "provenance_json", b"provenance_json", "providers", b"providers", "size_multiple", b"size_multiple", "state", b"state", "version", b"version", "versions", b"versions"]) -> None: ...
 
 global___ModelInfo = ModelInfo

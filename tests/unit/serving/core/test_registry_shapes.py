@@ -10,7 +10,8 @@ from pathlib import Path
 from fixtures.models import build_shaped_model_folder
 
 from latentserve.manifest import DynamicSize
-from serving.core.registry import ModelRegistry, ModelState
+from serving.core.registry import ModelState
+from serving.core.repository import ModelRepository
 from serving.process.settings import ServerSettings
 
 
@@ -29,7 +30,7 @@ def edit_manifest(folder: Path, **changes: object) -> None:
 async def states(root: Path) -> dict[str, tuple[ModelState, str]]:
     settings = ServerSettings(models_dir=root, metrics_port=0, warmup_runs=1)
     with ThreadPoolExecutor(1) as executor:
-        registry = ModelRegistry(settings, executor)
+        registry = ModelRepository(settings, executor)
         registry.scan()
         await registry.load_all()
         result = {e.name: (e.state, e.error) for e in registry.entries}

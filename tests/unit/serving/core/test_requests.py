@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from serving.core.errors import ServingError
-from serving.core.registry import ModelRegistry
+from serving.core.repository import ModelRepository
 from serving.core.requests import RequestParser, check_output
 from serving.process.settings import ServerSettings
 
@@ -30,7 +30,7 @@ async def parse(tiny_models_dir: Path) -> AsyncIterator[RequestParser]:
         metrics_port=0,
     )
     with ThreadPoolExecutor(1) as executor:
-        registry = ModelRegistry(settings, executor)
+        registry = ModelRepository(settings, executor)
         registry.scan()
         await registry.load_all()
         yield RequestParser(registry, settings)

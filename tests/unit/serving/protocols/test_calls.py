@@ -25,7 +25,13 @@ def tracker(metrics: Metrics) -> CallTracker:
 
 
 def count(metrics: Metrics, name: str, **labels: str) -> float:
-    return metrics.registry.get_sample_value(name, labels) or 0.0
+    """The sum over the series of `name` whose labels include `labels` (any version)."""
+    return sum(
+        sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
 
 
 def test_an_answered_call_is_counted_under_its_resolved_model(tracker, metrics):
@@ -101,3 +107,16 @@ def test_long_messages_keep_both_ends_within_the_limit():
     assert len(cut.encode()) < 260
     assert cut.startswith("unknown model") and cut.endswith("available models: a, b")
     assert bounded("short") == "short"
+
+
+async def test_settled_waits_for_the_calls_admitted_before_it_only(tracker):
+    first = tracker.begin("Encode", "m")
+    settled = asyncio.ensure_future(tracker.settled())
+    await asyncio.sleep(0)
+    later = tracker.begin("Encode", "m")  # admitted after: settled does not wait for it
+    assert not settled.done()
+    tracker.end(first)
+    await asyncio.wait_for(settled, 1.0)
+    assert tracker.in_flight == 1
+    tracker.end(later)
+    await asyncio.wait_for(tracker.settled(), 1.0)  # nothing in flight: at once
