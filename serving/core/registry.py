@@ -86,6 +86,13 @@ def check_graph_shapes(
 ) -> None:
     """Refuse graphs whose I/O names, shapes or float type disagree with model.json (e.g.
     another latent size, channel count or image size, or float16 graphs in a float32 spec)."""
+    for graph, session in (("encoder", encoder), ("decoder", decoder)):
+        batch = session.input_shape[0] if session.input_shape else None
+        if isinstance(batch, int) and batch > 1:
+            raise ManifestError(
+                f"{graph} graph input {session.input_name!r} has a fixed batch of {batch}; "
+                "export it with a dynamic batch axis (or a batch of 1, run row by row)"
+            )
     image, latent = _expected_shapes(manifest)
     expected: list[tuple[str, str, list[Dim], tuple[int | None, ...]]] = [
         ("encoder", "input " + encoder.input_name, encoder.input_shape, image),

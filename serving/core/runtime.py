@@ -103,6 +103,9 @@ class GraphSession:
             raise ValueError(f"{path.name}: expected one input, found {len(inputs)}")
         self.input_name: str = inputs[0].name
         self.input_shape: list[Dim] = list(inputs[0].shape)
+        if self.input_shape and self.input_shape[0] == 1:
+            # Exported with a fixed batch of one (some exporters do): run row by row.
+            self.max_run_rows = 1
         # "float32" or "float16" (None for any other type: the registry refuses it). Arrays
         # stay float32 outside this class; a float16 graph's input and outputs are cast here.
         self.input_dtype: str | None = GRAPH_DTYPES.get(inputs[0].type)
