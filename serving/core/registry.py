@@ -32,7 +32,7 @@ from serving.core.batching import (
 )
 from serving.core.errors import failed_precondition, not_found, unavailable
 from serving.core.model import ServedModel
-from serving.core.runtime import Dim, GraphSession, choose_providers
+from serving.core.runtime import Dim, GraphSession, choose_providers, cpu_run_rows
 from serving.process.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -224,8 +224,16 @@ class ModelRegistry:
         assert entry.manifest is not None
         s = self._settings
         manifest = entry.manifest
-        encoder = GraphSession(entry.folder / manifest.encoder.file, providers, s.intra_op_threads)
-        decoder = GraphSession(entry.folder / manifest.decoder.file, providers, s.intra_op_threads)
+        # Both graphs handle the images' bytes (in or out): slices sized by the largest image.
+        c, h, w = manifest.image_shape
+        side = manifest.image.dynamic.max if manifest.image.dynamic is not None else 0
+        rows = cpu_run_rows(c * max(h, side) * max(w, side))
+        encoder = GraphSession(
+            entry.folder / manifest.encoder.file, providers, s.intra_op_threads, max_run_rows=rows
+        )
+        decoder = GraphSession(
+            entry.folder / manifest.decoder.file, providers, s.intra_op_threads, max_run_rows=rows
+        )
         check_graph_shapes(manifest, encoder, decoder)
 
         def batcher(graph: str, session: GraphSession) -> DynamicBatcher:
