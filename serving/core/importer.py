@@ -308,6 +308,13 @@ def import_pair(options: ImportOptions) -> ModelManifest:
             f"the encoder takes {encoder.input_dtype} but the decoder {decoder.input_dtype}; "
             "both graphs must use one float type"
         )
+    for role, session in (("encoder", encoder), ("decoder", decoder)):
+        batch = session.input_shape[0] if session.input_shape else None
+        if isinstance(batch, int) and batch > 1:
+            raise ImportRefused(
+                f"the {role}'s input {session.input_name!r} has a fixed batch of {batch}; "
+                "export it with a dynamic batch axis (a batch of 1 is served row by row)"
+            )
     kind = _kind(encoder, options.kind)
     try:
         image = _image_spec(encoder, options)

@@ -30,7 +30,7 @@ from serving.core.batching import (
     DynamicBatcher,
 )
 from serving.core.model import ServedModel
-from serving.core.runtime import Dim, GraphSession
+from serving.core.runtime import Dim, GraphSession, cpu_run_rows
 from serving.core.statistics import StatisticsBook
 from serving.process.settings import ServerSettings
 
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 ObserverFactory = Callable[[str, str, str], BatchObserver]
 # (model, version, graph) -> the graph's span recorder, when tracing is on.
 TracerFactory = Callable[[str, str, str], BatchTracer]
+# The most image bytes one gathered batch holds (float32): max_batch_size rows for the
+# shipped models, fewer for large images (21 rows of 3 x 512 x 512).
+BATCH_IMAGE_BYTES = 64 << 20
 
 
 class ModelState(enum.Enum):
@@ -90,6 +93,13 @@ def check_graph_shapes(
 ) -> None:
     """Refuse graphs whose I/O names, shapes or float type disagree with model.json (e.g.
     another latent size, channel count or image size, or float16 graphs in a float32 spec)."""
+    for graph, session in (("encoder", encoder), ("decoder", decoder)):
+        batch = session.input_shape[0] if session.input_shape else None
+        if isinstance(batch, int) and batch > 1:
+            raise ManifestError(
+                f"{graph} graph input {session.input_name!r} has a fixed batch of {batch}; "
+                "export it with a dynamic batch axis (or a batch of 1, run row by row)"
+            )
     image, latent = _expected_shapes(manifest)
     expected: list[tuple[str, str, list[Dim], tuple[int | None, ...]]] = [
         ("encoder", "input " + encoder.input_name, encoder.input_shape, image),
@@ -163,8 +173,19 @@ class FolderLoader:
         assert entry.manifest is not None
         s = self._settings
         manifest = entry.manifest
-        encoder = GraphSession(entry.folder / manifest.encoder.file, providers, s.intra_op_threads)
-        decoder = GraphSession(entry.folder / manifest.decoder.file, providers, s.intra_op_threads)
+        # Both graphs handle the images' bytes (in or out): slices sized by the largest image.
+        c, h, w = manifest.image_shape
+        side = manifest.image.dynamic.max if manifest.image.dynamic is not None else 0
+        image_values = c * max(h, side) * max(w, side)
+        rows = cpu_run_rows(image_values)
+        # A gathered batch is concatenated in memory: at most BATCH_IMAGE_BYTES of images.
+        batch_rows = max(1, min(s.max_batch_size, BATCH_IMAGE_BYTES // (4 * image_values)))
+        encoder = GraphSession(
+            entry.folder / manifest.encoder.file, providers, s.intra_op_threads, max_run_rows=rows
+        )
+        decoder = GraphSession(
+            entry.folder / manifest.decoder.file, providers, s.intra_op_threads, max_run_rows=rows
+        )
         check_graph_shapes(manifest, encoder, decoder)
 
         def batcher(graph: str, session: GraphSession) -> DynamicBatcher:
@@ -176,7 +197,7 @@ class FolderLoader:
             return DynamicBatcher(
                 session.run,
                 self._executor,
-                max_batch_size=s.max_batch_size,
+                max_batch_size=batch_rows,
                 max_delay_s=s.max_batch_delay_s,
                 max_queue=s.max_queue,
                 concurrency=s.batch_concurrency,

@@ -63,6 +63,15 @@ def choose_providers(device: str, available: Sequence[str] | None = None) -> lis
 # memory arena at the size of one slice (~20 MB per graph for the shipped models) for any
 # request size, so it never needs page faults for fresh memory or a shrink afterwards.
 CPU_RUN_ROWS = 64
+# For larger images fewer rows make a slice: at most this many bytes of float32 images
+# (about 5 rows of 3 x 512 x 512), so the arena stays bounded for any model's size. The
+# shipped 1 x 28 x 28 models and a 3 x 64 x 64 one keep CPU_RUN_ROWS.
+CPU_RUN_IMAGE_BYTES = 16 << 20
+
+
+def cpu_run_rows(image_values: int) -> int:
+    """Rows per onnxruntime run on CPU for images of `image_values` values each."""
+    return max(1, min(CPU_RUN_ROWS, CPU_RUN_IMAGE_BYTES // (4 * max(image_values, 1))))
 
 
 def session_options(intra_op_threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
@@ -103,6 +112,9 @@ class GraphSession:
             raise ValueError(f"{path.name}: expected one input, found {len(inputs)}")
         self.input_name: str = inputs[0].name
         self.input_shape: list[Dim] = list(inputs[0].shape)
+        if self.input_shape and self.input_shape[0] == 1:
+            # Exported with a fixed batch of one (some exporters do): run row by row.
+            self.max_run_rows = 1
         # "float32" or "float16" (None for any other type: the registry refuses it). Arrays
         # stay float32 outside this class; a float16 graph's input and outputs are cast here.
         self.input_dtype: str | None = GRAPH_DTYPES.get(inputs[0].type)

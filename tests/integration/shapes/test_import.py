@@ -208,3 +208,26 @@ def test_float16_and_dynamic_pairs_import_and_serve(tmp_path, capsys):
             got = client.encode(images, model=name).latents
             assert_close(got, Reference(models / name).encode(images)[0], name)
     capsys.readouterr()
+
+
+def test_a_pair_exported_with_a_batch_of_one_is_served_row_by_row(tmp_path, capsys):
+    encoder, decoder = exported_pair(
+        tmp_path, "one", kind="vae", image_shape=(3, 32, 32), latent_shape=(4, 8, 8), batch=1,
+        names=THEIR_NAMES,
+    )  # fmt: skip
+    models = tmp_path / "models"
+    assert models_main(["import", "--name", "one", "--encoder", str(encoder), "--decoder",
+                        str(decoder), "--out", str(models / "one")]) == 0  # fmt: skip
+    two_enc, two_dec = exported_pair(
+        tmp_path, "two", kind="ae", image_shape=(3, 32, 32), latent_shape=(4, 8, 8), batch=2
+    )
+    assert models_main(["import", "--name", "two", "--encoder", str(two_enc), "--decoder",
+                        str(two_dec), "--out", str(tmp_path / "two")]) == 2  # fmt: skip
+    assert "fixed batch of 2" in capsys.readouterr().err
+    ref = Reference(models / "one")
+    images = ref.images(5, seed=1)
+    with InProcessServer(models) as server, LatentClient(server.target) as client:
+        encoded = client.encode(images, model="one")
+        assert_close(encoded.latents, np.concatenate([ref.encode(i[None])[0] for i in images]))
+        assert_close(client.decode(encoded.latents, model="one").images,
+                     np.concatenate([ref.decode(z[None]) for z in encoded.latents]))  # fmt: skip

@@ -86,3 +86,38 @@ async def test_dynamic_and_float16_graphs_that_agree_are_served(tmp_path):
         "dyn": ModelState.READY,
         "half": ModelState.READY,
     }
+
+
+async def test_a_fixed_batch_of_one_runs_row_by_row_and_other_fixed_batches_are_refused(tmp_path):
+    import numpy as np
+
+    from serving.core.runtime import CPU, GraphSession
+
+    one = build_shaped_model_folder(
+        tmp_path, "one", image_shape=(3, 16, 16), latent_shape=(2, 4, 4), batch=1
+    )
+    build_shaped_model_folder(
+        tmp_path, "two", image_shape=(3, 16, 16), latent_shape=(2, 4, 4), batch=2
+    )
+    found = await states(tmp_path)
+    assert found["one"][0] is ModelState.READY, found["one"]
+    assert found["two"][0] is ModelState.FAILED
+    assert "fixed batch of 2" in found["two"][1]
+    session = GraphSession(one / "encoder.onnx", [CPU])
+    assert session.max_run_rows == 1
+    x = np.random.default_rng(0).random((3, 3, 16, 16), dtype=np.float32)
+    rows = np.concatenate([session.run(x[i : i + 1])[0] for i in range(3)])
+    np.testing.assert_array_equal(session.run(x)[0], rows)
+
+
+async def test_large_images_get_smaller_run_slices_and_batches(tmp_path):
+    build_shaped_model_folder(tmp_path, "big", image_shape=(3, 512, 512), latent_shape=(2, 64, 64))
+    settings = ServerSettings(models_dir=tmp_path, metrics_port=0, warmup_runs=1)
+    with ThreadPoolExecutor(1) as executor:
+        registry = ModelRepository(settings, executor)
+        registry.scan()
+        await registry.load_all()
+        model = registry.resolve("big")
+        assert model.encoder.max_run_rows == model.decoder.max_run_rows == 5
+        assert model._encoder_batcher.max_batch_size == 21
+        await registry.close()

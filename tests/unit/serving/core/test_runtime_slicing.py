@@ -36,3 +36,12 @@ def test_slices_keep_row_order(folder: Path) -> None:
     for i in range(10):  # each row alone gives the same image as its place in the batch
         (alone,) = decoder.run(latents[i : i + 1])
         np.testing.assert_allclose(images[i], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_run_slices_shrink_for_large_images():
+    from serving.core.runtime import CPU_RUN_ROWS, cpu_run_rows
+
+    assert cpu_run_rows(1 * 28 * 28) == CPU_RUN_ROWS
+    assert cpu_run_rows(3 * 64 * 64) == CPU_RUN_ROWS
+    assert cpu_run_rows(3 * 512 * 512) == 5
+    assert cpu_run_rows(3 * 4096 * 4096) == 1
