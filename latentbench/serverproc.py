@@ -76,6 +76,10 @@ class ServerProcess:
             "0",
             "--http-port",
             "0",
+            # No balancer in front of a test or benchmark server: stop at once. Tests of the
+            # drain delay pass their own (a later flag wins).
+            "--drain-delay-s",
+            "0",
             *flags,
         ]
         self.port = 0
