@@ -9,7 +9,7 @@ tritonclient would be), or with the client's own balancing (`LatentClient` on an
 list, round robin, the library's default retry policy). With `workers=2` each replica runs
 two worker processes and the first victim is one *worker*, not the whole replica.
 
-Used by tests/integration/scale/test_rolling.py, tests/integration/client/test_rolling.py
+Used by tests/integration/scale/test_envoy_rolling.py, tests/integration/client/test_client_rolling.py
 and latent-bench `replicas` (failed calls next to Envoy's overhead).
 """
 
@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,8 @@ import numpy as np
 from latentbench.replicas import REPLICA_HOSTS, Replica, pick_port, stop_all
 
 WORKER_PIDS = re.compile(r"on \d+ workers \(pids ([\d, ]+)\)")
+WORKER_UP = re.compile(r'^latentserve_worker_up\{pid="(\d+)",worker="(\d+)"\} 1', re.M)
+WORKER_CALLS = re.compile(r'^latentserve_worker_requests_total\{worker="(\d+)"\} (\S+)', re.M)
 
 
 def console_script(name: str = "latent-serve") -> str:
@@ -79,6 +82,19 @@ class DocsReplica(Replica):
             if match:
                 return [int(p) for p in match.group(1).split(",")]
         return []
+
+    def busiest_worker(self) -> int:
+        """The pid of the live worker that has received the most calls: the one holding the
+        balancer's connection, whose death the balancer must then cover."""
+        text = self.metrics_text()
+        pids = {worker: int(pid) for pid, worker in WORKER_UP.findall(text)}
+        calls = {worker: float(n) for worker, n in WORKER_CALLS.findall(text)}
+        return pids[max(pids, key=lambda w: calls.get(w, 0.0))]
+
+    def metrics_text(self) -> str:
+        url = f"http://{self.host}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
 
 def start_docs_replicas(
@@ -245,7 +261,7 @@ def rolling_restart(
         load.wait_calls(min(2_000, min_calls // 4))
         mark("sigkill")
         if workers > 1:
-            os.kill(killed.worker_pids()[0], signal.SIGKILL)
+            os.kill(killed.busiest_worker(), signal.SIGKILL)
         else:
             killed.kill()
         time.sleep(kill_to_term_s)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from fixtures.servers import InProcessServer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from latentserve.client import LatentClient, LatentServeError
 
 DELAY_S = 1.5

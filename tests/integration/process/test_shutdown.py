@@ -19,6 +19,7 @@ from fixtures.reference import Reference
 from fixtures.servers import InProcessServer, SubprocessServer
 from fixtures.slow_model import build_slow_model_folder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from latentserve.client import LatentClient, LatentServeError
 
 GRACE_S = 8.0
