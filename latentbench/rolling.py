@@ -91,6 +91,9 @@ class DocsReplica(Replica):
         calls = {worker: float(n) for worker, n in WORKER_CALLS.findall(text)}
         return pids[max(pids, key=lambda w: calls.get(w, 0.0))]
 
+    def live_workers(self) -> int:
+        return len(WORKER_UP.findall(self.metrics_text()))
+
     def metrics_text(self) -> str:
         url = f"http://{self.host}:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -274,6 +277,10 @@ def rolling_restart(
         drained.restart()
         for replica in (killed, drained):
             replica.wait_ready(120)
+        if workers > 1:  # the supervisor replaces the killed worker after its backoff
+            deadline = time.monotonic() + 60
+            while killed.live_workers() < workers and time.monotonic() < deadline:
+                time.sleep(0.1)
         wait_ready()
         mark("restarted")
         load.wait_calls(max(min_calls, load.calls + 1_000), timeout=300)

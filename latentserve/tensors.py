@@ -19,6 +19,11 @@ Float32Array = npt.NDArray[np.float32]
 LE_FLOAT32 = np.dtype("<f4")
 
 
+# Most dimensions a tensor may have: models take 1 to 4, and numpy stops at 64 (a shape of
+# 65 dimensions failed inside numpy, as an internal error, before this check).
+MAX_DIMS = 16
+
+
 class TensorError(ValueError):
     """A tensor whose shape and bytes disagree."""
 
@@ -28,6 +33,8 @@ def tensor_to_array(tensor: pb.Tensor, what: str) -> Float32Array:
     shape = tuple(int(d) for d in tensor.shape)
     if not shape:
         raise TensorError(f"{what}: shape is empty; give the dimensions, e.g. [N, 28, 28]")
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
     if any(d < 0 for d in shape):
         raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
     expected = 4 * math.prod(shape)

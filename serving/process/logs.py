@@ -1,12 +1,17 @@
 """Logging set-up for the server: plain text for people, or one JSON object per line for log
 collectors (`--log-format json`). Called once by the CLI; library code only uses
 `logging.getLogger(__name__)`.
+
+Every line is scrubbed of credentials before it is written: a malformed request can make a
+library log the raw header (aiohttp logs a header line with a NUL byte at ERROR, token and
+all), so the formatter, not each call site, is where a token is kept out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -14,8 +19,31 @@ from datetime import UTC, datetime
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+# "Bearer <credential>" / "Basic <credential>" anywhere, and whatever follows an
+# Authorization header name; the credential ends at whitespace or a quote (escapes such as
+# \\xff in a repr are part of it).
+_CREDENTIAL = re.compile(
+    r"(?i)(\b(?:bearer|basic)\s+|\bauthorization\b['\"]?\s*[:=,]\s*['\"]?(?!\s*(?:bearer|basic)\b))"
+    r"[^\s'\"]+"
+)
+REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """`text` with every credential replaced by <redacted>."""
+    return _CREDENTIAL.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -33,7 +61,7 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -148,6 +148,31 @@ class ServerSettings(BaseSettings):
         description="HTTP port: the Open Inference Protocol (KServe v2) REST API and the "
         "explorer page, on host; 0 disables",
     )
+    max_json_bytes: int = Field(
+        4 * MiB,
+        ge=64 * 1024,
+        description="largest JSON part of a REST request (parsing JSON takes about 16x its "
+        "size in memory and holds the interpreter); larger tensors go in binary "
+        "(binary_data_size), up to max_message_bytes",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="an HTTP connection must deliver a request's headers within this many "
+        "seconds of opening (or of its previous answer), else it is closed",
+    )
+    http_body_timeout_s: float = Field(
+        60.0, gt=0.0, description="most seconds an HTTP request body may take to arrive"
+    )
+    http_keepalive_s: float = Field(
+        75.0, gt=0.0, description="an idle keep-alive HTTP connection is closed after this"
+    )
+    max_http_connections: int = Field(
+        1024,
+        ge=1,
+        description="open HTTP connections at most (per worker); more are closed at once "
+        "and counted in latentserve_http_connections_refused_total",
+    )
     max_concurrent_streams: int = Field(
         64,
         ge=1,

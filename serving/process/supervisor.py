@@ -461,7 +461,7 @@ def run_worker(
     """A worker process's entry point (spawned): one LatentServer on the shared port."""
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from serving.process.logs import configure_logging
+    from serving.process.logs import TextFormatter, configure_logging
     from serving.process.memory import keep_large_buffers_out_of_heap
 
     configure_logging(settings.log_level, settings.log_format)
@@ -469,7 +469,7 @@ def run_worker(
     handler.addFilter(_WorkerTag(index))
     if settings.log_format == "text":
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
+            TextFormatter("%(asctime)s %(levelname)-7s worker %(worker)s %(name)s: %(message)s")
         )
     keep_large_buffers_out_of_heap()
     code = asyncio.run(_serve_worker(settings, index, conn, announce_at_once))

@@ -85,7 +85,10 @@ class BearerTokenInterceptor(Interceptor):
     def accepts(self, token: str | None) -> bool:
         if not token:
             return False
-        given = token.encode("utf-8")
+        try:
+            given = token.encode("utf-8")
+        except UnicodeEncodeError:  # undecodable bytes in the header: no token of ours
+            return False
         # Check every token (no early exit) so timing does not reveal which one was close.
         matches = [hmac.compare_digest(given, t) for t in self._tokens]
         return any(matches)
