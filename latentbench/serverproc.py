@@ -84,6 +84,8 @@ class ServerProcess:
         ]
         self.port = 0
         self.lines: list[str] = []
+        # The child's stdin: a file descriptor (e.g. a pty, for "run in a terminal" tests).
+        self.stdin: int | None = subprocess.DEVNULL
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -100,6 +102,7 @@ class ServerProcess:
         """Launch without waiting (see `wait_ready`), so several servers can start at once."""
         self._proc = subprocess.Popen(
             self.command,
+            stdin=self.stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -46,6 +46,8 @@ def _run(replicas: list[DocsReplica], calls: int) -> None:
     )
     assert result.calls >= calls
     assert result.sigterm_exit_code == 0
+    if result.failed:
+        print("\n".join(result.failures))
     assert result.failed == 0, (result.line(), result.failures)
 
 

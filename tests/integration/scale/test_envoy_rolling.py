@@ -62,6 +62,8 @@ def _run(cluster: tuple[list[DocsReplica], EnvoyProcess], calls: int) -> None:
     stats = envoy.admin("/stats?filter=cluster.latentserve.(upstream_rq_retry|lb_healthy_panic)")
     assert result.calls >= calls
     assert result.sigterm_exit_code == 0
+    if result.failed:
+        print("\n".join(result.failures))
     assert result.failed == 0, (result.line(), result.failures, stats)
 
 

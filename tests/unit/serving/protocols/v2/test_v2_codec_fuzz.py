@@ -1,0 +1,127 @@
+"""Property-based fuzzing of the Open Inference Protocol's decoding (issue 22): whatever the
+tensor header, raw bytes, JSON values or whole REST body, decoding either succeeds or
+raises the documented client errors (TensorError -> 400 / INVALID_ARGUMENT, ServingError
+with INVALID_ARGUMENT or RESOURCE_EXHAUSTED -> 400 / 413); never another exception, which
+the server would answer 500 / INTERNAL. Shapes are drawn up to 2**63 and 70 dimensions, so
+an allocation sized by a claimed shape would show as MemoryError or a hang.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from latentserve.tensors import TensorError
+from serving.core.errors import ServingError
+from serving.protocols.v2 import codec
+from serving.protocols.v2.rest import parse_infer_request
+
+CLIENT_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+datatypes = st.sampled_from([*codec.DATATYPES, "FP8", "", "bytes", "STRING"])
+dims = st.one_of(
+    st.integers(min_value=-3, max_value=8),
+    st.sampled_from([2**24, 2**27, 2**31, 2**40, 2**62, 2**63 - 1]),
+)
+shapes = st.lists(dims, max_size=70)
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+def _decodes_or_refuses(decode: Any) -> None:
+    try:
+        decode()
+    except TensorError:
+        pass
+    except ServingError as e:
+        assert e.code in CLIENT_CODES, (e.code, e.message)
+
+
+@FUZZ
+@given(datatype=datatypes, shape=shapes, raw=st.binary(max_size=64))
+def test_from_raw_only_refuses_as_documented(datatype: str, shape: list[int], raw: bytes) -> None:
+    _decodes_or_refuses(lambda: codec.from_raw("x", datatype, shape, raw))
+
+
+@FUZZ
+@given(datatype=datatypes, shape=shapes, values=json_values)
+def test_from_values_only_refuses_as_documented(
+    datatype: str, shape: list[int], values: Any
+) -> None:
+    _decodes_or_refuses(lambda: codec.from_values("x", datatype, shape, values))
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "standard_normal"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@FUZZ
+@given(depth=st.integers(min_value=0, max_value=3000), datatype=st.sampled_from(["BYTES", "FP32"]))
+def test_deep_nesting_is_refused_not_crashed(depth: int, datatype: str) -> None:
+    _decodes_or_refuses(lambda: codec.from_values("x", datatype, [1], _deep(depth)))
+
+
+tensor_headers = st.fixed_dictionaries(
+    {
+        "name": st.one_of(st.text(max_size=6), st.integers()),
+        "datatype": st.one_of(datatypes, st.integers()),
+    },
+    optional={
+        "shape": st.one_of(shapes, json_values),
+        "data": json_values,
+        "parameters": st.one_of(
+            st.fixed_dictionaries(
+                {"binary_data_size": st.one_of(st.integers(-5, 2**40), json_leaves)}
+            ),
+            json_values,
+        ),
+    },
+)
+bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "inputs": st.one_of(st.lists(tensor_headers, max_size=3), json_values),
+        "outputs": json_values,
+        "parameters": json_values,
+        "id": json_values,
+    },
+)
+
+
+@FUZZ
+@given(
+    header=bodies, binary=st.binary(max_size=64), declared=st.one_of(st.none(), st.text(max_size=6))
+)
+def test_rest_body_only_refuses_as_documented(
+    header: dict[str, Any], binary: bytes, declared: str | None
+) -> None:
+    json_part = json.dumps(header).encode()
+    length = str(len(json_part)) if declared is None else declared
+    body = json_part + binary
+    _decodes_or_refuses(lambda: parse_infer_request(body, length, max_json=1 << 20))
+
+
+@FUZZ
+@given(body=st.binary(max_size=200))
+def test_arbitrary_bytes_as_a_rest_body(body: bytes) -> None:
+    _decodes_or_refuses(lambda: parse_infer_request(body, None, max_json=1 << 20))
