@@ -22,10 +22,23 @@ LE_FLOAT32 = np.dtype("<f4")
 # Most dimensions a tensor may have: models take 1 to 4, and numpy stops at 64 (a shape of
 # 65 dimensions failed inside numpy, as an internal error, before this check).
 MAX_DIMS = 16
+# Largest single dimension: no tensor here comes near it, and numpy cannot even describe a
+# shape such as [0, 2**62] (its byte size overflows), which it reports as a plain ValueError.
+MAX_DIM = 2**31 - 1
 
 
 class TensorError(ValueError):
     """A tensor whose shape and bytes disagree."""
+
+
+def check_dims(shape: tuple[int, ...], what: str) -> None:
+    """At most MAX_DIMS dimensions, each in 0..MAX_DIM, else TensorError."""
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
+    if any(d > MAX_DIM for d in shape):
+        raise TensorError(f"{what}: shape {list(shape)} has a dimension over {MAX_DIM}")
 
 
 def tensor_to_array(tensor: pb.Tensor, what: str) -> Float32Array:
@@ -33,10 +46,7 @@ def tensor_to_array(tensor: pb.Tensor, what: str) -> Float32Array:
     shape = tuple(int(d) for d in tensor.shape)
     if not shape:
         raise TensorError(f"{what}: shape is empty; give the dimensions, e.g. [N, 28, 28]")
-    if len(shape) > MAX_DIMS:
-        raise TensorError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
-    if any(d < 0 for d in shape):
-        raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
+    check_dims(shape, what)
     expected = 4 * math.prod(shape)
     if len(tensor.raw_data) != expected:
         raise TensorError(

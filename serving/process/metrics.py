@@ -12,6 +12,11 @@ Exported series (labels in braces):
   latentserve_inference_seconds{model,graph}             onnxruntime run time (histogram)
   latentserve_queue_depth{model,graph}                   requests waiting for a batch
   latentserve_model_ready{model}                         1 when READY, else 0
+  latentserve_http_connections_closed_total{reason}      HTTP connections closed by the
+                                                         server: limit (over
+                                                         max_http_connections, refused),
+                                                         header_timeout (no request head in
+                                                         http_header_timeout_s)
 With several worker processes (serving/process/supervisor.py) also:
   latentserve_worker_requests_total{worker}              RPCs received by each worker
   latentserve_worker_up{worker,pid}                      1 per live worker process
@@ -128,6 +133,12 @@ class Metrics:
             ["model"],
             registry=r,
             multiprocess_mode="livemin",
+        )
+        self.http_connections_closed = Counter(
+            "latentserve_http_connections_closed",
+            "HTTP connections the server closed: refused over the limit, or too slow",
+            ["reason"],
+            registry=r,
         )
         # Per-worker counts, so an operator sees how SO_REUSEPORT spread the connections.
         self._worker_requests: Counter | None = None

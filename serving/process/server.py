@@ -200,7 +200,9 @@ class LatentServer:
             ) from None
         context = HttpContext(self.v2, self.registry, s)
         app = build_app(context, [*rest.routes(self.v2), *packaged_routes(context)], tokens)
-        self.http = HttpServer(app, s)
+        self.http = HttpServer(
+            app, s, lambda reason: self.metrics.http_connections_closed.labels(reason).inc()
+        )
         await self.http.start(sock)
         log.info("HTTP on %s:%d (Open Inference Protocol REST)", s.host, self.http.port)
 

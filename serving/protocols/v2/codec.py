@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from latentserve._proto.inference import grpc_predict_v2_pb2 as pb
-from latentserve.tensors import MAX_DIMS, TensorError
+from latentserve.tensors import MAX_DIMS, TensorError, check_dims
 
 # Fixed-size datatypes and their little-endian numpy dtypes (the protocol's byte order).
 FIXED_DTYPES: dict[str, np.dtype[Any]] = {
@@ -68,10 +68,7 @@ def check_header(name: str, datatype: str, shape: Sequence[int]) -> tuple[int, .
         )
     # Integers already (protobuf int64s, or JSON ints checked by the REST parser).
     dims = tuple(shape)
-    if len(dims) > MAX_DIMS:
-        raise TensorError(f"{name}: shape has {len(dims)} dimensions; at most {MAX_DIMS} allowed")
-    if dims and min(dims) < 0:
-        raise TensorError(f"{name}: shape {_shown(dims)} has a negative dimension")
+    check_dims(dims, name)
     return dims
 
 

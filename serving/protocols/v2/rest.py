@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import grpc
 import orjson
 from aiohttp import web
 
@@ -59,7 +60,13 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def _failure(error: BaseException, code_status: int, message: str) -> web.Response:
-    status = 429 if isinstance(error, QueueFull) else code_status
+    status = (
+        429
+        if isinstance(error, QueueFull)
+        else 408
+        if isinstance(error, BodyTimeout)
+        else code_status
+    )
     return json_error(status, message)
 
 
@@ -145,7 +152,9 @@ class V2Rest:
             call.model = UNKNOWN_MODEL_LABEL
             settings = self._api.settings
             check_declared_sizes(request, settings.max_message_bytes, settings.max_json_bytes)
-            body = await read_body(request, settings.max_message_bytes)
+            body = await read_body(
+                request, settings.max_message_bytes, settings.http_body_timeout_s
+            )
             header, inputs, binary_outputs, requested = await self._parse(
                 body, request.headers.get(HEADER_LENGTH)
             )
@@ -182,9 +191,18 @@ def check_declared_sizes(request: web.Request, max_body: int, max_json: int) -> 
         )
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+class BodyTimeout(ServingError):
+    """The request body did not arrive in time (HTTP 408)."""
+
+
+async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise BodyTimeout(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"request body not received within http_body_timeout_s ({timeout} s)",
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise resource_exhausted(
             f"request body too large: more than the server's max_message_bytes ({limit}); "

@@ -125,3 +125,17 @@ def test_rest_body_only_refuses_as_documented(
 @given(body=st.binary(max_size=200))
 def test_arbitrary_bytes_as_a_rest_body(body: bytes) -> None:
     _decodes_or_refuses(lambda: parse_infer_request(body, None, max_json=1 << 20))
+
+
+@FUZZ
+@given(shape=shapes, raw=st.binary(max_size=64))
+def test_native_tensors_only_refuse_as_documented(shape: list[int], raw: bytes) -> None:
+    """The native API's tensors (latentserve.tensors) share the shape checks."""
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+    from latentserve.tensors import tensor_to_array
+
+    try:
+        tensor = pb.Tensor(shape=shape, raw_data=raw)
+    except ValueError:  # protobuf refuses values outside int64 itself, client side
+        return
+    _decodes_or_refuses(lambda: tensor_to_array(tensor, "images"))
