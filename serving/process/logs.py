@@ -19,11 +19,13 @@ from datetime import UTC, datetime
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-# "Bearer <credential>" / "Basic <credential>" anywhere, and whatever follows an
+# "Bearer <credential>" / "Basic <credential>" anywhere (but not the server's own words
+# "bearer token auth on"), and whatever follows an
 # Authorization header name; the credential ends at whitespace or a quote (escapes such as
 # \\xff in a repr are part of it).
 _CREDENTIAL = re.compile(
-    r"(?i)(\b(?:bearer|basic)\s+|\bauthorization\b['\"]?\s*[:=,]\s*['\"]?(?!\s*(?:bearer|basic)\b))"
+    r"(?i)(\b(?:bearer|basic)\s+(?!(?:token|tokens|auth)\b)"
+    r"|\bauthorization\b['\"]?\s*[:=,]\s*['\"]?(?!\s*(?:bearer|basic)\b))"
     r"[^\s'\"]+"
 )
 REDACTED = "<redacted>"

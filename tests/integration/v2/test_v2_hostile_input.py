@@ -28,6 +28,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import numpy as np
 import orjson
 import pytest
 from fixtures.servers import SubprocessServer, free_port
@@ -258,3 +259,38 @@ def test_token_with_a_nul_byte_never_reaches_the_log(server):
     time.sleep(0.5)  # let the server's log line (if any) arrive
     leaked = [line for line in server.lines if TOKEN in line]
     assert not leaked, leaked
+
+
+def test_rss_after_100_refused_12_mb_native_calls(server):
+    """Encode of 4,000 images (12.5 MB) with one NaN, refused 100 times; then 20 such calls
+    without a token. Each refusal used to leave its request in a reference cycle with grpc's
+    AbortError (+580 MiB after 100), freed only when the cyclic GC got round to it."""
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2 as pb
+    from latentserve._proto.latentserve.v1 import autoencoder_pb2_grpc as pb_grpc
+    from latentserve.tensors import array_to_tensor
+
+    images = np.zeros((4000, 1, 28, 28), np.float32)
+    images[5, 0, 3, 3] = np.nan
+    request = pb.EncodeRequest(images=array_to_tensor(images))
+    options = [("grpc.max_send_message_length", 64 * MiB)]
+
+    def refused(metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+        try:
+            stub.Encode(request, metadata=metadata, timeout=30)
+        except grpc.RpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+    with grpc.insecure_channel(server.target, options=options) as channel:
+        stub = pb_grpc.AutoencoderStub(channel)
+        auth = [("authorization", f"Bearer {TOKEN}")]
+        for _ in range(3):  # settle allocator pools first
+            refused(auth)
+        before = _rss(server)
+        for _ in range(100):
+            assert refused(auth) is grpc.StatusCode.INVALID_ARGUMENT
+        for _ in range(20):
+            assert refused([]) is grpc.StatusCode.UNAUTHENTICATED
+        time.sleep(0.5)
+        after = _rss(server)
+    assert after <= before * 1.10, f"RSS {before / MiB:.0f} -> {after / MiB:.0f} MiB"
