@@ -188,9 +188,7 @@ UnaryHandler = Callable[[S, Req, Context, Call], Awaitable[Resp]]
 StreamHandler = Callable[[S, Req, Context, Call], AsyncIterator[Resp]]
 
 
-async def _admit(
-    tracker: CallTracker, method: str, request: object, context: Context
-) -> Call:
+async def _admit(tracker: CallTracker, method: str, request: object, context: Context) -> Call:
     """The call begun, or the draining refusal sent (abort raises)."""
     # Every Autoencoder request names a model except ListModels, which counts as the default.
     model = str(getattr(request, "model", ""))
