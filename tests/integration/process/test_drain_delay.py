@@ -70,13 +70,15 @@ def test_default_delay_outlasts_the_shipped_envoy_health_check():
     assert cluster(config)["common_lb_config"]["healthy_panic_threshold"] == {"value": 1}
 
 
-def _drain_timing(tiny_models_dir, send, *, tty: bool = False) -> tuple[float, str]:
+def _drain_timing(
+    tiny_models_dir, send, *, tty: bool = False, workers: int = 1
+) -> tuple[float, str]:
     """Seconds from the first signal to the exit of a server with a 30 s drain delay, and
     its log; `send(proc)` signals it."""
     import os
     import pty
 
-    flags = ["--default-model", "tiny-vae", "--drain-delay-s", "30"]
+    flags = ["--default-model", "tiny-vae", "--drain-delay-s", "30", "--workers", str(workers)]
     server = SubprocessServer(tiny_models_dir, flags)
     if tty:
         master, slave = pty.openpty()
@@ -105,6 +107,18 @@ def test_a_second_signal_skips_the_rest_of_the_drain(tiny_models_dir):
     assert "still serving for drain_delay_s=30.0s" in log
     assert "skipping the rest of the drain" in log
     assert seconds < 15, seconds
+
+
+def test_a_second_signal_hurries_every_worker(tiny_models_dir):
+    def twice(proc) -> None:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGTERM)
+
+    seconds, log = _drain_timing(tiny_models_dir, twice, workers=2)
+    assert log.count("still serving for drain_delay_s=30.0s") == 2, log
+    assert "skipping the rest of the drain" in log
+    assert seconds < 20, seconds
 
 
 def test_ctrl_c_at_a_terminal_skips_the_delay(tiny_models_dir):
