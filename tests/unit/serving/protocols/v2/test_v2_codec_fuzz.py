@@ -1,5 +1,6 @@
 """Property-based fuzzing of the Open Inference Protocol's decoding (issue 22): whatever the
-tensor header, raw bytes, JSON values or whole REST body, decoding either succeeds or
+tensor header, raw bytes, JSON values, whole REST body or gRPC ModelInferRequest (and the
+native API's tensors), decoding either succeeds or
 raises the documented client errors (TensorError -> 400 / INVALID_ARGUMENT, ServingError
 with INVALID_ARGUMENT or RESOURCE_EXHAUSTED -> 400 / 413); never another exception, which
 the server would answer 500 / INTERNAL. Shapes are drawn up to 2**63 and 70 dimensions, so
@@ -139,3 +140,50 @@ def test_native_tensors_only_refuse_as_documented(shape: list[int], raw: bytes) 
     except ValueError:  # protobuf refuses values outside int64 itself, client side
         return
     _decodes_or_refuses(lambda: tensor_to_array(tensor, "images"))
+
+
+contents_fields = st.sampled_from(
+    [
+        "bool_contents",
+        "int_contents",
+        "int64_contents",
+        "uint_contents",
+        "uint64_contents",
+        "fp32_contents",
+        "fp64_contents",
+        "bytes_contents",
+    ]
+)
+
+
+@st.composite
+def grpc_infer_requests(draw: st.DrawFn) -> Any:
+    from latentserve._proto.inference import grpc_predict_v2_pb2 as pb
+
+    tensors = []
+    for i in range(draw(st.integers(0, 3))):
+        shape = [d for d in draw(shapes) if -(2**63) <= d < 2**63]
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name=f"in{i}", datatype=draw(datatypes), shape=shape
+        )
+        if draw(st.booleans()):
+            field = draw(contents_fields)
+            n = draw(st.integers(0, 8))
+            values = {
+                "bool_contents": [True] * n,
+                "bytes_contents": [b"x"] * n,
+                "fp32_contents": [0.5] * n,
+                "fp64_contents": [0.5] * n,
+            }.get(field, [1] * n)
+            getattr(tensor.contents, field).extend(values)
+        tensors.append(tensor)
+    raw = draw(st.lists(st.binary(max_size=32), max_size=4))
+    return pb.ModelInferRequest(model_name="m", inputs=tensors, raw_input_contents=raw)
+
+
+@FUZZ
+@given(request=grpc_infer_requests())
+def test_grpc_infer_request_only_refuses_as_documented(request: Any) -> None:
+    from serving.protocols.v2.grpc_servicer import infer_inputs
+
+    _decodes_or_refuses(lambda: infer_inputs(request))
