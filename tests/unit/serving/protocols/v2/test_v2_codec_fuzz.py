@@ -1,7 +1,6 @@
 """Property-based fuzzing of the Open Inference Protocol's decoding (issue 22): whatever the
 tensor header, raw bytes, JSON values, whole REST body or gRPC ModelInferRequest (and the
-native API's tensors), decoding either succeeds or
-raises the documented client errors (TensorError -> 400 / INVALID_ARGUMENT, ServingError
+native API's tensors), decoding either succeeds or raises the documented client errors (TensorError -> 400 / INVALID_ARGUMENT, ServingError
 with INVALID_ARGUMENT or RESOURCE_EXHAUSTED -> 400 / 413); never another exception, which
 the server would answer 500 / INTERNAL. Shapes are drawn up to 2**63 and 70 dimensions, so
 an allocation sized by a claimed shape would show as MemoryError or a hang.
