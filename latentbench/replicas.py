@@ -6,6 +6,7 @@ address after a SIGKILL; each counts its calls in its own Prometheus metrics.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import signal
@@ -178,6 +179,8 @@ class ReplicasConfig:
     client_processes: int = 2
     envoy_concurrency: int = 1  # Envoy worker threads (--concurrency); the machine has 2 cores
     max_requests: int = 200_000
+    # The rolling restart under load (latentbench.rolling): calls per path, 0 = skip it.
+    rolling_calls: int = 20_000
 
 
 @dataclass
@@ -232,6 +235,8 @@ def run_replicas(
         for envoy in envoys:
             envoy.stop()
         stop_all(replicas)
+    if config.rolling_calls:
+        measure_rolling_restarts(config, workdir, result, log)
     result.seconds = time.monotonic() - started
     return result
 
@@ -346,6 +351,52 @@ class _ReplicasPhases:
         return entry
 
 
+def measure_rolling_restarts(
+    config: ReplicasConfig, workdir: Path, result: ReplicasResult, log: Callable[[str], None]
+) -> None:
+    """Failed calls in a rolling restart under load (16 callers; one replica SIGKILLed, one
+    SIGTERMed 3 s later, both restarted), through the shipped Envoy config and with
+    client-side round robin, replicas started as the docs say (latentbench.rolling)."""
+    from latentbench.rolling import (
+        CallerLoad,
+        ipv4_target,
+        rolling_restart,
+        start_docs_replicas,
+        start_envoy,
+    )
+
+    log("rolling restart under load: SIGKILL one replica, SIGTERM another 3 s later, restart")
+    rolling: list[dict[str, Any]] = []
+    for path in ("envoy", "client"):
+        replicas = start_docs_replicas(
+            None if config.models_dir == Path("models") else config.models_dir
+        )
+        try:
+            if path == "envoy":
+                with start_envoy(replicas, workdir / "envoy-rolling") as envoy:
+                    load = CallerLoad(envoy.target, 16, client="raw")
+                    outcome = rolling_restart(
+                        replicas,
+                        load,
+                        path=path,
+                        min_calls=config.rolling_calls,
+                        wait_ready=functools.partial(
+                            envoy.wait_hosts, {r.address for r in replicas}, 60
+                        ),
+                        log=log,
+                    )
+            else:
+                load = CallerLoad(ipv4_target(replicas), 16, client="latentclient")
+                outcome = rolling_restart(
+                    replicas, load, path=path, min_calls=config.rolling_calls, log=log
+                )
+        finally:
+            stop_all(replicas)
+        rolling.append(outcome.to_dict())
+    result.summary["rolling_restart"] = rolling
+    result.summary["rolling_failed_calls"] = sum(r["failed"] for r in rolling)
+
+
 def write_markdown(result: ReplicasResult, path: Path) -> None:
     s = result.summary
     lines = [
@@ -373,7 +424,29 @@ def write_markdown(result: ReplicasResult, path: Path) -> None:
             f"{r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} | "
             f"{'' if cpu is None else f'{cpu:.0f}'} |"
         )
+    lines += rolling_markdown(s.get("rolling_restart", []))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def rolling_markdown(rolling: Sequence[dict[str, Any]]) -> list[str]:
+    """The rolling-restart table: failed calls per path."""
+    if not rolling:
+        return []
+    lines = [
+        "",
+        "Rolling restart under load: 3 replicas started as the docs say (`latent-serve`, "
+        "defaults), 16 callers of single-image Decode, one replica SIGKILLed, another "
+        "SIGTERMed 3 s later, both restarted.",
+        "",
+        "| path | calls | failed | by status | seconds |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rolling:
+        path = "Envoy (shipped config)" if r["path"] == "envoy" else "client-side round robin"
+        lines.append(
+            f"| {path} | {r['calls']:,} | {r['failed']} | {r['outcomes']} | {r['seconds']:.1f} |"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -392,6 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=ReplicasConfig.rounds)
     p.add_argument("--envoy-concurrency", type=int, default=ReplicasConfig.envoy_concurrency)
     p.add_argument("--client-processes", type=int, default=ReplicasConfig.client_processes)
+    p.add_argument(
+        "--rolling-calls",
+        type=int,
+        default=ReplicasConfig.rolling_calls,
+        help="calls per rolling-restart run (through Envoy, then client-side); 0 skips it",
+    )
     p.add_argument("--results-dir", type=Path, default=Path("benchmarks"))
     args = p.parse_args(argv)
     config = ReplicasConfig(
@@ -402,6 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds,
         client_processes=args.client_processes,
         envoy_concurrency=args.envoy_concurrency,
+        rolling_calls=args.rolling_calls,
     )
     with tempfile.TemporaryDirectory(prefix="latent-bench-replicas-") as tmp:
         result = run_replicas(config, Path(tmp))
@@ -411,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.results_dir / "replicas.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     write_markdown(result, args.results_dir / "replicas.md")
     print(f"wrote {args.results_dir / 'replicas.json'} and replicas.md")
-    return 0 if result.summary.get("errors", 0) == 0 else 1
+    failed = result.summary.get("errors", 0) + result.summary.get("rolling_failed_calls", 0)
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -76,10 +76,16 @@ class ServerProcess:
             "0",
             "--http-port",
             "0",
+            # No balancer in front of a test or benchmark server: stop at once. Tests of the
+            # drain delay pass their own (a later flag wins).
+            "--drain-delay-s",
+            "0",
             *flags,
         ]
         self.port = 0
         self.lines: list[str] = []
+        # The child's stdin: a file descriptor (e.g. a pty, for "run in a terminal" tests).
+        self.stdin: int | None = subprocess.DEVNULL
         self._proc: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -96,6 +102,7 @@ class ServerProcess:
         """Launch without waiting (see `wait_ready`), so several servers can start at once."""
         self._proc = subprocess.Popen(
             self.command,
+            stdin=self.stdin,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -25,8 +25,26 @@ WIRE_DTYPES: dict[int, np.dtype[Any]] = {
 }
 
 
+# Most dimensions a tensor may have: models take 1 to 4, and numpy stops at 64 (a shape of
+# 65 dimensions failed inside numpy, as an internal error, before this check).
+MAX_DIMS = 16
+# Largest single dimension: no tensor here comes near it, and numpy cannot even describe a
+# shape such as [0, 2**62] (its byte size overflows), which it reports as a plain ValueError.
+MAX_DIM = 2**31 - 1
+
+
 class TensorError(ValueError):
     """A tensor whose shape and bytes disagree."""
+
+
+def check_dims(shape: tuple[int, ...], what: str) -> None:
+    """At most MAX_DIMS dimensions, each in 0..MAX_DIM, else TensorError."""
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
+    if any(d < 0 for d in shape):
+        raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
+    if any(d > MAX_DIM for d in shape):
+        raise TensorError(f"{what}: shape {list(shape)} has a dimension over {MAX_DIM}")
 
 
 def tensor_to_array(tensor: pb.Tensor, what: str, *, allow_uint8: bool = False) -> npt.NDArray[Any]:
@@ -35,8 +53,7 @@ def tensor_to_array(tensor: pb.Tensor, what: str, *, allow_uint8: bool = False) 
     shape = tuple(int(d) for d in tensor.shape)
     if not shape:
         raise TensorError(f"{what}: shape is empty; give the dimensions, e.g. [N, C, H, W]")
-    if any(d < 0 for d in shape):
-        raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
+    check_dims(shape, what)
     dtype = WIRE_DTYPES.get(tensor.dtype)
     if dtype is None or (dtype == UINT8 and not allow_uint8):
         allowed = "DATA_TYPE_FLOAT32 or DATA_TYPE_UINT8" if allow_uint8 else "DATA_TYPE_FLOAT32"

@@ -17,6 +17,17 @@ TINY_MODELS = {
 }
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Full rolling-restart runs (marker `rolling`, minutes each) only when asked for with
+    `-m rolling`; the default suite runs their short versions."""
+    if "rolling" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="full rolling-restart runs: pytest -m rolling")
+    for item in items:
+        if "rolling" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models/ folder with three good tiny models (never modified by tests)."""

@@ -2,12 +2,17 @@
 collectors (`--log-format json`). Called once by the CLI; library code only uses
 `logging.getLogger(__name__)`. With tracing on (serving/process/tracing.py), a line logged
 during a traced call carries its trace id (`trace_id`: a JSON field, or appended to text).
+
+Every line is scrubbed of credentials before it is written: a malformed request can make a
+library log the raw header (aiohttp logs a header line with a NUL byte at ERROR, token and
+all), so the formatter, not each call site, is where a token is kept out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,8 +21,28 @@ from datetime import UTC, datetime
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+# "Bearer <credential>" / "Basic <credential>" anywhere (but not the server's own words
+# "bearer token auth on"), and whatever follows an
+# Authorization header name; the credential ends at whitespace or a quote (escapes such as
+# \\xff in a repr are part of it).
+_CREDENTIAL = re.compile(
+    r"(?i)(\b(?:bearer|basic)\s+(?!(?:token|tokens|auth)\b)"
+    r"|\bauthorization\b['\"]?\s*[:=,]\s*['\"]?(?!\s*(?:bearer|basic)\b))"
+    r"[^\s'\"]+"
+)
+REDACTED = "<redacted>"
+
+
+def redact(text: str) -> str:
+    """`text` with every credential replaced by <redacted>."""
+    return _CREDENTIAL.sub(lambda m: m.group(1) + REDACTED, text)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return redact(self._format(record))
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
@@ -31,10 +56,11 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The plain-text line, with ` trace_id=...` at the end when the record has one."""
+    """The plain-text line, credentials redacted, with ` trace_id=...` at the end when the
+    record has one."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = redact(super().format(record))
         trace_id = getattr(record, "trace_id", None)
         return f"{line} trace_id={trace_id}" if trace_id else line
 

@@ -16,6 +16,11 @@ a call that failed before a version was chosen):
   latentserve_model_ready{model,version}                 1 when that version is READY, else 0
   latentserve_model_loads_total{model,version,outcome}   version loads (outcome ok / failed)
   latentserve_model_unloads_total{model,version}         versions released
+  latentserve_http_connections_closed_total{reason}      HTTP connections closed by the
+                                                         server: limit (over
+                                                         max_http_connections, refused),
+                                                         header_timeout (no request head in
+                                                         http_header_timeout_s)
 With several worker processes (serving/process/supervisor.py) also:
   latentserve_worker_requests_total{worker}              RPCs received by each worker
   latentserve_worker_up{worker,pid}                      1 per live worker process
@@ -181,6 +186,12 @@ class Metrics:
         )
         self.model_unloads = Counter(
             "latentserve_model_unloads", "Model versions released", ["model", "version"], registry=r
+        )
+        self.http_connections_closed = Counter(
+            "latentserve_http_connections_closed",
+            "HTTP connections the server closed: refused over the limit, or too slow",
+            ["reason"],
+            registry=r,
         )
 
     def _define_worker_metrics(self, label: str) -> Counter:

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from serving.process.metrics import Metrics
 from serving.process.ports import listening_socket, port_error
 from serving.process.settings import ServerSettings, StartupError
 from serving.process.shared_statistics import SharedStatistics
+from serving.process.signals import hurry_wanted
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
 from serving.process.tracing import Tracing, configure_tracing
 from serving.protocols import explorer
@@ -126,6 +128,7 @@ class LatentServer:
         self._publishing: asyncio.Task[None] | None = None
         self._published: set[tuple[str, str]] = set()  # (model, version) with a ready gauge
         self._poller: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # set by `hurry`: end the drain now
 
     @property
     def address(self) -> str:
@@ -220,7 +223,9 @@ class LatentServer:
         sock = listening_socket(s.host, s.http_port, "http_port", reuse_port=self.shared_port)
         context = HttpContext(self.v2, self.registry, s)
         app = build_app(context, [*rest.routes(self.v2), *explorer.routes(context)], tokens)
-        self.http = HttpServer(app, s)
+        self.http = HttpServer(
+            app, s, lambda reason: self.metrics.http_connections_closed.labels(reason).inc()
+        )
         await self.http.start(sock)
         log.info("HTTP on %s:%d (Open Inference Protocol REST)", s.host, self.http.port)
 
@@ -301,6 +306,23 @@ class LatentServer:
             await self.health.set(SERVICE_NAME, self._overall)
             self._announced_serving = self._overall == SERVING
 
+    def hurry(self) -> None:
+        """End the drain now: skip what is left of the drain delay and the grace period (a
+        second signal, or Ctrl-C at a terminal, where nobody balances over this server)."""
+        self._hurry.set()
+
+    async def _unless_hurried(self, waiting: Awaitable[Any], timeout: float) -> None:
+        """Wait for `waiting` (at most `timeout` s), or until `hurry` is called."""
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        task = asyncio.ensure_future(asyncio.wait_for(waiting, timeout))
+        try:
+            await asyncio.wait({hurried, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (hurried, task):
+                pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await task
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING everywhere, refuse new calls, let in-flight ones finish."""
         if self._stopped.is_set():
@@ -324,18 +346,23 @@ class LatentServer:
         # keep serving for drain_delay_s so it moves traffic away before anything is refused.
         # A server that never said SERVING (start-up failure, stop while loading) has no
         # traffic to move away.
-        if self.settings.drain_delay_s > 0 and self._announced_serving:
+        delay = self.settings.drain_delay_s
+        if delay > 0 and self._announced_serving and not self._hurry.is_set():
             log.info(
-                "NOT_SERVING; still serving for drain_delay_s=%.1fs", self.settings.drain_delay_s
+                "NOT_SERVING; still serving for drain_delay_s=%.1fs (signal again to skip)", delay
             )
-            await asyncio.sleep(self.settings.drain_delay_s)
-        if not await self.calls.drain(grace):
+            await self._unless_hurried(asyncio.sleep(delay), delay + 1)
+        if self._hurry.is_set():
+            grace = 0.0
+        await self._unless_hurried(self.calls.drain(grace), grace + 1)
+        if self.calls.in_flight:
             log.warning(
                 "grace period over with %s still running; cancelling them",
                 counted(self.calls.in_flight, "call"),
             )
         if self._server is not None:
-            await self._server.stop(max(0.0, grace - (time.monotonic() - started)))
+            remaining = 0.0 if self._hurry.is_set() else grace - (time.monotonic() - started)
+            await self._server.stop(max(0.0, remaining))
         if self.http is not None:
             await self.http.stop()
         await self.registry.close()
@@ -377,6 +404,19 @@ def _log_loading_failure(task: asyncio.Task[None]) -> None:
         log.error("loading models failed; serving nothing", exc_info=task.exception())
 
 
+def on_stop_signal(
+    sig: int, received: list[int], server: LatentServer, stop_requested: asyncio.Event
+) -> None:
+    """The first SIGTERM/SIGINT starts the drain; a second one, or Ctrl-C at a terminal,
+    hurries it (serving/process/signals.py)."""
+    received.append(sig)
+    if hurry_wanted(received):
+        if len(received) > 1:
+            log.info("%s again: skipping the rest of the drain", signal.Signals(sig).name)
+        server.hurry()
+    stop_requested.set()
+
+
 async def serve(settings: ServerSettings) -> int:
     """One server process (workers=1): run until SIGTERM/SIGINT, then drain. The exit code:
     0 after a drain, EXIT_STARTUP_ERROR (with one log line naming the fix) when it cannot
@@ -397,8 +437,9 @@ async def _serve(settings: ServerSettings, tracing: Tracing | None) -> int:
     server = LatentServer(settings, tracing=tracing)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_requested.set)
+        loop.add_signal_handler(sig, on_stop_signal, sig, received, server, stop_requested)
     try:
         await server.start()
     except StartupError as e:

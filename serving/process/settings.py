@@ -24,6 +24,12 @@ LogFormat = Literal["text", "json"]
 ModelControl = Literal["none", "poll", "explicit"]
 
 MiB = 1 << 20
+# On SIGTERM, keep serving this long after health turns NOT_SERVING. The shipped Envoy config
+# needs 3 s to notice (checks every 1 s, 2 failures, 1 s timeout); Kubernetes' endpoint
+# removal and kube-proxy take a few seconds too. With 0, a replica that stops behind Envoy
+# refuses calls Envoy still sends it and then closes connections under them (issue 22: 645 of
+# 24,579 calls lost).
+DEFAULT_DRAIN_DELAY_S = 5.0
 
 # The shipped models (mnist-ae, mnist-vae, mnist-vae-16) travel inside the package as its
 # default models folder, so `pip install ".[serve]" && latent-serve` serves them from any
@@ -135,13 +141,14 @@ class ServerSettings(BaseSettings):
         10.0, ge=0.0, description="on SIGTERM/SIGINT, time allowed for in-flight calls to finish"
     )
     drain_delay_s: float = Field(
-        0.0,
+        DEFAULT_DRAIN_DELAY_S,
         ge=0.0,
         le=300.0,
-        description="on SIGTERM/SIGINT, seconds to keep serving new calls after health turns "
-        "NOT_SERVING, so a load balancer's health checks move traffic away before calls are "
-        "refused; 0 (alone, nothing to notice) or above the balancer's check interval x "
-        "unhealthy threshold (docs/deployment.md, Scaling out)",
+        description="on SIGTERM, seconds to keep serving new calls after health turns "
+        "NOT_SERVING, so load balancers' health checks move traffic away before any call is "
+        "refused; above the balancer's check interval x unhealthy threshold + timeout (the "
+        "shipped Envoy config: 3 s). Ctrl-C in a terminal and a second signal skip it "
+        "(docs/deployment.md, Scaling out)",
     )
     metrics_port: int = Field(
         9090, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 disables"
@@ -152,6 +159,31 @@ class ServerSettings(BaseSettings):
         le=65535,
         description="HTTP port: the Open Inference Protocol (KServe v2) REST API and the "
         "explorer page, on host; 0 disables",
+    )
+    max_json_bytes: int = Field(
+        4 * MiB,
+        ge=64 * 1024,
+        description="largest JSON part of a REST request (parsing JSON takes about 16x its "
+        "size in memory and holds the interpreter); larger tensors go in binary "
+        "(binary_data_size), up to max_message_bytes",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="an HTTP connection must deliver a request's headers within this many "
+        "seconds of opening (or of its previous answer), else it is closed",
+    )
+    http_body_timeout_s: float = Field(
+        60.0, gt=0.0, description="most seconds an HTTP request body may take to arrive"
+    )
+    http_keepalive_s: float = Field(
+        75.0, gt=0.0, description="an idle keep-alive HTTP connection is closed after this"
+    )
+    max_http_connections: int = Field(
+        1024,
+        ge=1,
+        description="open HTTP connections at most (per worker); more are closed at once "
+        "and counted in latentserve_http_connections_refused_total",
     )
     max_concurrent_streams: int = Field(
         64,

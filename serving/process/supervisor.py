@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from latentserve.wording import counted
 from serving.process.ports import port_error, reserve_port
 from serving.process.settings import ServerSettings, StartupError
+from serving.process.signals import hurry_wanted
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class Supervisor:
     exit_code: int = 0
     signals: list[int] = field(default_factory=list)
     restarts: int = 0  # workers restarted after dying (latentserve_worker_restarts_total)
+    hurried: bool = False
 
     def run(self) -> int:
         reservations = [reserve_port(self.settings.host, self.settings.port, "port")]
@@ -245,6 +247,8 @@ class Supervisor:
                     wake.recv(64)
             if self.signals and not self.stopping:
                 self._stop(f"received {signal.Signals(self.signals[0]).name}")
+            if self.stopping and not self.hurried and hurry_wanted(self.signals):
+                self._hurry()
             for worker in list(self.running.values()):
                 if worker.conn in ready:
                     self._read_message(worker)
@@ -304,8 +308,8 @@ class Supervisor:
         code = worker.process.exitcode
         how = describe_exit(code)
         if self.stopping:
-            # -SIGTERM: a worker still starting up, before its drain handler existed.
-            if code not in (0, -signal.SIGTERM) and self.exit_code == 0:
+            # -SIGTERM, -SIGUSR2: a worker still starting up, before its handlers existed.
+            if code not in (0, -signal.SIGTERM, -signal.SIGUSR2) and self.exit_code == 0:
                 log.warning("worker %d (pid %d) %s while stopping", *_id(worker), how)
                 self.exit_code = EXIT_WORKER_FAILED
             return
@@ -369,6 +373,14 @@ class Supervisor:
         for worker in self.running.values():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGTERM)
+
+    def _hurry(self) -> None:
+        """Tell every worker to skip the rest of its drain (SIGUSR2, see run_worker)."""
+        self.hurried = True
+        log.info("skipping the rest of the drain")
+        for worker in self.running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGUSR2)
 
 
 def _id(worker: Worker) -> tuple[int, int]:
@@ -512,6 +524,8 @@ async def _serve_worker(
 
     loop.add_signal_handler(signal.SIGTERM, stop_requested.set)
     loop.add_signal_handler(signal.SIGUSR1, announce)
+    # The supervisor's word that a developer wants out now (a second signal, Ctrl-C).
+    loop.add_signal_handler(signal.SIGUSR2, server.hurry)
     try:
         await server.start_warm()
     except StartupError as e:

@@ -92,14 +92,19 @@ def _authorization(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | 
 def _denied(handler: Handler, message: str) -> Handler:
     """A handler of the same kind as `handler` that answers UNAUTHENTICATED, unparsed."""
 
+    # The status is set, not raised with context.abort: grpc.aio keeps an AbortError in a
+    # reference cycle with the request's bytes until the cyclic GC runs (see calls._answer).
     async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details(message)
 
     async def deny_stream(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - abort raises; the yield makes this an async generator
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details(message)
+        return
+        yield  # pragma: no cover - the yield makes this an async generator
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(deny_stream)

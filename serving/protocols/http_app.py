@@ -12,6 +12,7 @@ explorer page, are public), TLS files and drain (the CallTracker refuses new cal
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -26,6 +27,7 @@ from aiohttp.typedefs import Middleware
 from serving.core.repository import ModelRepository
 from serving.process.settings import ServerSettings
 from serving.protocols.auth import HTTP_CREDENTIALS, TokenCheck
+from serving.protocols.http_guard import ConnectionGuard
 from serving.protocols.v2.inference import V2Api
 
 log = logging.getLogger(__name__)
@@ -145,23 +147,49 @@ def ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
 
 
 class HttpServer:
-    """The app on a socket: `await start(sock)`, then `await stop()` after the drain."""
+    """The app on a socket: `await start(sock)`, then `await stop()` after the drain.
 
-    def __init__(self, app: web.Application, settings: ServerSettings) -> None:
+    Connections go through a ConnectionGuard (http_guard.py): at most max_http_connections
+    open, a request head within http_header_timeout_s; idle keep-alive connections close
+    after http_keepalive_s (aiohttp's own timer). `on_close(reason)` counts the closed ones."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        settings: ServerSettings,
+        on_close: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self._settings = settings
         # Signals are the server's (server.py drains both ports); the access log would cost
         # a formatted line per call.
         self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, shutdown_timeout=settings.grace_period_s
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=settings.grace_period_s,
+            keepalive_timeout=settings.http_keepalive_s,
         )
+        self.guard = ConnectionGuard(
+            lambda: self._runner.server(),  # type: ignore[misc]
+            max_connections=settings.max_http_connections,
+            header_timeout_s=settings.http_header_timeout_s,
+            on_close=on_close,
+        )
+        # Outermost, so every request marks its connection, even one refused by auth.
+        app.middlewares.insert(0, self.guard.middleware())
+        self._listener: asyncio.Server | None = None
         self.port = 0
 
     async def start(self, sock: socket.socket) -> None:
         await self._runner.setup()
-        site = web.SockSite(self._runner, sock, ssl_context=ssl_context(self._settings))
-        await site.start()
+        self._listener = await asyncio.get_running_loop().create_server(
+            self.guard, sock=sock, ssl=ssl_context(self._settings)
+        )
         self.port = int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         """Stop listening, let running handlers finish (up to the grace period), close."""
+        if self._listener is not None:
+            self._listener.close()
         await self._runner.cleanup()
+        await self.guard.close()

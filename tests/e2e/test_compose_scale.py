@@ -6,7 +6,10 @@ image: no registry here).
 - every container turns healthy (replicas: gRPC health; Envoy: admin /ready);
 - calls through Envoy give the same results as a replica called directly, and one channel's
   calls spread evenly over the three (each replica's own metrics);
-- `docker compose stop replica-2` under load drains it: 0 failed calls, exit code 0.
+- `docker compose stop replica-2` under load drains it: 0 failed calls, exit code 0;
+- a rolling restart with the compose file's defaults (issue 22): 16 callers through Envoy,
+  `kill -s SIGKILL replica-1`, 3 s later `stop replica-2`, then `start` both, at least
+  20,000 calls in all: 0 failed.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fixtures.balancing import METHOD, BackgroundLoad, assert_even, until_every_
 
 from latentbench.envoyproc import render_config
 from latentbench.replicas import pick_port
+from latentbench.rolling import CallerLoad, RollingResult
 from latentserve.client import LatentClient
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +92,46 @@ def _container_health(stack: ComposeStack, service: str) -> str:
     return str((state.get("Health") or {}).get("Status") or state.get("Status"))
 
 
+ROLLING_CALLS = 20_000
+
+
+def _wait_healthy(stack: ComposeStack, services: tuple[str, ...], timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < end:
+        states = {s: _container_health(stack, s) for s in services}
+        if all(v == "healthy" for v in states.values()):
+            return
+        time.sleep(0.5)
+    raise AssertionError(states)
+
+
+def _rolling_restart(stack: ComposeStack, target: str) -> RollingResult:
+    """What an operator's rolling update does to the compose stack, under 16 callers on a
+    plain channel (no retries of their own) through Envoy."""
+    load = CallerLoad(target, 16, client="raw").start()
+    result = RollingResult(path="compose", workers=1)
+    started = time.monotonic()
+    try:
+        load.wait_calls(2_000)
+        result.events["sigkill"] = time.monotonic() - started
+        stack("kill", "-s", "SIGKILL", "replica-1", timeout=60)
+        time.sleep(3)
+        result.events["sigterm"] = time.monotonic() - started
+        stack("stop", "-t", "30", "replica-2", timeout=60)
+        result.events["exited"] = time.monotonic() - started
+        stack("start", "replica-1", "replica-2", timeout=60)
+        _wait_healthy(stack, REPLICAS)
+        result.events["restarted"] = time.monotonic() - started
+        load.wait_calls(max(ROLLING_CALLS, load.calls + 1_000), timeout=300)
+    finally:
+        load.stop()
+    result.seconds = time.monotonic() - started
+    result.calls, result.failed, result.outcomes = load.calls, load.failed, dict(load.outcomes)
+    result.failures = [text for _, text in load.failures]
+    return result
+
+
 @pytest.mark.timeout(1200)  # includes building both images on a cold cache
 def test_scale_profile_end_to_end(compose, build_env, service_image, envoy_image, tmp_path):
     host = "127.0.0.1"
@@ -106,7 +150,6 @@ def test_scale_profile_end_to_end(compose, build_env, service_image, envoy_image
         "LATENTSERVE_ENVOY_IMAGE": envoy_image,
         "LATENTSERVE_ENVOY_CONFIG": str(config_path),
         "LATENTSERVE_ENVOY_ADMIN_PORT": str(admin),
-        "LATENTSERVE_DRAIN_DELAY_S": "4",
     }
     for i, name in enumerate(REPLICAS, start=1):
         env[f"LATENTSERVE_REPLICA{i}_PORT"] = str(ports[name])
@@ -157,5 +200,12 @@ def test_scale_profile_end_to_end(compose, build_env, service_image, envoy_image
         ids = stack("ps", "-a", "-q", "replica-2").stdout.split()
         code = run(["docker", "inspect", "--format", "{{.State.ExitCode}}", ids[0]]).stdout.strip()
         assert code == "0", stack("logs", "--no-color", "replica-2", check=False).stdout[-3000:]
+
+        stack("start", "replica-2", timeout=60)
+        _wait_healthy(stack, REPLICAS)
+        result = _rolling_restart(stack, target)
+        print(result.line())
+        assert result.calls >= ROLLING_CALLS
+        assert result.failed == 0, (result.line(), result.failures)
     finally:
         stack("down", "-v", "--remove-orphans", "-t", "30", timeout=180, check=False)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from latentserve._proto.inference import grpc_predict_v2_pb2 as pb
-from latentserve.tensors import TensorError
+from latentserve.tensors import MAX_DIMS, TensorError, check_dims
 from latentserve.wording import counted
 
 # Fixed-size datatypes and their little-endian numpy dtypes (the protocol's byte order).
@@ -69,9 +69,14 @@ def check_header(name: str, datatype: str, shape: Sequence[int]) -> tuple[int, .
         )
     # Integers already (protobuf int64s, or JSON ints checked by the REST parser).
     dims = tuple(shape)
-    if dims and min(dims) < 0:
-        raise TensorError(f"{name}: shape {list(dims)} has a negative dimension")
+    check_dims(dims, name)
     return dims
+
+
+def _shown(dims: tuple[int, ...]) -> str:
+    """A shape for an error message, bounded (a hostile one may be long)."""
+    text = str(list(dims))
+    return text if len(text) <= 200 else text[:200] + "...]"
 
 
 def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> Array:
@@ -114,7 +119,7 @@ def from_values(name: str, datatype: str, shape: Sequence[int], values: Any) -> 
     dims = check_header(name, datatype, shape)
     count = math.prod(dims)
     if datatype == BYTES:
-        flat = list(_flatten(values))
+        flat = _flatten(name, values, count)
         array = np.empty(len(flat), dtype=object)
         for i, value in enumerate(flat):
             if isinstance(value, str):
@@ -162,6 +167,13 @@ def to_values(array: Array, datatype: str) -> list[Any]:
 
 
 def _bytes_elements(name: str, dims: tuple[int, ...], count: int, raw: bytes) -> Array:
+    # The shape is only a claim: check it against the bytes that came before allocating an
+    # element per claimed value (a 43-byte request claiming 2**27 elements took 1 GiB).
+    if count * _LENGTH_PREFIX.size > len(raw):
+        raise TensorError(
+            f"{name}: BYTES shape {_shown(dims)} claims {count} elements, but the raw contents "
+            f"hold {len(raw)} bytes and each element needs at least 4 (its length)"
+        )
     elements = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -184,11 +196,31 @@ def _bytes_elements(name: str, dims: tuple[int, ...], count: int, raw: bytes) ->
     return elements.reshape(dims)
 
 
-def _flatten(values: Any) -> Any:
-    if isinstance(values, (list, tuple)) or (
-        hasattr(values, "__iter__") and not isinstance(values, (str, bytes))
-    ):
-        for v in values:
-            yield from _flatten(v)
-    else:
-        yield values
+def _flatten(name: str, values: Any, count: int) -> list[Any]:
+    """The leaves of nested lists, depth first, without recursion (BYTES data nested 1,000
+    deep raised RecursionError, a 500), and at most `count` of them: more is an error."""
+    if not isinstance(values, (list, tuple)) and not _is_sequence(values):
+        values = [values]
+    flat: list[Any] = []
+    stack: list[Iterator[Any]] = [iter(values)]
+    while stack:
+        item: Any = next(stack[-1], _END)
+        if item is _END:
+            stack.pop()
+        elif isinstance(item, (list, tuple)) or _is_sequence(item):
+            if len(stack) >= MAX_DIMS:
+                raise TensorError(f"{name}: data nested deeper than {MAX_DIMS} levels")
+            stack.append(iter(item))
+        else:
+            flat.append(item)
+            if len(flat) > count:
+                raise TensorError(f"{name}: more than the {count} values its shape holds")
+    return flat
+
+
+_END = object()
+
+
+def _is_sequence(value: Any) -> bool:
+    """A repeated protobuf field or another non-string iterable."""
+    return hasattr(value, "__iter__") and not isinstance(value, (str, bytes, dict))

@@ -16,6 +16,7 @@ request asks for it per output (``"parameters": {"binary_data": true}``) or for 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,6 +36,8 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON = "application/json"
 BINARY = "application/octet-stream"
 INFER_METHOD = "RestInfer"
+# JSON parts from this size on are parsed in a thread, one at a time (see V2Rest._parse).
+LARGE_JSON_BYTES = 256 * 1024
 
 
 def routes(api: V2Api) -> list[web.RouteDef]:
@@ -64,13 +67,35 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def _failure(error: BaseException, code_status: int, message: str) -> web.Response:
-    status = 429 if isinstance(error, Overloaded) else code_status
+    status = (
+        429
+        if isinstance(error, Overloaded)
+        else 408
+        if isinstance(error, BodyTimeout)
+        else code_status
+    )
     return json_error(status, message)
 
 
 class V2Rest:
     def __init__(self, api: V2Api) -> None:
         self._api = api
+        # One large parse at a time: the memory budget (max_json_bytes x ~16) holds per
+        # server, not per concurrent request.
+        self._large_parse = asyncio.Semaphore(1)
+
+    async def _parse(
+        self, body: bytes, header_length: str | None
+    ) -> tuple[dict[str, Any], list[InferInput], set[str] | bool, list[str] | None]:
+        """parse_infer_request, in a thread for a large JSON part so the event loop can run
+        between its steps (orjson itself holds the interpreter while it parses)."""
+        json_size = len(body) if header_length is None else _int_or(header_length, len(body))
+        if json_size < LARGE_JSON_BYTES:
+            return parse_infer_request(body, header_length, self._api.settings.max_json_bytes)
+        async with self._large_parse:
+            return await asyncio.to_thread(
+                parse_infer_request, body, header_length, self._api.settings.max_json_bytes
+            )
 
     async def _answer(
         self,
@@ -185,8 +210,12 @@ class V2Rest:
         name, version = request.match_info["name"], request.match_info.get("version", "")
 
         async def work(call: Call) -> web.Response:
-            body = await read_body(request, self._api.settings.max_message_bytes)
-            header, inputs, binary_outputs, requested = parse_infer_request(
+            settings = self._api.settings
+            check_declared_sizes(request, settings.max_message_bytes, settings.max_json_bytes)
+            body = await read_body(
+                request, settings.max_message_bytes, settings.http_body_timeout_s
+            )
+            header, inputs, binary_outputs, requested = await self._parse(
                 body, request.headers.get(HEADER_LENGTH)
             )
             model, outputs = await self._api.infer(name, version, inputs, requested, None, call)
@@ -195,9 +224,45 @@ class V2Rest:
         return await self._answer(INFER_METHOD, work, request)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+def _int_or(text: str, default: int) -> int:
     try:
-        return await request.read()
+        return int(text)
+    except ValueError:
+        return default
+
+
+def check_declared_sizes(request: web.Request, max_body: int, max_json: int) -> None:
+    """Refuse from the headers alone, before reading a byte of the body: a Content-Length
+    over the body limit (a 200 MB body used to be read up to 64 MiB first), or a JSON part
+    over max_json_bytes."""
+    declared = request.content_length
+    if declared is not None and declared > max_body:
+        raise resource_exhausted(
+            f"request body of {declared} bytes (Content-Length) is more than the server's "
+            f"max_message_bytes ({max_body}); split the request"
+        )
+    header_length = request.headers.get(HEADER_LENGTH)
+    json_size = declared if header_length is None else _int_or(header_length, 0)
+    if json_size is not None and json_size > max_json:
+        raise resource_exhausted(
+            f"JSON part of {json_size} bytes is more than the server's max_json_bytes "
+            f"({max_json}); send large tensors as binary data (the binary tensor data "
+            f"extension: {HEADER_LENGTH} and binary_data_size)"
+        )
+
+
+class BodyTimeout(ServingError):
+    """The request body did not arrive in time (HTTP 408)."""
+
+
+async def read_body(request: web.Request, limit: int, timeout: float | None = None) -> bytes:
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except TimeoutError:
+        raise BodyTimeout(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"request body not received within http_body_timeout_s ({timeout} s)",
+        ) from None
     except web.HTTPRequestEntityTooLarge:
         raise resource_exhausted(
             f"request body too large: more than the server's max_message_bytes ({limit}); "
@@ -220,11 +285,18 @@ def metadata_json(model: V2Model, versions: list[str]) -> dict[str, Any]:
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None
+    body: bytes, header_length: str | None, max_json: int | None = None
 ) -> tuple[dict[str, Any], list[InferInput], set[str] | bool, list[str] | None]:
     """The JSON header, the decoded inputs, which outputs go back binary (a set of names, or
-    True for all) and the requested output names (None: all)."""
+    True for all) and the requested output names (None: all). A JSON part over `max_json`
+    bytes is refused (a chunked body declares no length up front)."""
     json_part, binary = _split_body(body, header_length)
+    if max_json is not None and len(json_part) > max_json:
+        raise resource_exhausted(
+            f"JSON part of {len(json_part)} bytes is more than the server's max_json_bytes "
+            f"({max_json}); send large tensors as binary data ({HEADER_LENGTH}, "
+            "binary_data_size)"
+        )
     header = _json_header(json_part)
     inputs = _decode_inputs(header, binary)
     binary_outputs, requested = _requested_outputs(header)

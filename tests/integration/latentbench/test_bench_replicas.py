@@ -18,7 +18,7 @@ def test_replicas_scenario_smoke(tiny_models_dir, tmp_path):
         [
             "--models-dir", str(tiny_models_dir), "--model", "tiny-vae",
             "--duration", "0.2", "--warmup", "0.05", "--rounds", "1",
-            "--client-processes", "1", "--results-dir", str(tmp_path),
+            "--client-processes", "1", "--results-dir", str(tmp_path), "--rolling-calls", "3000",
         ]
     )  # fmt: skip
     assert code == 0
@@ -35,3 +35,7 @@ def test_replicas_scenario_smoke(tiny_models_dir, tmp_path):
     assert data["rows"][-1]["envoy_calls"] > 0
     assert "envoy_added_p50_ms_c1" in data["summary"]
     assert "| envoy | 3 | 64 |" in (tmp_path / "replicas.md").read_text()
+    rolling = data["summary"]["rolling_restart"]
+    assert [r["path"] for r in rolling] == ["envoy", "client"]
+    assert all(r["calls"] >= 3000 and r["failed"] == 0 for r in rolling), rolling
+    assert "| Envoy (shipped config) |" in (tmp_path / "replicas.md").read_text()
