@@ -197,16 +197,44 @@ def _cmd_export(args: argparse.Namespace) -> int:
     checkpoint = args.run / "checkpoint.pt"
     if not checkpoint.is_file():
         raise DataNotFoundError(f"{checkpoint}: no checkpoint (give the --out folder of `fit`)")
+    if args.repository is not None and not args.name:
+        raise DataNotFoundError("--repository needs --name: the model's folder in the repository")
     data = _load_data(args, checkpoint_data(checkpoint))
-    folder = export_model(
-        checkpoint,
-        args.out,
-        data,
-        name=args.name or args.out.name,
-        description=args.description,
-        prior=args.prior,
-    )
-    print(f"exported {folder} (encoder.onnx, decoder.onnx, model.json; parity checked)")
+    if args.repository is None:
+        folder = export_model(
+            checkpoint,
+            args.out,
+            data,
+            name=args.name or args.out.name,
+            description=args.description,
+            prior=args.prior,
+        )
+        print(f"exported {folder} (encoder.onnx, decoder.onnx, model.json; parity checked)")
+        return 0
+    return _export_to_repository(args, checkpoint, data)
+
+
+def _export_to_repository(args: argparse.Namespace, checkpoint: Path, data: Any) -> int:
+    """Export into a hidden folder inside the repository (a polling server ignores names
+    starting with '.'), then publish it as the model's next version with one rename."""
+    import tempfile
+
+    from latentserve.publish import publish
+    from training.export import export_model
+
+    repository: Path = args.repository
+    repository.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=repository) as staging:
+        exported = export_model(
+            checkpoint,
+            Path(staging) / args.name,
+            data,
+            name=args.name,
+            description=args.description,
+            prior=args.prior,
+        )
+        version = publish(exported, repository, args.name)
+    print(f"published {version} (encoder.onnx, decoder.onnx, model.json; parity checked)")
     return 0
 
 
@@ -325,10 +353,15 @@ def _add_export_command(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="ONNX encoder + decoder + model.json, parity checked")
     _add_data_flags(p)
     p.add_argument("run", type=Path, help="run folder from `fit`")
-    p.add_argument(
-        "--out", type=Path, required=True, help="model folder to write, e.g. models/mnist-vae"
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="model folder to write, e.g. models/mnist-vae")
+    where.add_argument(
+        "--repository",
+        type=Path,
+        help="a model repository (latent-serve --models-dir): publish the export as the next "
+        "version, REPOSITORY/NAME/<n>/, atomically (needs --name)",
     )
-    p.add_argument("--name", help="model name (default: the folder name)")
+    p.add_argument("--name", help="model name (default: the --out folder's name)")
     p.add_argument("--description", default="")
     p.add_argument(
         "--prior",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -176,3 +177,31 @@ def test_measures_on_known_inputs() -> None:
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
     # Shifting every feature by 1 adds |shift|^2 = 4.
     assert frechet_distance(a, a + 1) == pytest.approx(4, abs=1e-6)
+
+
+def test_export_to_a_repository_publishes_the_next_version(
+    vae_run: Path, write_dataset: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`latent-train export RUN --repository DIR --name NAME` writes DIR/NAME/1, then 2, each
+    complete (a polling server sees only whole version folders), and leaves nothing else."""
+    from training.cli import main
+
+    data_dir = write_dataset(tmp_path / "idx")
+    repo = tmp_path / "repo"
+    flags = ["--data-dir", str(data_dir), "--offline", "--repository", str(repo)]
+    for expected in ("1", "2"):
+        assert main(["export", str(vae_run), *flags, "--name", "tiny"]) == 0
+        assert f"published {repo / 'tiny' / expected}" in capsys.readouterr().out
+        manifest = load_model_folder(repo / "tiny" / expected)
+        assert (manifest.name, manifest.version) == ("tiny", expected)
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny"]
+    assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "2"]
+
+
+def test_export_to_a_repository_needs_a_name(
+    vae_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main
+
+    assert main(["export", str(vae_run), "--repository", str(tmp_path)]) == 2
+    assert "--repository needs --name" in capsys.readouterr().err
