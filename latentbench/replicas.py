@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -145,7 +145,15 @@ def start_replicas(
     timeout: float = 90.0,
 ) -> list[Replica]:
     """Start one replica per host at once, wait for all; stop them all on any failure."""
-    replicas = [Replica(models_dir, host, flags) for host in hosts]
+    return start_all([Replica(models_dir, host, flags) for host in hosts], timeout)
+
+
+R = TypeVar("R", bound=ServerProcess)
+
+
+def start_all(replicas: list[R], timeout: float) -> list[R]:
+    """Start every replica at once, then wait for each to be ready; on any failure stop
+    them all."""
     try:
         for replica in replicas:
             replica.start()

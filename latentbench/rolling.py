@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from latentbench.replicas import REPLICA_HOSTS, Replica, pick_port, stop_all
+from latentbench.replicas import REPLICA_HOSTS, Replica, pick_port, start_all
 
 WORKER_PIDS = re.compile(r"on \d+ workers \(pids ([\d, ]+)\)")
 WORKER_UP = re.compile(r'^latentserve_worker_up\{pid="(\d+)",worker="(\d+)"\} 1', re.M)
@@ -106,17 +106,7 @@ def start_docs_replicas(
     hosts: Sequence[str] = REPLICA_HOSTS,
     timeout: float = 120.0,
 ) -> list[DocsReplica]:
-    replicas = [DocsReplica(host, models_dir, extra) for host in hosts]
-    try:
-        for replica in replicas:
-            replica.start()
-        end = time.monotonic() + timeout
-        for replica in replicas:
-            replica.wait_ready(max(1.0, end - time.monotonic()))
-    except BaseException:
-        stop_all(replicas)
-        raise
-    return replicas
+    return start_all([DocsReplica(host, models_dir, extra) for host in hosts], timeout)
 
 
 class CallerLoad:
