@@ -38,13 +38,18 @@ class TensorError(ValueError):
 
 
 def check_dims(shape: tuple[int, ...], what: str) -> None:
-    """At most MAX_DIMS dimensions, each in 0..MAX_DIM, else TensorError."""
+    """At most MAX_DIMS dimensions, each in 0..MAX_DIM, and at most MAX_DIM elements (not
+    counting zero dimensions), else TensorError."""
     if len(shape) > MAX_DIMS:
         raise TensorError(f"{what}: shape has {len(shape)} dimensions; at most {MAX_DIMS}")
     if any(d < 0 for d in shape):
         raise TensorError(f"{what}: shape {list(shape)} has a negative dimension")
     if any(d > MAX_DIM for d in shape):
         raise TensorError(f"{what}: shape {list(shape)} has a dimension over {MAX_DIM}")
+    # Checked without the zero dimensions too: numpy refuses to even describe an empty
+    # array whose other dimensions multiply past its limit ([0, 2**24, 2**24, 2**24]).
+    if math.prod(d for d in shape if d) > MAX_DIM:
+        raise TensorError(f"{what}: shape {list(shape)} describes more than {MAX_DIM} elements")
 
 
 def tensor_to_array(tensor: pb.Tensor, what: str, *, allow_uint8: bool = False) -> npt.NDArray[Any]:

@@ -91,13 +91,14 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-def images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+def images(n: int, seed: int, shape: tuple[int, ...] = (1, 28, 28)) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
 def check_rpcs_match_onnxruntime(client: LatentClient, name: str, reference: Reference) -> None:
     """Encode, Decode and SampleRandom once each for one model, against onnxruntime."""
-    batch = images(5, seed=len(name))
+    shape = reference.manifest.image_shape
+    batch = images(5, seed=len(name), shape=shape)
     encoded = client.encode(batch, model=name)
     expected = reference.encode(batch)
     assert encoded.model == name
@@ -109,12 +110,12 @@ def check_rpcs_match_onnxruntime(client: LatentClient, name: str, reference: Ref
         np.testing.assert_allclose(encoded.latents, expected["latents"], atol=ATOL, rtol=0)
 
     decoded = client.decode(encoded.latents, model=name)
-    assert decoded.images.shape == (5, 1, 28, 28)
+    assert decoded.images.shape == (5, *shape)
     np.testing.assert_allclose(decoded.images, reference.decode(encoded.latents), atol=ATOL, rtol=0)
 
     sampled = client.sample(6, model=name, seed=1234, return_latents=True)
     assert sampled.seed == 1234 and sampled.latents is not None
-    assert sampled.latents.shape == (6, reference.manifest.latent_dim)
+    assert sampled.latents.shape == (6, *reference.manifest.latent_shape)
     np.testing.assert_allclose(sampled.images, reference.decode(sampled.latents), atol=ATOL, rtol=0)
 
 

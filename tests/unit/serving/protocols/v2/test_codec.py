@@ -364,3 +364,9 @@ def test_to_values_is_flat_and_json_ready():
     assert all(type(v) is int for v in values)
     floats = codec.to_values(np.array([[0.5]], dtype=np.float32), "FP32")
     assert floats == [0.5] and type(floats[0]) is float
+
+
+def test_an_empty_shape_whose_other_dimensions_overflow_is_refused():
+    """Found by the codec fuzz test: numpy cannot describe [0, 2**24, 2**24, 2**24]."""
+    message = refused(codec.from_raw, "x", "BOOL", [0, 2**24, 2**24, 2**24], b"")
+    assert "describes more than 2147483647 elements" in message
