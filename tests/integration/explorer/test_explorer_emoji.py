@@ -244,6 +244,13 @@ def test_screenshot(page: Any, tmp_path: Path) -> None:
         list(smiley_png()),
     )
     page.wait_for_function("window.explorer.state.drawn !== null")
+    page.evaluate("window.explorer.idle()")
+    # The hand-made smiley is encoded among the emoji smileys: most of its ten nearest test
+    # latents (in all 8 dimensions) are "Smileys & Emotion" (the README says so).
+    drawn = np.asarray(page.evaluate("window.explorer.state.drawn.latent"))
+    nearest = np.argsort(np.linalg.norm(np.asarray(SAMPLE["latents"]) - drawn, axis=1))[:10]
+    names = [SAMPLE["classes"][SAMPLE["labels"][i]] for i in nearest]
+    assert names.count("Smileys & Emotion") >= 6, names
     x, y = page.evaluate("(uv) => window.explorer.plane.toClient(uv)", [2.3, 0.0])
     page.mouse.move(x, y)
     page.evaluate("window.explorer.idle()")
