@@ -4,10 +4,12 @@ For every READY model: its kind, latent size, priors (with the parameters model.
 standard normal, the fitted Gaussian, the bounding box) and default prior, the v2 model
 names the page calls, and from the model folder's own files the test-set scatter
 (``latent_sample.json``: labels and latents, or for D > 2 the PCA plane and the projected
-points) and the classifier's digit mix of each prior's samples (``analysis.json``). The
-plane is always given as ``z = mean + u * components[0] + v * components[1]``, so the page
-treats a 2-D latent (identity plane) and a PCA plane alike. Files are read once per folder
-and cached; a missing or unreadable file gives an empty scatter or no mix, not an error.
+points; with the class names the labels index where the file has them, as image-folder
+models such as emoji-vae do, while MNIST's files have none and are keyed by digit) and the
+classifier's digit mix of each prior's samples (``analysis.json``). The plane is always
+given as ``z = mean + u * components[0] + v * components[1]``, so the page treats a 2-D
+latent (identity plane) and a PCA plane alike. Files are read once per folder and cached;
+a missing or unreadable file gives an empty scatter or no mix, not an error.
 """
 
 from __future__ import annotations
@@ -110,12 +112,35 @@ def plane_and_scatter(manifest: ModelManifest, sample: Any) -> tuple[Json, Json]
             "axis_labels": ["z1", "z2"],
         }
         points = [row[:2] for row in sample["latents"]] if ok else []
-    source = (
-        f"{sample.get('latent', 'latents')} of {len(labels)} MNIST test digits, {LATENT_SAMPLE_FILE}"
-        if ok
-        else f"no {LATENT_SAMPLE_FILE} in the model folder"
-    )
-    return plane, {"labels": labels, "points": points, "source": source}
+    classes = class_names(sample, labels) if ok else None
+    if not ok:
+        source = f"no {LATENT_SAMPLE_FILE} in the model folder"
+    elif classes is None:
+        source = f"{sample.get('latent', 'latents')} of {len(labels)} MNIST test digits, {LATENT_SAMPLE_FILE}"
+    else:
+        source = f"{sample.get('latent', 'latents')}, {LATENT_SAMPLE_FILE}"
+    return plane, {"labels": labels, "points": points, "classes": classes, "source": source}
+
+
+def class_names(sample: Json, labels: list[int]) -> list[str] | None:
+    """The sample's class names (what its labels index), or None for MNIST's digits, whose
+    files have no names: the page then keys the scatter by digit as before."""
+    names = sample.get("classes")
+    if names is None:
+        return None
+    if not (
+        isinstance(names, list)
+        and names
+        and all(isinstance(n, str) for n in names)
+        and all(isinstance(i, int) and 0 <= i < len(names) for i in labels)
+    ):
+        log.warning(
+            "explorer: the classes of %s's %s are malformed; points keyed by label",
+            sample.get("model"),
+            LATENT_SAMPLE_FILE,
+        )
+        return None
+    return names
 
 
 def digit_mix(analysis: Any) -> Json | None:

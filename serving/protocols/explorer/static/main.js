@@ -9,7 +9,7 @@ import {
   DIGIT_COLOURS, SIDE, clearDigit, digitCanvases, heightFor, paintDigit, paintMap, setImageShape,
 } from "./digits.js";
 import { DrawPad } from "./draw.js";
-import { Plane, Projection } from "./plane.js";
+import { Plane, Projection, scatterKey } from "./plane.js";
 
 const WALK_STEPS = 12;
 const PRIOR_LABELS = {
@@ -26,6 +26,7 @@ const state = {
   models: [],
   model: null, // the explorer's data for the chosen model (GET explorer/models/{name})
   projection: null,
+  key: null, // the scatter's {names, colours, counts, order} (plane.js scatterKey)
   cursor: null, // {z, uv} last decoded point
   pins: [],
   drawn: null, // {input: Float32Array(C * H * W), latent: [...], uv}
@@ -402,9 +403,13 @@ function drawPlaneBase() {
   } else if (spec && spec.low && m.latent_dim === 2) {
     box = spec;
   }
-  plane.draw({ points: m.scatter.points, labels: m.scatter.labels, ellipses, box, axisLabels: proj.labels });
+  const { colours, order } = state.key;
+  plane.draw({
+    points: m.scatter.points, labels: m.scatter.labels, colours, order, ellipses, box, axisLabels: proj.labels,
+  });
+  const shown = m.scatter.classes ? `test images in ${m.scatter.classes.length} classes` : "test digits";
   $("plane-note").textContent =
-    `${m.scatter.points.length} test digits (${m.scatter.source}); ` +
+    `${m.scatter.points.length} ${shown} (${m.scatter.source}); ` +
     (ellipses.length ? `dashed: the ${PRIOR_LABELS[prior] || prior} at 1, 2, 3 sigma`
       : box ? `rectangle: the ${PRIOR_LABELS[prior]}` : "");
 }
@@ -425,20 +430,30 @@ function fitView(model, proj) {
   plane.fit(model.scatter.points, boxes);
 }
 
-function renderLegend() {
+// The scatter's key: the digits for MNIST, else the model's own class names with the
+// number of test images of each.
+function renderLegend(model) {
   const box = $("legend");
   box.replaceChildren();
-  DIGIT_COLOURS.forEach((colour, digit) => {
+  if (model.spatial) return;
+  const { names, colours, counts } = state.key;
+  names.forEach((name, label) => {
     const item = document.createElement("span");
     item.className = "key";
     const swatch = document.createElement("i");
-    swatch.style.background = colour;
-    item.append(swatch, String(digit));
+    swatch.style.background = colours[label];
+    item.append(swatch, name);
+    if (model.scatter.classes) {
+      item.title = `${counts[label]} of the ${model.scatter.labels.length} test images`;
+      const count = document.createElement("small");
+      count.textContent = ` ${counts[label]}`;
+      item.appendChild(count);
+    }
     box.appendChild(item);
   });
   const marks = document.createElement("span");
   marks.className = "marks muted";
-  marks.textContent = "○ pointer   A B pins   × samples   ✦ your digit";
+  marks.textContent = `○ pointer   A B pins   × samples   ✦ your ${isMnistShape(model) ? "digit" : "image"}`;
   box.appendChild(marks);
 }
 
@@ -447,12 +462,15 @@ async function chooseModel(name) {
   clearError("models");
   state.model = model;
   state.projection = model.plane ? new Projection(model.plane) : null;
+  state.key = model.scatter ? scatterKey(model.scatter) : null;
   state.pins = [];
   state.drawn = null;
   state.samples = null;
   state.cursor = null;
   setImageShape(model.image_shape);
   pad.colour = !isMnistShape(model);
+  // Behind other models' images, white: black showed at their rounded corners.
+  document.body.classList.toggle("colour", pad.colour);
   fitCanvases(model);
   // A spatial latent has no plane: no plane, pointer decode or walk; the latent is shown as
   // channel maps beside the reconstruction and the samples.
@@ -476,7 +494,7 @@ async function chooseModel(name) {
   prior.value = model.default_prior;
   if (!model.spatial) fitView(model, state.projection);
   drawPlaneBase();
-  renderLegend();
+  renderLegend(model);
   renderMix();
   buildSliders(model);
   plane.setCursor(null);

@@ -1,7 +1,7 @@
-// The latent plane: the test-set scatter coloured by digit and the prior's 1, 2, 3 sigma
-// ellipses on a canvas, with an SVG overlay for what moves (pointer, pins, the walk, the
-// drawn digit's marker, sample markers). Plane coordinates (u, v) are the latent itself for
-// a 2-D model, or the PCA plane of the shipped sample for a larger one:
+// The latent plane: the test-set scatter coloured by class (MNIST: by digit) and the prior's
+// 1, 2, 3 sigma ellipses on a canvas, with an SVG overlay for what moves (pointer, pins, the
+// walk, the drawn image's marker, sample markers). Plane coordinates (u, v) are the latent
+// itself for a 2-D model, or the PCA plane of the shipped sample for a larger one:
 // z = mean + u * components[0] + v * components[1].
 
 import { DIGIT_COLOURS } from "./digits.js";
@@ -40,6 +40,35 @@ export class Projection {
     const sc1 = cov.map((row) => dot(row, c1));
     return [[dot(c0, sc0), dot(c0, sc1)], [dot(c1, sc0), dot(c1, sc1)]];
   }
+}
+
+// matplotlib's tab20, which training/analyze_images.py uses past 10 classes: the page's
+// scatter then has the colours of the model folder's latent_scatter.png.
+const TAB20 = [
+  "#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896",
+  "#9467bd", "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7",
+  "#bcbd22", "#dbdb8d", "#17becf", "#9edae5",
+];
+
+// `count` distinguishable colours: tab10 (the digit colours) up to 10, tab20 up to 20, and
+// past that hues spread by the golden angle, which never repeats a hue.
+export function classColours(count) {
+  if (count <= DIGIT_COLOURS.length) return DIGIT_COLOURS.slice(0, count);
+  if (count <= TAB20.length) return TAB20.slice(0, count);
+  return Array.from({ length: count }, (_, i) => `hsl(${(i * 137.508) % 360}, 65%, ${i % 2 ? 38 : 55}%)`);
+}
+
+// What the scatter's labels mean and how they are drawn: {names, colours, counts, order}.
+// A model folder that names its classes (latent_sample.json "classes") is keyed by those
+// names, and its largest classes are drawn first so that the rare ones stay visible on top;
+// MNIST's files name none and keep their digit key and drawing order.
+export function scatterKey(scatter) {
+  const names = scatter.classes || DIGIT_COLOURS.map((_, digit) => String(digit));
+  const counts = names.map(() => 0);
+  for (const label of scatter.labels) counts[label] += 1;
+  const order = scatter.labels.map((_, i) => i);
+  if (scatter.classes) order.sort((a, b) => counts[scatter.labels[b]] - counts[scatter.labels[a]]);
+  return { names, colours: classColours(names.length), counts, order };
 }
 
 function el(name, attrs = {}) {
@@ -115,7 +144,8 @@ export class Plane {
     return x >= MARGIN && y >= MARGIN && x <= this.size - MARGIN && y <= this.size - MARGIN;
   }
 
-  draw({ points, labels, ellipses, box, axisLabels }) {
+  // `colours[label]` fills each point; `order` is the drawing order of the points' indices.
+  draw({ points, labels, colours, order, ellipses, box, axisLabels }) {
     const ctx = this.canvas.getContext("2d");
     ctx.setTransform(this.dpr, 0, 0, this.dpr, 0, 0);
     ctx.clearRect(0, 0, this.size, this.size);
@@ -127,11 +157,15 @@ export class Plane {
     ctx.rect(MARGIN, MARGIN, this.size - 2 * MARGIN, this.size - 2 * MARGIN);
     ctx.clip();
     ctx.globalAlpha = 0.55;
-    for (let i = 0; i < points.length; i++) {
+    // A few hundred points get larger dots than MNIST's 2,000, so they still read as a cloud.
+    const radius = points.length >= 1000 ? 2.1 : 3.2;
+    // Each point's fill as drawn, for the browser tests.
+    this.pointColours = labels.map((label) => colours[label]);
+    for (const i of order) {
       const [x, y] = this.toPixel(points[i]);
-      ctx.fillStyle = DIGIT_COLOURS[labels[i]];
+      ctx.fillStyle = this.pointColours[i];
       ctx.beginPath();
-      ctx.arc(x, y, 2.1, 0, 2 * Math.PI);
+      ctx.arc(x, y, radius, 0, 2 * Math.PI);
       ctx.fill();
     }
     ctx.globalAlpha = 1;

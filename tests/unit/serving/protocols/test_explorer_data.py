@@ -73,3 +73,38 @@ def test_malformed_latent_sample_gives_an_empty_scatter(tmp_path: Path) -> None:
     assert data["scatter"]["points"] == [] and data["scatter"]["labels"] == []
     (folder / "latent_sample.json").write_text("{not json")
     assert model_data(read_manifest(folder), folder)["scatter"]["points"] == []
+
+
+def test_shipped_emoji_model_names_its_classes_on_its_pca_plane() -> None:
+    folder = SHIPPED / "emoji-vae"
+    data = model_data(read_manifest(folder), folder)
+    sample = json.loads((folder / "latent_sample.json").read_text())
+    scatter = data["scatter"]
+    assert scatter["classes"] == sample["classes"] and "Smileys & Emotion" in scatter["classes"]
+    assert len(scatter["points"]) == len(scatter["labels"]) == 352
+    assert max(scatter["labels"]) < len(scatter["classes"])
+    assert "MNIST" not in scatter["source"]
+    components = np.asarray(data["plane"]["components"])
+    assert components.shape == (2, 8) and data["plane"]["axis_labels"] == ["PC1", "PC2"]
+    # Orthonormal axes: the page's z = mean + u c0 + v c1 projects back to (u, v).
+    assert np.allclose(components @ components.T, np.eye(2), atol=1e-5)
+    projected = (np.asarray(sample["latents"]) - np.asarray(data["plane"]["mean"])) @ components.T
+    assert np.allclose(projected, scatter["points"], atol=2e-3)
+
+
+def test_mnist_scatter_has_no_class_names() -> None:
+    folder = SHIPPED / "mnist-vae"
+    scatter = model_data(read_manifest(folder), folder)["scatter"]
+    assert scatter["classes"] is None
+    assert scatter["source"] == "encoder mean of 2000 MNIST test digits, latent_sample.json"
+
+
+def test_class_names_that_do_not_fit_the_labels_are_dropped(tmp_path: Path) -> None:
+    folder = build_model_folder(tmp_path, "tiny-ae", kind="ae", latent_dim=2)
+    sample = {"labels": [0, 2], "latents": [[0.5, -1.0], [2.0, 0.25]], "classes": ["a", "b"]}
+    (folder / "latent_sample.json").write_text(json.dumps(sample))
+    data = model_data(read_manifest(folder), folder)
+    assert data["scatter"]["classes"] is None and len(data["scatter"]["points"]) == 2
+    sample["classes"] = ["a", "b", "c"]
+    (folder / "latent_sample.json").write_text(json.dumps(sample))
+    assert model_data(read_manifest(folder), folder)["scatter"]["classes"] == ["a", "b", "c"]
