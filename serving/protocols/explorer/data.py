@@ -214,11 +214,22 @@ class ExplorerData:
         self._cache: dict[tuple[str, Path], bytes] = {}
 
     def listing(self) -> Json:
+        """The READY models, each with the version it serves by default (the newest) and
+        every version it serves; the page polls this to follow the repository."""
         ready = [e for e in self._registry.entries if e.state is ModelState.READY and e.manifest]
         return {
             "default_model": self._registry.default_model,
-            "models": [summary(e.manifest) for e in ready if e.manifest is not None],
+            "models": [
+                {**summary(e.manifest), **self._versions(e.name)}
+                for e in ready
+                if e.manifest is not None
+            ],
         }
+
+    def _versions(self, name: str) -> Json:
+        slot = self._registry.slot(name)
+        served = [str(v) for v in slot.ready_versions()] if slot is not None else []
+        return {"version": served[0] if served else "", "versions": served}
 
     def model(self, name: str) -> bytes | None:
         """The model's data as JSON bytes, or None if no READY model has that name."""

@@ -190,5 +190,5 @@ def test_spatial_latent_shows_channel_maps_and_no_plane(page: Any, client: Laten
 
 def test_model_list_names_shapes(page: Any) -> None:
     options = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
-    assert "rgb-spatial (vae, 4 x 8 x 8, 3 x 32 x 32)" in options
-    assert "grey-wide (ae, 3-D, 1 x 20 x 36)" in options
+    assert "rgb-spatial v1 (vae, 4 x 8 x 8, 3 x 32 x 32)" in options
+    assert "grey-wide v1 (ae, 3-D, 1 x 20 x 36)" in options

@@ -528,6 +528,33 @@ function fitCanvases(model) {
   $("draw-title").textContent = isMnistShape(model) ? "Draw a digit" : "Draw or drop an image";
 }
 
+// The repository can change under the page (a new version published, a model loaded or
+// unloaded): the listing is polled, and the picker and the chosen model follow it.
+const REFRESH_MS = 5000;
+
+function modelLabel(m) {
+  const latent = m.spatial ? m.latent_shape.join(" x ") : `${m.latent_dim}-D`;
+  const versions = m.versions && m.versions.length > 1 ? `versions ${m.versions.join(", ")}` : `v${m.version}`;
+  return `${m.name} ${versions} (${m.kind}, ${latent}, ${m.image_shape.join(" x ")})`;
+}
+
+function listingKey(listing) {
+  return JSON.stringify(listing.models.map((m) => [m.name, m.versions]));
+}
+
+function fillPicker(listing) {
+  state.models = listing.models;
+  state.listingKey = listingKey(listing);
+  const select = $("model");
+  select.replaceChildren();
+  for (const m of listing.models) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = modelLabel(m);
+    select.appendChild(option);
+  }
+}
+
 async function loadModels() {
   let listing;
   try {
@@ -537,16 +564,8 @@ async function loadModels() {
     return;
   }
   clearError("models");
-  state.models = listing.models;
+  fillPicker(listing);
   const select = $("model");
-  select.replaceChildren();
-  for (const m of listing.models) {
-    const option = document.createElement("option");
-    option.value = m.name;
-    const latent = m.spatial ? m.latent_shape.join(" x ") : `${m.latent_dim}-D`;
-    option.textContent = `${m.name} (${m.kind}, ${latent}, ${m.image_shape.join(" x ")})`;
-    select.appendChild(option);
-  }
   const wanted = new URLSearchParams(location.search).get("model");
   const names = listing.models.map((m) => m.name);
   const first = names.includes(wanted) ? wanted : names.includes(listing.default_model) ? listing.default_model : names[0];
@@ -563,6 +582,35 @@ async function loadModels() {
     showError("models", err);
   }
 }
+
+async function refreshModels() {
+  let listing;
+  try {
+    listing = await api.getJson("explorer/models");
+  } catch {
+    return; // a passing failure: the next poll tries again
+  }
+  if (listingKey(listing) === state.listingKey) return;
+  const chosen = state.model ? state.model.name : null;
+  const before = state.models.find((m) => m.name === chosen);
+  fillPicker(listing);
+  const now = listing.models.find((m) => m.name === chosen);
+  const select = $("model");
+  try {
+    if (now) {
+      select.value = chosen;
+      // A new default version may have other shapes or a new latent sample: reload it.
+      if (!before || before.version !== now.version) await chooseModel(chosen);
+    } else if (listing.models.length) {
+      select.value = listing.models[0].name;
+      await chooseModel(select.value);
+    }
+  } catch (err) {
+    showError("models", err);
+  }
+}
+
+setInterval(refreshModels, REFRESH_MS);
 
 $("model").addEventListener("change", async () => {
   try {
@@ -591,5 +639,6 @@ window.explorer = {
   async idle() {
     await Promise.all([decoder.idle(), walker.idle(), sampler.idle(), encoder.idle()]);
   },
+  refreshModels,
   ready: loadModels(),
 };
