@@ -44,6 +44,7 @@ from serving.core.repository import ModelRepository
 from serving.process.metrics import Metrics
 from serving.process.ports import listening_socket, port_error
 from serving.process.settings import ServerSettings, StartupError
+from serving.process.shared_repository import SharedRepository
 from serving.process.shared_statistics import SharedStatistics
 from serving.process.signals import hurry_wanted
 from serving.process.startup import EXIT_STARTUP_ERROR, NO_MODEL_FIX
@@ -82,12 +83,15 @@ class LatentServer:
         worker: int | None = None,
         statistics_dir: Path | None = None,
         tracing: Tracing | None = None,
+        repository_dir: Path | None = None,
     ) -> None:
         """`shared_port`: one of the supervisor's workers, which bind the same port with
         SO_REUSEPORT; otherwise the port is this server's alone (grpc would share it with
         any other server on it by default). `worker`: its index, a label on the metrics.
         `statistics_dir`: where the workers share their statistics (shared_statistics.py).
-        `tracing`: OpenTelemetry spans of each call and run (tracing.py), or None."""
+        `tracing`: OpenTelemetry spans of each call and run (tracing.py), or None.
+        `repository_dir`: where the workers share their version states
+        (shared_repository.py), so the index and readiness answer for all of them."""
         self.settings = settings
         self.shared_port = shared_port
         self.metrics = Metrics(worker=worker)
@@ -115,6 +119,13 @@ class LatentServer:
         self.servicer = AutoencoderServicer(self.registry, settings, self.calls)
         # The Open Inference Protocol (KServe v2): gRPC on the same port, REST on http_port.
         self.v2 = V2Api(self.registry, settings, self.calls)
+        self._shared_repository = (
+            None
+            if repository_dir is None
+            else SharedRepository(self.registry, repository_dir, where)
+        )
+        if self._shared_repository is not None:
+            self.v2.peers, self.v2.label = self._shared_repository.peers, where
         self.v2_servicer = InferenceServicer(self.v2)
         self.http: HttpServer | None = None
         self.health = health_aio.HealthServicer()
@@ -157,6 +168,8 @@ class LatentServer:
     async def _listen(self) -> None:
         if self._shared_statistics is not None:
             self._shared_statistics.start()
+        if self._shared_repository is not None:
+            self._shared_repository.start()
         s = self.settings
         tokens = tokens_from_settings(s)
         server = grpc.aio.server(
@@ -368,6 +381,8 @@ class LatentServer:
         await self.registry.close()
         if self._shared_statistics is not None:
             await self._shared_statistics.stop()
+        if self._shared_repository is not None:
+            await self._shared_repository.stop()
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.metrics.shutdown()
         self._stopped.set()

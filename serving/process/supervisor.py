@@ -305,6 +305,8 @@ class Supervisor:
         worker.conn.close()
         del self.running[worker.index]
         mark_worker_dead(worker.pid)
+        # Its version states no longer hold anyone back (serving/process/shared_repository.py).
+        Path(self._metrics_dir, "repository", f"{worker.pid}.json").unlink(missing_ok=True)
         code = worker.process.exitcode
         how = describe_exit(code)
         if self.stopping:
@@ -475,7 +477,8 @@ def run_worker(
 ) -> None:
     """A worker process's entry point (spawned): one LatentServer on the shared port.
     `metrics_dir`: the supervisor's Prometheus multiprocess folder, where the workers also
-    share their statistics (serving/process/shared_statistics.py)."""
+    share their statistics (serving/process/shared_statistics.py) and version states
+    (serving/process/shared_repository.py)."""
     # Ctrl-C reaches the whole process group; the supervisor turns it into one SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from serving.process.logs import TextFormatter, configure_logging
@@ -511,7 +514,12 @@ async def _serve_worker(
         return EXIT_STARTUP_ERROR
     statistics_dir = Path(metrics_dir, "statistics") if metrics_dir else None
     server = LatentServer(
-        settings, shared_port=True, worker=index, statistics_dir=statistics_dir, tracing=tracing
+        settings,
+        shared_port=True,
+        worker=index,
+        statistics_dir=statistics_dir,
+        tracing=tracing,
+        repository_dir=Path(metrics_dir, "repository") if metrics_dir else None,
     )
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()

@@ -11,13 +11,14 @@ protobuf, JSON or HTTP.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from serving.core.convergence import READY, WorkerStates, behind_on, merge_index
 from serving.core.errors import failed_precondition, invalid_argument
 from serving.core.model import ServedModel
 from serving.core.repository import IndexRow, ModelRepository
@@ -25,7 +26,14 @@ from serving.core.requests import RequestParser
 from serving.process.settings import ServerSettings
 from serving.protocols.calls import Call, CallTracker
 from serving.protocols.v2 import statistics
-from serving.protocols.v2.models import Role, TensorSpec, V2Catalogue, V2Model, split_v2_name
+from serving.protocols.v2.models import (
+    Role,
+    TensorSpec,
+    V2Catalogue,
+    V2Model,
+    parse_version,
+    split_v2_name,
+)
 
 SERVER_NAME = "latentserve"
 # Protocol extensions served beyond the core API (Triton's names, which clients check).
@@ -51,6 +59,11 @@ class V2Api:
         self._registry = registry
         self._parse = RequestParser(registry, settings)
         self._version = _package_version()
+        # With --workers N: the other live workers' version states, and how reasons name
+        # this one (serving.process.shared_repository); the index and a version's readiness
+        # then answer for every worker (serving.core.convergence).
+        self.peers: Callable[[], list[WorkerStates]] | None = None
+        self.label = ""
 
     # -- health and metadata ----------------------------------------------------------------
 
@@ -63,8 +76,13 @@ class V2Api:
         return bool(self._registry.ready_names) and not self.calls.draining
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        """Whether v2 model `name` can answer now; NOT_FOUND for an unknown name."""
-        return self.catalogue.is_ready(name, version) and not self.calls.draining
+        """Whether v2 model `name` can answer now; NOT_FOUND for an unknown name. With
+        several workers, a version is ready once every live worker serves it."""
+        ready = self.catalogue.is_ready(name, version) and not self.calls.draining
+        parts = split_v2_name(name)
+        if ready and version and parts is not None and self.peers is not None:
+            ready = not behind_on(self.peers(), parts[0], str(parse_version(version)))
+        return ready
 
     def server_metadata(self) -> tuple[str, str, tuple[str, ...]]:
         return SERVER_NAME, self._version, EXTENSIONS
@@ -79,8 +97,12 @@ class V2Api:
     def repository_index(self, ready_only: bool = False) -> list[IndexRow]:
         """Every model and version with its state (READY, LOADING, UNLOADING, UNAVAILABLE)
         and reason. Models are listed by their folder name (each serves three v2 models:
-        NAME-encoder, NAME-decoder, NAME-sampler)."""
-        return self._registry.index(ready_only)
+        NAME-encoder, NAME-decoder, NAME-sampler). With several workers, a version READY
+        in some but not all is LOADING, its reason naming the workers behind."""
+        if self.peers is None:
+            return self._registry.index(ready_only)
+        rows = merge_index(self._registry.index(), self.label, self.peers())
+        return [r for r in rows if r.state == READY] if ready_only else rows
 
     async def repository_load(self, name: str) -> None:
         """Load (or reload) model folder `name`: see ModelRepository.load."""
