@@ -186,3 +186,22 @@ def test_nearest_real_mse() -> None:
     real = np.random.default_rng(0).random((5, 3, 4, 4)).astype(np.float32)
     assert nearest_real_mse(real, real) == pytest.approx(0, abs=1e-9)
     assert nearest_real_mse(real[:2] + 0.1, real) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_a_model_trained_on_a_folder_of_pngs_is_served(cli_vae: Path, shapes: Path) -> None:
+    """The issue's end to end: fit --images -> export -> latent-serve, a PNG of the folder
+    encoded over gRPC and decoded, both equal to onnxruntime in-process."""
+    from fixtures.reference import Reference
+    from fixtures.servers import InProcessServer
+
+    from latentserve.client import LatentClient
+
+    png = (shapes / "discs" / "0.png").read_bytes()
+    reference = Reference(cli_vae)
+    with InProcessServer(cli_vae.parent) as running, LatentClient(running.target) as client:
+        assert client.get_model(cli_vae.name).state == "READY"
+        encoded = client.encode([png], model=cli_vae.name)
+        decoded = client.decode(encoded.latents, model=cli_vae.name)
+    assert encoded.latents.shape == (1, 2)
+    np.testing.assert_allclose(decoded.images, reference.decode(encoded.latents), atol=1e-6, rtol=0)
+    assert decoded.images.shape == (1, 3, SIZE, SIZE)
