@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures.browser import ConsoleLog, chromium
+from fixtures.browser import (
+    VIEWPORT,
+    ConsoleLog,
+    assert_no_page_errors,
+    choose_model,
+    chromium,
+    explorer_page,
+)
 from fixtures.servers import free_port
 from PIL import Image, ImageDraw
 
@@ -33,7 +40,6 @@ from latentserve.client import LatentClient
 
 SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "models"
 TOKEN = "explorer-test-token"
-VIEWPORT = {"width": 1320, "height": 900}
 
 # Grey levels of every digit canvas matching `selector`, read at each 28 x 28 cell's centre.
 READ_DIGITS = """(selector) => Array.from(document.querySelectorAll(selector)).map((c) => {
@@ -93,27 +99,13 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def page(browser: Any, served: ExplorerServer) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.console_log = ConsoleLog(page)
-    page.goto(served.url)
-    page.evaluate("window.explorer.ready")
-    yield page
-    context.close()
-
-
-def choose(page: Any, model: str) -> None:
-    page.select_option("#model", model)
-    page.wait_for_function(
-        "(m) => window.explorer.state.model && window.explorer.state.model.name === m", arg=model
-    )
-    page.evaluate("window.explorer.idle()")
+    with explorer_page(browser, served.url) as page:
+        yield page
 
 
 def no_errors(page: Any) -> None:
     """No console errors, no error banner, and never two requests in flight in one panel."""
-    assert page.console_log.take() == []
-    assert page.evaluate("window.explorer.state.errors.size") == 0, page.inner_text("#error")
+    assert_no_page_errors(page)
     in_flight = page.evaluate(
         "Object.fromEntries(Object.entries(window.explorer.panels).map(([k, p]) => [k, p.maxInFlight]))"
     )
@@ -138,7 +130,7 @@ def test_page_loads_without_console_errors(page: Any) -> None:
 def test_hover_shows_what_decode_returns(
     page: Any, client: LatentClient, model: str, point: tuple[float, float]
 ) -> None:
-    choose(page, model)
+    choose_model(page, model)
     x, y = page.evaluate("(uv) => window.explorer.plane.toClient(uv)", list(point))
     page.mouse.move(x, y)
     page.evaluate("window.explorer.idle()")
@@ -152,7 +144,7 @@ def test_hover_shows_what_decode_returns(
 
 
 def test_sliders_decode_the_latent_they_set(page: Any, client: LatentClient) -> None:
-    choose(page, "mnist-vae-16")
+    choose_model(page, "mnist-vae-16")
     assert page.evaluate("document.querySelectorAll('#sliders input').length") == 16
     page.click("#sliders-zero")
     for dim, value in ((2, "1.5"), (9, "-2.25")):
@@ -168,7 +160,7 @@ def test_sliders_decode_the_latent_they_set(page: Any, client: LatentClient) -> 
 
 
 def test_drawn_stroke_lands_where_encode_puts_it(page: Any, client: LatentClient) -> None:
-    choose(page, "mnist-vae")
+    choose_model(page, "mnist-vae")
     box = page.locator("#draw").bounding_box()
     page.mouse.move(box["x"] + 80, box["y"] + 60)
     page.mouse.down()
@@ -205,7 +197,7 @@ def dark_on_light_png() -> bytes:
 
 
 def test_dropped_png_is_inverted_encoded_and_marked(page: Any, client: LatentClient) -> None:
-    choose(page, "mnist-vae-16")
+    choose_model(page, "mnist-vae-16")
     page.evaluate(
         """async (bytes) => {
           const file = new File([new Uint8Array(bytes)], "digit.png", { type: "image/png" });
@@ -235,7 +227,7 @@ def test_dropped_png_is_inverted_encoded_and_marked(page: Any, client: LatentCli
 def test_sampling_panel_matches_sample_random(
     page: Any, client: LatentClient, model: str, prior: str, temperature: float
 ) -> None:
-    choose(page, model)
+    choose_model(page, model)
     page.select_option("#prior", prior)
     page.fill("#temperature", str(temperature))
     page.fill("#seed", "1234")
@@ -256,7 +248,7 @@ def test_sampling_panel_matches_sample_random(
 
 
 def test_walk_between_pins_decodes_the_line(page: Any, client: LatentClient) -> None:
-    choose(page, "mnist-vae")
+    choose_model(page, "mnist-vae")
     a, b = (-1.5, 1.0), (1.5, -0.5)
     for uv in (a, b):
         x, y = page.evaluate("(uv) => window.explorer.plane.toClient(uv)", list(uv))
@@ -277,7 +269,7 @@ def test_walk_between_pins_decodes_the_line(page: Any, client: LatentClient) -> 
 def test_pointer_sweep_keeps_one_request_in_flight_and_measures_round_trip(
     page: Any, capsys: pytest.CaptureFixture[str], record_property: Any
 ) -> None:
-    choose(page, "mnist-vae")
+    choose_model(page, "mnist-vae")
     page.evaluate("window.explorer.api.decodeTimes = []")
     before = page.evaluate("window.explorer.panels.decoder.runs")
     # A spiral over the plane, as a user's pointer would sweep it (one CDP call per move).
@@ -309,7 +301,7 @@ def test_pointer_sweep_keeps_one_request_in_flight_and_measures_round_trip(
 
 
 def test_screenshot(page: Any, tmp_path: Path) -> None:
-    choose(page, "mnist-vae")
+    choose_model(page, "mnist-vae")
     page.fill("#seed", "7")
     page.fill("#count", "30")
     page.select_option("#prior", "standard_normal")

@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures.browser import ConsoleLog, chromium
+from fixtures.browser import (
+    assert_no_page_errors,
+    choose_model,
+    chromium,
+    explorer_page,
+    shown_images,
+)
 from fixtures.servers import free_port
 from PIL import Image, ImageDraw
 
@@ -32,19 +38,6 @@ from latentserve.client import LatentClient
 SHIPPED_MODELS = Path(__file__).resolve().parents[3] / "models"
 SAMPLE = json.loads((SHIPPED_MODELS / "emoji-vae" / "latent_sample.json").read_text())
 IMAGE = (3, 32, 32)
-
-# Every image canvas matching `selector` as C x H x W levels, read at each pixel's centre.
-READ_IMAGES = """([selector, c, h, w]) => Array.from(document.querySelectorAll(selector)).map((cv) => {
-  const d = cv.getContext("2d").getImageData(0, 0, cv.width, cv.height).data;
-  const out = [];
-  for (let k = 0; k < c; k++)
-    for (let y = 0; y < h; y++)
-      for (let x = 0; x < w; x++) {
-        const px = Math.floor((x + 0.5) * cv.width / w), py = Math.floor((y + 0.5) * cv.height / h);
-        out.push(d[4 * (py * cv.width + px) + k]);
-      }
-  return out;
-})"""
 
 # The scatter canvas's RGB at each point's centre (device pixels), with the points' positions.
 READ_POINTS = """() => {
@@ -84,27 +77,8 @@ def client(served: ExplorerServer) -> Iterator[LatentClient]:
 
 @pytest.fixture(scope="module")
 def page(served: ExplorerServer) -> Iterator[Any]:
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1320, "height": 900})
-        page = context.new_page()
-        page.console_log = ConsoleLog(page)
-        page.goto(served.url)
-        page.evaluate("window.explorer.ready")
+    with chromium() as browser, explorer_page(browser, served.url) as page:
         yield page
-        context.close()
-
-
-def choose(page: Any, model: str) -> None:
-    page.select_option("#model", model)
-    page.wait_for_function(
-        "(m) => window.explorer.state.model && window.explorer.state.model.name === m", arg=model
-    )
-    page.evaluate("window.explorer.idle()")
-
-
-def no_errors(page: Any) -> None:
-    assert page.console_log.take() == []
-    assert page.evaluate("window.explorer.state.errors.size") == 0, page.inner_text("#error")
 
 
 def legend(page: Any) -> list[tuple[str, str]]:
@@ -127,7 +101,7 @@ def test_legend_names_the_emoji_categories_and_mnist_keeps_its_digits(page: Any)
     assert page.input_value("#model") == "mnist-vae"  # the server's default model
     digits = legend(page)
     assert [text for text, _ in digits] == [str(d) for d in range(10)]
-    choose(page, "emoji-vae")
+    choose_model(page, "emoji-vae")
     keys = legend(page)
     counts = np.bincount(SAMPLE["labels"], minlength=len(SAMPLE["classes"]))
     assert [text for text, _ in keys] == [
@@ -140,14 +114,14 @@ def test_legend_names_the_emoji_categories_and_mnist_keeps_its_digits(page: Any)
     assert gaps.min() > 40, gaps.min()
     assert page.inner_text("#plane-note").startswith("352 test images in 10 classes")
     # Back on MNIST, the digit key and its colours are exactly as before.
-    choose(page, "mnist-vae")
+    choose_model(page, "mnist-vae")
     assert legend(page) == digits
-    choose(page, "emoji-vae")
-    no_errors(page)
+    choose_model(page, "emoji-vae")
+    assert_no_page_errors(page)
 
 
 def test_scatter_has_352_points_coloured_by_category(page: Any) -> None:
-    choose(page, "emoji-vae")
+    choose_model(page, "emoji-vae")
     scatter = page.evaluate("window.explorer.state.model.scatter")
     assert len(scatter["points"]) == 352 == len(SAMPLE["labels"])
     assert scatter["labels"] == SAMPLE["labels"] and scatter["classes"] == SAMPLE["classes"]
@@ -168,7 +142,7 @@ def test_scatter_has_352_points_coloured_by_category(page: Any) -> None:
     want = np.stack([0.55 * hex_rgb(fills[i]) + 0.45 * background for i in range(len(fills))])
     close = np.abs(shown - want).max(1) <= 12
     assert close[alone].mean() >= 0.9, close[alone].mean()
-    no_errors(page)
+    assert_no_page_errors(page)
 
 
 def legend_by_name(page: Any) -> dict[str, str]:
@@ -187,7 +161,7 @@ def hex_rgb(colour: str) -> np.ndarray:
 def test_hover_decodes_the_pca_point_as_native_decode_does(
     page: Any, client: LatentClient, point: tuple[float, float]
 ) -> None:
-    choose(page, "emoji-vae")
+    choose_model(page, "emoji-vae")
     x, y = page.evaluate("(uv) => window.explorer.plane.toClient(uv)", list(point))
     page.mouse.move(x, y)
     page.evaluate("window.explorer.idle()")
@@ -199,13 +173,13 @@ def test_hover_decodes_the_pca_point_as_native_decode_does(
     assert np.allclose(latent, want, atol=2e-3), (latent, want)
     expected = client.decode(latent.reshape(1, 8).astype(np.float32), model="emoji-vae").images
     assert expected.shape == (1, *IMAGE)
-    got = np.asarray(page.evaluate(READ_IMAGES, ["#decoded", *IMAGE]), np.float64)
+    got = shown_images(page, "#decoded", IMAGE)
     want_levels = np.clip(np.round(expected.reshape(1, -1).astype(np.float64) * 255), 0, 255)
     assert got.shape == want_levels.shape
     assert np.abs(got - want_levels).max() <= 1
     # A colour image: the channels differ somewhere.
     assert np.ptp(expected.reshape(3, -1), axis=0).max() > 0.1
-    no_errors(page)
+    assert_no_page_errors(page)
 
 
 def smiley_png() -> bytes:
@@ -222,7 +196,7 @@ def smiley_png() -> bytes:
 
 
 def test_screenshot(page: Any, tmp_path: Path) -> None:
-    choose(page, "emoji-vae")
+    choose_model(page, "emoji-vae")
     page.fill("#seed", "3")
     page.fill("#count", "30")
     page.click("#sample")
@@ -260,4 +234,4 @@ def test_screenshot(page: Any, tmp_path: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000
-    no_errors(page)
+    assert_no_page_errors(page)

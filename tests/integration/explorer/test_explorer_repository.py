@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.browser import ConsoleLog, chromium
+from fixtures.browser import chromium, explorer_page
 from fixtures.models import build_model_folder
 from fixtures.servers import InProcessServer, free_port
 
@@ -38,13 +38,9 @@ def page(repository: Path) -> Iterator[Any]:
         chromium() as browser,
     ):
         assert served.server.http is not None
-        context = browser.new_context(viewport={"width": 1320, "height": 900})
-        page = context.new_page()
-        page.console_log = ConsoleLog(page)
-        page.goto(f"http://127.0.0.1:{served.server.http.port}/")
-        page.evaluate("window.explorer.ready")
-        yield page
-        context.close()
+        url = f"http://127.0.0.1:{served.server.http.port}/"
+        with explorer_page(browser, url) as page:
+            yield page
 
 
 def options(page: Any) -> list[str]:

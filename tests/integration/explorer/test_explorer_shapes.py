@@ -12,25 +12,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures.browser import ConsoleLog, chromium
+from fixtures.browser import (
+    assert_no_page_errors,
+    choose_model,
+    chromium,
+    explorer_page,
+    shown_images,
+)
 from fixtures.models import Names, build_shaped_model_folder
 from fixtures.servers import InProcessServer, free_port
 from PIL import Image
 
 from latentserve.client import LatentClient
-
-# Every image canvas matching `selector` as C x H x W levels, read at each pixel's centre.
-READ_IMAGES = """([selector, c, h, w]) => Array.from(document.querySelectorAll(selector)).map((cv) => {
-  const d = cv.getContext("2d").getImageData(0, 0, cv.width, cv.height).data;
-  const out = [];
-  for (let k = 0; k < c; k++)
-    for (let y = 0; y < h; y++)
-      for (let x = 0; x < w; x++) {
-        const px = Math.floor((x + 0.5) * cv.width / w), py = Math.floor((y + 0.5) * cv.height / h);
-        out.push(d[4 * (py * cv.width + px) + k]);
-      }
-  return out;
-})"""
 
 
 @pytest.fixture(scope="module")
@@ -57,37 +50,15 @@ def client(served: InProcessServer) -> Iterator[LatentClient]:
 @pytest.fixture(scope="module")
 def page(served: InProcessServer) -> Iterator[Any]:
     assert served.server.http is not None
-    with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1320, "height": 900})
-        page = context.new_page()
-        page.console_log = ConsoleLog(page)
-        page.goto(f"http://127.0.0.1:{served.server.http.port}/")
-        page.evaluate("window.explorer.ready")
+    url = f"http://127.0.0.1:{served.server.http.port}/"
+    with chromium() as browser, explorer_page(browser, url) as page:
         yield page
-        context.close()
-
-
-def choose(page: Any, model: str) -> None:
-    page.select_option("#model", model)
-    page.wait_for_function(
-        "(m) => window.explorer.state.model && window.explorer.state.model.name === m", arg=model
-    )
-    page.evaluate("window.explorer.idle()")
-
-
-def shown(page: Any, selector: str, shape: tuple[int, int, int]) -> np.ndarray:
-    return np.asarray(page.evaluate(READ_IMAGES, [selector, *shape]), dtype=np.float64)
 
 
 def assert_same_images(got: np.ndarray, images: np.ndarray) -> None:
     want = np.clip(np.round(images.reshape(len(images), -1).astype(np.float64) * 255), 0, 255)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= 1
-
-
-def no_errors(page: Any) -> None:
-    assert page.console_log.take() == []
-    assert page.evaluate("window.explorer.state.errors.size") == 0, page.inner_text("#error")
 
 
 def sample_in_page(page: Any, seed: int, count: int) -> None:
@@ -127,18 +98,18 @@ def colour_png() -> bytes:
 
 
 def test_rgb_model_samples_decodes_and_takes_a_colour_png(page: Any, client: LatentClient) -> None:
-    choose(page, "rgb-flat")
+    choose_model(page, "rgb-flat")
     assert page.is_visible("#plane-panel") and not page.is_visible("#sample-latent")
     sample_in_page(page, seed=77, count=6)
     expected = client.sample(6, model="rgb-flat", seed=77, prior="standard_normal")
-    assert_same_images(shown(page, "#samples canvas", (3, 32, 32)), expected.images)
+    assert_same_images(shown_images(page, "#samples canvas", (3, 32, 32)), expected.images)
     # The decoded centre of the prior, in colour.
     latent = page.evaluate("window.explorer.state.cursor.z")
     decoded = client.decode(np.asarray([latent], np.float32), model="rgb-flat").images
-    assert_same_images(shown(page, "#decoded", (3, 32, 32)), decoded)
+    assert_same_images(shown_images(page, "#decoded", (3, 32, 32)), decoded)
     # A colour PNG is sent as it is (not inverted, not grey) and reconstructed.
     drop_png(page, colour_png())
-    sent = shown(page, "#draw-input", (3, 32, 32))[0] / 255
+    sent = shown_images(page, "#draw-input", (3, 32, 32))[0] / 255
     assert page.inner_text("#draw-sent") == "sent (RGB 32 x 32)"
     want = np.asarray(Image.open(io.BytesIO(colour_png()))).transpose(2, 0, 1) / 255
     # The pad is scaled with smoothing, so only pixels at the colour edges blend.
@@ -147,45 +118,45 @@ def test_rgb_model_samples_decodes_and_takes_a_colour_png(page: Any, client: Lat
     drawn = page.evaluate("window.explorer.state.drawn.latent")
     assert np.allclose(drawn, encoded.latents[0], atol=1e-4)
     recon = client.decode(encoded.latents, model="rgb-flat").images
-    assert_same_images(shown(page, "#draw-recon", (3, 32, 32)), recon)
-    no_errors(page)
+    assert_same_images(shown_images(page, "#draw-recon", (3, 32, 32)), recon)
+    assert_no_page_errors(page)
 
 
 def test_non_square_grey_model(page: Any, client: LatentClient) -> None:
-    choose(page, "grey-wide")
+    choose_model(page, "grey-wide")
     sample_in_page(page, seed=5, count=4)
     canvas = page.evaluate(
         "[...document.querySelectorAll('#samples canvas')].map(c => [c.width, c.height])"
     )
     assert all(abs(h / w - 20 / 36) < 0.05 for w, h in canvas)
     expected = client.sample(4, model="grey-wide", seed=5, prior="fitted_gaussian")
-    got = shown(page, "#samples canvas", (1, 20, 36))
+    got = shown_images(page, "#samples canvas", (1, 20, 36))
     assert_same_images(got, expected.images)
-    no_errors(page)
+    assert_no_page_errors(page)
 
 
 def test_spatial_latent_shows_channel_maps_and_no_plane(page: Any, client: LatentClient) -> None:
-    choose(page, "rgb-spatial")
+    choose_model(page, "rgb-spatial")
     for hidden in ("#plane-panel", "#decode-panel", "#walk-panel"):
         assert not page.is_visible(hidden), hidden
     sample_in_page(page, seed=9, count=5)
     expected = client.sample(5, model="rgb-spatial", seed=9, prior="standard_normal")
-    assert_same_images(shown(page, "#samples canvas", (3, 32, 32)), expected.images)
+    assert_same_images(shown_images(page, "#samples canvas", (3, 32, 32)), expected.images)
     assert page.evaluate("document.querySelectorAll('#sample-latent canvas').length") == 4
     drop_png(page, colour_png())
-    sent = (shown(page, "#draw-input", (3, 32, 32))[0] / 255).astype(np.float32)
+    sent = (shown_images(page, "#draw-input", (3, 32, 32))[0] / 255).astype(np.float32)
     encoded = client.encode(sent.reshape(1, 3, 32, 32), model="rgb-spatial")
     drawn = np.asarray(page.evaluate("window.explorer.state.drawn.latent"))
     assert np.allclose(drawn, encoded.latents.reshape(-1), atol=1e-4)
     recon = client.decode(encoded.latents, model="rgb-spatial").images
-    assert_same_images(shown(page, "#draw-recon", (3, 32, 32)), recon)
+    assert_same_images(shown_images(page, "#draw-recon", (3, 32, 32)), recon)
     # One map per latent channel, each the channel stretched to its min..max.
-    maps = shown(page, "#draw-latent canvas", (1, 8, 8))
+    maps = shown_images(page, "#draw-latent canvas", (1, 8, 8))
     assert maps.shape == (4, 64)
     z = encoded.latents[0].reshape(4, 64).astype(np.float64)
     stretched = np.round(255 * (z - z.min(1, keepdims=True)) / np.ptp(z, 1, keepdims=True))
     assert np.abs(maps - stretched).max() <= 1
-    no_errors(page)
+    assert_no_page_errors(page)
 
 
 def test_model_list_names_shapes(page: Any) -> None:
