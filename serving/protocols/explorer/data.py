@@ -211,7 +211,7 @@ class ExplorerData:
 
     def __init__(self, registry: ModelRepository) -> None:
         self._registry = registry
-        self._cache: dict[tuple[str, Path], bytes] = {}
+        self._cache: dict[str, tuple[Path, bytes]] = {}
 
     def listing(self) -> Json:
         """The READY models, each with the version it serves by default (the newest) and
@@ -236,11 +236,12 @@ class ExplorerData:
         entry = next((e for e in self._registry.entries if e.name == name), None)
         if entry is None or entry.state is not ModelState.READY or entry.manifest is None:
             return None
-        key = (entry.name, entry.folder)
-        if key not in self._cache:
+        cached = self._cache.get(entry.name)
+        if cached is None or cached[0] != entry.folder:
+            # One entry per model: a new version's folder replaces the retired one's data.
             body = json.dumps(model_data(entry.manifest, entry.folder), separators=(",", ":"))
-            self._cache[key] = body.encode("utf-8")
-        return self._cache[key]
+            cached = self._cache[entry.name] = (entry.folder, body.encode("utf-8"))
+        return cached[1]
 
     def ready_names(self) -> list[str]:
         return self._registry.ready_names
